@@ -1,0 +1,89 @@
+// Head classes, per-head retention parameters and the RedKnot JSON head map.
+//
+// The canonical visibility rule (DESIGN §2) lives in visibility.hpp; this header only describes which class,
+// window and sink each (layer, kv_head) has.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "redknot/error.hpp"
+
+namespace redknot {
+
+// Codes match the reference implementation (local 0, global 1, retrieval 2, dense 3).
+enum class HeadClass : std::uint8_t { kLocal = 0, kGlobal = 1, kRetrieval = 2, kDense = 3 };
+
+std::string_view head_class_name(HeadClass c);
+// Accepts the canonical names and the published aliases (local_full, limited, streaming, sink_dominant -> local).
+HeadClass parse_head_class(std::string_view s);
+
+// What one (layer, kv_head) keeps and sees. Only local heads use window and sink; every other class keeps and
+// sees the whole causal context (retrieval is stored like global; its top-p selection is a later feature).
+struct HeadPolicy {
+  HeadClass cls = HeadClass::kGlobal;
+  int window = -1;  // local: number of most recent positions visible, the query itself included (>= 1)
+  int sink = 0;     // local: positions [0, sink) stay visible forever
+
+  bool is_local() const { return cls == HeadClass::kLocal; }
+  friend bool operator==(const HeadPolicy&, const HeadPolicy&) = default;
+};
+
+class HeadMap {
+ public:
+  HeadMap() = default;
+
+  // Every head global: the dense baseline.
+  static HeadMap all_global(int num_layers, int num_kv_heads);
+  // Every head gets the same class (and, for local, the same window and sink).
+  static HeadMap uniform(int num_layers, int num_kv_heads, HeadClass cls, int window = -1, int sink = 0);
+  // round(ratio * L * H) heads global (at least one if ratio > 0), spread evenly over the (layer, head) grid
+  // by a deterministic stride, the rest local with the given window and sink. Used by benchmarks and tests.
+  static HeadMap with_global_ratio(int num_layers, int num_kv_heads, double global_ratio, int window, int sink);
+
+  // The published RedKnot schema (DESIGN §2). Errors name the field, layer and head at fault.
+  static HeadMap from_json(std::string_view json_text);
+  static HeadMap load(const std::string& path);
+  std::string to_json(int indent = 2) const;
+  void save(const std::string& path) const;
+
+  int num_layers() const { return num_layers_; }
+  int num_kv_heads() const { return num_kv_heads_; }
+  int dense_prefix_layers() const { return dense_prefix_layers_; }
+  double retrieval_top_p() const { return retrieval_top_p_; }
+
+  // Raw class as written in the map (before the dense-prefix override).
+  HeadPolicy raw(int layer, int kv_head) const;
+  // Effective policy: layers below dense_prefix_layers are kDense whatever their row says.
+  HeadPolicy policy(int layer, int kv_head) const;
+
+  void set(int layer, int kv_head, HeadPolicy p);
+  void set_dense_prefix_layers(int n);
+
+  // Counts of effective classes.
+  int count_local() const;
+  int count_global_like() const { return num_layers_ * num_kv_heads_ - count_local(); }
+  double global_ratio() const;
+
+  // Checks internal consistency (sizes, windows of local heads); throws InvalidArgument naming the entry.
+  void validate() const;
+  // Checks that the map matches a model's layer and kv-head counts.
+  void validate_shape(int num_layers, int num_kv_heads) const;
+
+  friend bool operator==(const HeadMap&, const HeadMap&) = default;
+
+ private:
+  HeadMap(int num_layers, int num_kv_heads);
+  std::size_t index(int layer, int kv_head) const;
+  void check_index(int layer, int kv_head) const;
+
+  int num_layers_ = 0;
+  int num_kv_heads_ = 0;
+  int dense_prefix_layers_ = 0;
+  double retrieval_top_p_ = 0.9;
+  std::vector<HeadPolicy> heads_;  // [layer][kv_head]
+};
+
+}  // namespace redknot

@@ -1,0 +1,75 @@
+// Per-(sequence, layer, kv_head) page tables: ordered lists of page entries (the "segmented" in SegPaged).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "redknot/page_pool.hpp"
+
+namespace redknot {
+
+// Slots [first, first + count) of page page_id hold the consecutive positions pos0, pos0 + 1, ...
+// Partial pages and position jumps (spliced chunks) are first-class: a page may hold several entries.
+struct PageEntry {
+  PageId page_id = -1;
+  std::int32_t first = 0;
+  std::int32_t count = 0;
+  std::int32_t pos0 = 0;
+
+  std::int32_t last_pos() const { return pos0 + count - 1; }
+  std::int32_t end_slot() const { return first + count; }
+  friend bool operator==(const PageEntry&, const PageEntry&) = default;
+};
+static_assert(sizeof(PageEntry) == 16, "PageEntry is shared with device kernels; keep it 16 bytes");
+
+// One head's entries, in position order: sink entries (frozen once the window has passed them) followed by the
+// body (appended at the back, evicted at the front for local heads). Entries on one page are always adjacent
+// in sink ++ body; the table holds one pool reference per distinct page.
+//
+// The counters let an AttentionPlan mirror the table incrementally: what changed since it last looked is
+// (sink_pushed, body_popped, body_pushed, tail_version) deltas, or a full refresh when layout_version moved.
+struct HeadTable {
+  std::vector<PageEntry> sink;
+  std::deque<PageEntry> body;
+
+  std::uint64_t sink_pushed = 0;     // entries ever moved from body to sink
+  std::uint64_t body_popped = 0;     // entries ever removed from the front of body (moved or dropped)
+  std::uint64_t body_pushed = 0;     // entries ever pushed at the back of body
+  std::uint64_t tail_version = 0;    // bumps when body.back().count grows in place
+  std::uint64_t layout_version = 0;  // bumps on changes the counters cannot describe (copy-on-write)
+
+  std::size_t size() const { return sink.size() + body.size(); }
+  const PageEntry& operator[](std::size_t i) const { return i < sink.size() ? sink[i] : body[i - sink.size()]; }
+  bool empty() const { return sink.empty() && body.empty(); }
+
+  // Number of stored positions (sum of entry counts).
+  std::int64_t num_tokens() const {
+    std::int64_t n = 0;
+    for (const auto& e : sink) n += e.count;
+    for (const auto& e : body) n += e.count;
+    return n;
+  }
+  // Number of distinct pages referenced.
+  std::int64_t num_pages() const {
+    std::int64_t n = 0;
+    PageId prev = -1;
+    for (std::size_t i = 0; i < size(); ++i) {
+      const PageId p = (*this)[i].page_id;
+      n += p != prev ? 1 : 0;
+      prev = p;
+    }
+    return n;
+  }
+  template <class F>
+  void for_each_distinct_page(F&& f) const {
+    PageId prev = -1;
+    for (std::size_t i = 0; i < size(); ++i) {
+      const PageId p = (*this)[i].page_id;
+      if (p != prev) f(p);
+      prev = p;
+    }
+  }
+};
+
+}  // namespace redknot
