@@ -1,0 +1,16 @@
+# Helpers shared by redknot's CMakeLists files.
+include_guard(GLOBAL)
+
+# redknot_enable_warnings(<target>)
+#   -Wall -Wextra for the target's C++ sources (and, forwarded to the host
+#   compiler, for its CUDA sources). Never -Werror.
+function(redknot_enable_warnings target)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra>)
+  elseif(MSVC)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:/W4>)
+  endif()
+  if(CMAKE_CUDA_COMPILER_ID STREQUAL "NVIDIA")
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>)
+  endif()
+endfunction()
