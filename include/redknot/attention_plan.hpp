@@ -194,7 +194,9 @@ class AttentionPlan {
 
   void rebuild(PlanSlot& s, Seen& seen, const HeadTable& t) {
     ++last_.slots_rebuilt;
-    if (s.sink_cap < static_cast<std::int32_t>(t.sink.size())) {
+    // Every slot gets a sink region up front (4 entries): local heads start filling it after their first
+    // eviction, and a rebuild then would cost a full copy of the table.
+    if (s.sink_cap < static_cast<std::int32_t>(std::max<std::size_t>(t.sink.size(), 1))) {
       free_region(s.sink_offset, s.sink_cap);
       s.sink_cap = pow2_at_least(t.sink.size());
       s.sink_offset = alloc_region(s.sink_cap);

@@ -203,7 +203,7 @@ class KVHeadStore {
       const HeadPolicy& p = policies_[layer * H + h];
       const EvictionPlan ev = plan_eviction(t, p, q_earliest);
       reclaim += ev.pages_freed;
-      need += pages_needed(t, ev, n);
+      need += pages_needed(ev, n);
     }
     require<PoolExhausted>(need <= pool_.free_pages() + reclaim, "append(seq=", id, ", layer=", layer,
                            ", n_tokens=", n, "): needs ", need, " pages, pool has ", pool_.free_pages(),
@@ -328,8 +328,10 @@ class KVHeadStore {
   };
 
   struct EvictionPlan {
-    std::size_t pops = 0;         // entries leaving the front of body
-    std::int64_t pages_freed = 0; // pages whose last reference goes (refcount 1, no neighbour on the page)
+    std::size_t pops = 0;          // entries leaving the front of body
+    std::int64_t pages_freed = 0;  // pages whose last reference goes (refcount 1, no neighbour on the page)
+    bool has_tail = false;         // the last entry of sink ++ body once the eviction is applied
+    PageEntry tail;
   };
 
   static ModelShape checked_shape(const ModelShape& s) {
@@ -377,25 +379,54 @@ class KVHeadStore {
     if (pool_.decref(p)) (is_local_head(l, h) ? pages_local_ : pages_global_).fetch_sub(1, std::memory_order_relaxed);
   }
 
+  // The entry new tokens continue from: the last of sink ++ body (sink entries are frozen, but their page's
+  // free slots can still take new body entries).
+  static const PageEntry* tail_entry(const HeadTable& t) {
+    if (!t.body.empty()) return &t.body.back();
+    if (!t.sink.empty()) return &t.sink.back();
+    return nullptr;
+  }
+
   // Which body entries leave under the retention rule for queries at >= q_earliest, without changing anything.
   EvictionPlan plan_eviction(const HeadTable& t, const HeadPolicy& p, std::int64_t q_earliest) const {
     EvictionPlan ev;
+    if (const PageEntry* tail = tail_entry(t)) {
+      ev.has_tail = true;
+      ev.tail = *tail;
+    }
+    if (!p.is_local()) return ev;
     const std::int64_t wb = retention_.window_begin(p, q_earliest);
     const std::int64_t se = retention_.sink_end(p);
     PageId kept_before = t.sink.empty() ? -1 : t.sink.back().page_id;  // page of the entry before body.front()
-    // The last body entry always stays: it holds the newest key, which the next query needs or which the next
-    // write continues; this also keeps the tail page stable for the page count below.
-    while (ev.pops + 1 < t.body.size() && t.body[ev.pops].last_pos() < wb) {
+    while (ev.pops < t.body.size() && t.body[ev.pops].last_pos() < wb) {
       const PageEntry& e = t.body[ev.pops];
       if (e.pos0 < se) {
         kept_before = e.page_id;  // its sink part moves to the sink list, with the page reference
       } else {
-        const bool shared_with_neighbour = kept_before == e.page_id || t.body[ev.pops + 1].page_id == e.page_id;
-        if (!shared_with_neighbour && pool_.refcount(e.page_id) == 1) ++ev.pages_freed;
+        const bool next_on_page = ev.pops + 1 < t.body.size() && t.body[ev.pops + 1].page_id == e.page_id;
+        if (kept_before != e.page_id && !next_on_page && pool_.refcount(e.page_id) == 1) ++ev.pages_freed;
       }
       ++ev.pops;
     }
+    if (ev.pops == t.body.size() && ev.pops > 0) {  // the whole body leaves: the tail is what the sink keeps
+      ev.has_tail = false;
+      for (std::size_t i = ev.pops; i-- > 0;)
+        if (t.body[i].pos0 < se) {
+          ev.has_tail = true;
+          ev.tail = sink_part(t.body[i], se);
+          break;
+        }
+      if (!ev.has_tail && !t.sink.empty()) {
+        ev.has_tail = true;
+        ev.tail = t.sink.back();
+      }
+    }
     return ev;
+  }
+
+  static PageEntry sink_part(PageEntry e, std::int64_t se) {
+    e.count = static_cast<std::int32_t>(std::min<std::int64_t>(e.count, se - e.pos0));
+    return e;
   }
 
   void evict(HeadTable& t, const HeadPolicy& p, std::int64_t q_earliest, int l, int h) {
@@ -403,13 +434,20 @@ class KVHeadStore {
     const EvictionPlan ev = plan_eviction(t, p, q_earliest);
     const std::int64_t se = retention_.sink_end(p);
     for (std::size_t i = 0; i < ev.pops; ++i) {
-      PageEntry e = t.body.front();
+      const PageEntry e = t.body.front();
       t.body.pop_front();
       ++t.body_popped;
       if (e.pos0 < se) {
-        e.count = static_cast<std::int32_t>(std::min<std::int64_t>(e.count, se - e.pos0));
-        t.sink.push_back(e);
-        ++t.sink_pushed;
+        const PageEntry kept = sink_part(e, se);
+        PageEntry* last = t.sink.empty() ? nullptr : &t.sink.back();
+        if (last && last->page_id == kept.page_id && last->end_slot() == kept.first &&
+            last->last_pos() + 1 == kept.pos0) {
+          last->count += kept.count;  // contiguous with the previous sink entry: merge (rare: tiny windows)
+          ++t.layout_version;
+        } else {
+          t.sink.push_back(kept);
+          ++t.sink_pushed;
+        }
       } else {
         const bool shared = (!t.sink.empty() && t.sink.back().page_id == e.page_id) ||
                             (!t.body.empty() && t.body.front().page_id == e.page_id);
@@ -418,14 +456,14 @@ class KVHeadStore {
     }
   }
 
-  // Pages needed to write n tokens at the back of t once ev has been applied.
-  std::int64_t pages_needed(const HeadTable& t, const EvictionPlan& ev, std::size_t n) const {
+  // Pages needed to write n tokens once ev has been applied: a private copy of a shared tail page, then
+  // whatever does not fit in the tail page's free slots.
+  std::int64_t pages_needed(const EvictionPlan& ev, std::size_t n) const {
     const std::int64_t ps = cfg_.page_size;
     std::int64_t room = 0, cow = 0;
-    if (t.body.size() > ev.pops) {
-      const PageEntry& tail = t.body.back();
-      room = ps - tail.end_slot();
-      if (room > 0 && pool_.refcount(tail.page_id) > 1) cow = 1;
+    if (ev.has_tail) {
+      room = ps - ev.tail.end_slot();
+      if (room > 0 && pool_.refcount(ev.tail.page_id) > 1) cow = 1;
     }
     const std::int64_t rest = static_cast<std::int64_t>(n) - std::min<std::int64_t>(room, static_cast<std::int64_t>(n));
     return cow + (rest + ps - 1) / ps;
@@ -433,13 +471,15 @@ class KVHeadStore {
 
   // Makes the tail page private before writing into it: copy its used slots, repoint every entry on it.
   void copy_on_write_tail(HeadTable& t, int l, int h, std::vector<PageId>& fresh, std::size_t& next_fresh) {
-    const PageId old = t.body.back().page_id;
+    const PageEntry* tail = tail_entry(t);
+    const PageId old = tail->page_id;
     if (pool_.refcount(old) <= 1) return;
     const PageId np = fresh[next_fresh++];
     count_alloc(l, h, 1);
-    pool_.copy_page(np, old, t.body.back().end_slot());
+    pool_.copy_page(np, old, tail->end_slot());
     for (auto it = t.body.rbegin(); it != t.body.rend() && it->page_id == old; ++it) it->page_id = np;
-    for (auto it = t.sink.rbegin(); it != t.sink.rend() && it->page_id == old; ++it) it->page_id = np;
+    if (t.body.empty() || t.body.front().page_id == np)
+      for (auto it = t.sink.rbegin(); it != t.sink.rend() && it->page_id == old; ++it) it->page_id = np;
     release_page(old, l, h);
     ++t.layout_version;
   }
@@ -453,23 +493,21 @@ class KVHeadStore {
     std::size_t i = 0;
     while (i < n) {
       // Where the next token goes: the tail page if it has room, else a fresh page.
-      bool new_page = t.body.empty() || t.body.back().end_slot() >= ps;
-      if (!new_page) copy_on_write_tail(t, l, h, fresh, next_fresh);
-      PageId page;
-      std::int32_t slot;
-      if (new_page) {
-        page = fresh[next_fresh++];
-        count_alloc(l, h, 1);
-        slot = 0;
-      } else {
-        page = t.body.back().page_id;
-        slot = t.body.back().end_slot();
+      const PageEntry* tail = tail_entry(t);
+      const bool new_page = tail == nullptr || tail->end_slot() >= ps;
+      if (!new_page) {
+        copy_on_write_tail(t, l, h, fresh, next_fresh);
+        tail = tail_entry(t);
       }
+      const PageId page = new_page ? fresh[next_fresh++] : tail->page_id;
+      const std::int32_t slot = new_page ? 0 : tail->end_slot();
+      if (new_page) count_alloc(l, h, 1);
       // The run: consecutive positions that fit in this page.
       std::size_t j = i + 1;
       while (j < n && slot + static_cast<std::int32_t>(j - i) < ps && pos[j] == pos[j - 1] + 1) ++j;
       const auto run = static_cast<std::int32_t>(j - i);
-      const bool extends = !new_page && t.body.back().last_pos() + 1 == pos[i];
+      // Only a body entry grows in place; sink entries are frozen, so a run after one starts a new entry.
+      const bool extends = !new_page && !t.body.empty() && t.body.back().last_pos() + 1 == pos[i];
       if (extends) {
         t.body.back().count += run;
         ++t.tail_version;

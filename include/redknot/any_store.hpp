@@ -1,0 +1,100 @@
+// AnyStore: a type-erased KVHeadStore for bindings (the C ABI and the Python module).
+//
+// KVHeadStore is templated on the storage type so kernels see concrete types; language bindings need one
+// runtime type. make_store() picks the instantiation from ModelShape::dtype and the device, and the wrapper
+// adds what an engine's step needs on top of the store:
+//   * tensors in as DLTensor (any strides; dtype and device checked against the store, naming the argument),
+//   * the FlashInfer-style step protocol: plan() records the batch once per step, run(layer) brings that
+//     layer's AttentionPlan up to date (incrementally: one plan per layer lives across steps) and attends,
+//   * a mutex, so that calls on one store from several threads are serialised instead of racing,
+//   * FlashInfer CSR export of a layer's page tables.
+// Every call validates before it mutates, like the store it wraps: on an exception nothing changed.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "redknot/cpu_attention.hpp"
+#include "redknot/dlpack_types.h"
+#include "redknot/head_map.hpp"
+#include "redknot/head_table.hpp"
+#include "redknot/kv_head_store.hpp"
+#include "redknot/model_shape.hpp"
+
+namespace redknot {
+
+// FlashInfer's paged-KV CSR for a (sequence x kv_head) batch of one layer; see rk_export_page_table in
+// c_api.h for the exact contract.
+struct PageTableCsr {
+  std::vector<std::int32_t> indptr;         // [rows + 1]
+  std::vector<std::int32_t> indices;        // [indptr.back()] page ids
+  std::vector<std::int32_t> last_page_len;  // [rows]
+  std::vector<std::int32_t> page_pos0;      // [indptr.back()] position of slot 0 of each page
+};
+
+class AnyStore {
+ public:
+  virtual ~AnyStore();
+  AnyStore(const AnyStore&) = delete;
+  AnyStore& operator=(const AnyStore&) = delete;
+
+  virtual const ModelShape& shape() const = 0;
+  virtual const HeadMap& head_map() const = 0;
+  virtual int page_size() const = 0;
+  virtual std::int32_t num_pages() const = 0;
+  virtual DLDevice device() const = 0;
+
+  // ---- sequences (KVHeadStore semantics) ----
+  virtual SeqId create_sequence() = 0;
+  virtual SeqId fork(SeqId parent) = 0;
+  virtual void free_sequence(SeqId id) = 0;
+  virtual bool contains(SeqId id) const = 0;
+  virtual std::vector<SeqId> sequences() const = 0;
+  virtual std::int32_t next_position(SeqId id, int layer) const = 0;
+  virtual std::int32_t query_floor(SeqId id, int layer) const = 0;
+  virtual void retire_queries(SeqId id, std::int32_t next_query_pos, int layer) = 0;
+  // A copy of one head's page entries (sink then body), for inspection.
+  virtual std::vector<PageEntry> table(SeqId id, int layer, int kv_head) const = 0;
+
+  // ---- data path ----
+  // k, v: [n, num_kv_heads, head_dim] or [n, num_kv_heads * head_dim], store dtype or f32, host memory.
+  virtual void append(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
+                      std::span<const std::int32_t> positions) = 0;
+  // Records the step's batch (see rk_plan). Replaces the previous plan.
+  virtual void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
+                    std::span<const std::int32_t> q_positions) = 0;
+  // Attention of the planned batch in `layer`. q, out: [total_q, Hq, D] or [total_q, Hq * D], both f32 or both
+  // the store dtype; lse (nullable): f32 [total_q, Hq].
+  virtual void run(int layer, const DLTensor& q, const DLTensor& out, const DLTensor* lse,
+                   AttentionParams params) = 0;
+  // Sum of q_lens of the current plan (-1 when there is none).
+  virtual std::int64_t planned_queries() const = 0;
+
+  // ---- accounting ----
+  virtual StoreStats stats() const = 0;
+  virtual SequenceStats sequence_stats(SeqId id) const = 0;
+  virtual std::int64_t pages_per_sequence(std::int64_t num_tokens) const = 0;
+  virtual std::int64_t sequences_that_fit(std::int64_t num_tokens) const = 0;
+
+  virtual PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const = 0;
+
+  // Stores alive in this process (leak checks).
+  static std::int64_t live_count();
+
+ protected:
+  AnyStore();
+};
+
+// Instantiates KVHeadStore<float | Half | BFloat16, HostAllocator> from shape.dtype. device must be kDLCPU
+// (kDLCUDA throws Unavailable: there is no CUDA attention backend behind this wrapper yet).
+std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
+                                     DLDevice device = DLDevice{kDLCPU, 0});
+
+// "cpu", "cuda:1", ... for messages.
+std::string device_name(DLDevice d);
+// "float32", "bfloat16", "int64", ... for messages.
+std::string dl_dtype_name(DLDataType t);
+
+}  // namespace redknot

@@ -1,0 +1,248 @@
+/* redknot C ABI: what inference engines written in any language link against (shared library libredknot).
+ *
+ * Rules every function follows:
+ *   - It returns an int status (rk_status). RK_OK is 0; on any other value rk_last_error() holds a message
+ *     naming the argument and value at fault. The message is thread-local and stays valid until the next call
+ *     that fails on the same thread.
+ *   - No C++ exception crosses this boundary and bad input never aborts the process.
+ *   - A call that fails leaves every handle exactly as it was (no leaked or half-written pages).
+ *   - Out-parameters are written only on success.
+ *   - Handles are opaque. One writer at a time per store is the core contract; this layer additionally
+ *     serialises calls on one store with a mutex, so concurrent calls on one store are safe (not parallel).
+ *     Independent stores run fully in parallel.
+ *
+ * Tensors are DLPack DLTensors (dlpack_types.h): pointer + shape + strides (elements, NULL = row-major) +
+ * dtype + device. Non-contiguous tensors are accepted and copied. A `stream` argument (a cudaStream_t, or
+ * NULL) is part of every data-path call so that the signature stays when device stores land; stores on the
+ * CPU ignore it.
+ *
+ * Typical step of an engine (layer-by-layer forward):
+ *   rk_plan(store, seq_ids, q_lens, batch, q_positions, total_q);       once per step
+ *   for each layer l:
+ *     rk_append(store, seq, l, k, v, positions, n, stream);             per sequence, the step's new K/V
+ *     rk_attention(store, l, q, out, lse_or_NULL, NULL, stream);        the batch's attention in layer l
+ */
+#ifndef REDKNOT_C_API_H_
+#define REDKNOT_C_API_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "redknot/dlpack_types.h"
+
+#if defined(_WIN32)
+#if defined(REDKNOT_C_BUILDING)
+#define RK_API __declspec(dllexport)
+#else
+#define RK_API __declspec(dllimport)
+#endif
+#else
+#define RK_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any incompatible change of a signature or struct layout in this header. */
+#define RK_ABI_VERSION 1
+
+typedef enum rk_status {
+  RK_OK = 0,
+  RK_ERR_INVALID_ARGUMENT = 1, /* out of range, mis-shaped, wrong dtype/device, NULL where a value is needed */
+  RK_ERR_NOT_FOUND = 2,        /* a sequence id that is not live */
+  RK_ERR_POOL_EXHAUSTED = 3,   /* the page pool (or host memory) is full; free sequences and retry */
+  RK_ERR_UNAVAILABLE = 4,      /* the requested backend (e.g. CUDA) is not available */
+  RK_ERR_INTERNAL = 5          /* a bug in redknot; the message says what */
+} rk_status;
+
+typedef enum rk_dtype { RK_DTYPE_F32 = 0, RK_DTYPE_F16 = 1, RK_DTYPE_BF16 = 2 } rk_dtype;
+
+typedef enum rk_head_class {
+  RK_HEAD_LOCAL = 0,
+  RK_HEAD_GLOBAL = 1,
+  RK_HEAD_RETRIEVAL = 2,
+  RK_HEAD_DENSE = 3
+} rk_head_class;
+
+typedef struct rk_head_map rk_head_map;
+typedef struct rk_store rk_store;
+
+/* ---- library ------------------------------------------------------------------------------------------- */
+
+/* RK_ABI_VERSION of the loaded library: compare with the header's to detect a mismatched libredknot. */
+RK_API uint32_t rk_abi_version(void);
+/* Library version, "major.minor.patch". */
+RK_API const char* rk_version(void);
+/* Message of the last failed call on this thread ("" if none). */
+RK_API const char* rk_last_error(void);
+/* Static name of a status code ("RK_ERR_NOT_FOUND", ...). */
+RK_API const char* rk_status_string(int status);
+/* Live handles in this process (leak checks in tests). Either pointer may be NULL. */
+RK_API int rk_live_handles(int64_t* num_stores, int64_t* num_head_maps);
+
+/* ---- head maps (DESIGN §2) ----------------------------------------------------------------------------- */
+
+/* Loads the published RedKnot JSON schema from a file. */
+RK_API int rk_head_map_load(const char* path, rk_head_map** out);
+/* Parses the JSON text json[0, len); len == (size_t)-1 means json is NUL-terminated. */
+RK_API int rk_head_map_from_json(const char* json, size_t len, rk_head_map** out);
+/* Every head the same class (window and sink matter for RK_HEAD_LOCAL only). */
+RK_API int rk_head_map_uniform(int32_t num_layers, int32_t num_kv_heads, int32_t head_class, int32_t window,
+                               int32_t sink, rk_head_map** out);
+/* round(ratio * L * H) global heads spread evenly, the rest local with the given window and sink. */
+RK_API int rk_head_map_with_global_ratio(int32_t num_layers, int32_t num_kv_heads, double global_ratio,
+                                         int32_t window, int32_t sink, rk_head_map** out);
+/* NULL is accepted and ignored. */
+RK_API int rk_head_map_destroy(rk_head_map* map);
+
+typedef struct rk_head_map_info {
+  int32_t num_layers;
+  int32_t num_kv_heads;
+  int32_t dense_prefix_layers;
+  int32_t num_local;       /* effective classes, after the dense-prefix override */
+  int32_t num_global_like; /* global, retrieval and dense */
+  double retrieval_top_p;
+} rk_head_map_info;
+
+typedef struct rk_head_policy {
+  int32_t head_class; /* rk_head_class */
+  int32_t window;     /* local: visible recent positions, the query included; -1 otherwise */
+  int32_t sink;       /* local: positions [0, sink) stay visible */
+} rk_head_policy;
+
+RK_API int rk_head_map_get_info(const rk_head_map* map, rk_head_map_info* out);
+/* Effective policy of (layer, kv_head): layers below dense_prefix_layers report RK_HEAD_DENSE. */
+RK_API int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t kv_head, rk_head_policy* out);
+/* Serialises to JSON. Writes at most buf_size bytes including the NUL; *len_out (optional) receives the full
+ * length without the NUL. buf may be NULL with buf_size 0 to query the length. A buffer that is too small is
+ * RK_ERR_INVALID_ARGUMENT and nothing is written. */
+RK_API int rk_head_map_to_json(const rk_head_map* map, int32_t indent, char* buf, size_t buf_size, size_t* len_out);
+
+/* ---- stores ---------------------------------------------------------------------------------------------- */
+
+typedef struct rk_store_config {
+  uint32_t struct_size; /* sizeof(rk_store_config); set by rk_store_config_init */
+  int32_t num_layers;
+  int32_t num_q_heads;
+  int32_t num_kv_heads;
+  int32_t head_dim; /* multiple of 8 in [8, 1024] */
+  int32_t dtype;    /* rk_dtype of the stored K/V */
+  int32_t page_size; /* tokens of one kv head per page, [1, 4096] */
+  int32_t num_pages; /* pool capacity, fixed for the store's lifetime */
+  DLDevice device;  /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands */
+} rk_store_config;
+
+/* Fills defaults: bf16, page_size 16, device CPU, everything else 0 (must be set). */
+RK_API int rk_store_config_init(rk_store_config* cfg);
+/* The store copies the head map; map may be destroyed right after. */
+RK_API int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store** out);
+/* Frees every page and the pool. NULL is accepted and ignored. */
+RK_API int rk_store_destroy(rk_store* store);
+RK_API int rk_store_get_config(const rk_store* store, rk_store_config* out);
+/* A new head map handle (a copy of the store's), owned by the caller. */
+RK_API int rk_store_get_head_map(const rk_store* store, rk_head_map** out);
+
+/* ---- sequences -------------------------------------------------------------------------------------------- */
+
+RK_API int rk_sequence_create(rk_store* store, int64_t* out_id);
+/* A new sequence sharing every page of parent (copy-on-write of partial last pages). */
+RK_API int rk_sequence_fork(rk_store* store, int64_t parent, int64_t* out_id);
+/* Returns every page the sequence holds to the pool (shared pages when their last holder goes). */
+RK_API int rk_sequence_free(rk_store* store, int64_t id);
+/* 1 if id is live, 0 otherwise (never RK_ERR_NOT_FOUND). */
+RK_API int rk_sequence_contains(const rk_store* store, int64_t id, int32_t* out);
+/* The position the next append to (id, layer) must start at or after. */
+RK_API int rk_sequence_next_position(const rk_store* store, int64_t id, int32_t layer, int32_t* out);
+/* Declares that every query of (id, layer) before next_query_pos has run (layer -1: all layers), letting local
+ * heads drop pages no later query can see. */
+RK_API int rk_sequence_retire_queries(rk_store* store, int64_t id, int32_t next_query_pos, int32_t layer);
+
+/* ---- data path -------------------------------------------------------------------------------------------- */
+
+/* Appends n_tokens tokens of one layer. k and v: [n_tokens, num_kv_heads, head_dim] (or
+ * [n_tokens, num_kv_heads * head_dim]), dtype = the store's (zero copy) or f32 (converted, round to nearest
+ * even); host memory. positions: n_tokens host int32, strictly increasing, beyond every position appended
+ * to (id, layer) so far. */
+RK_API int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, const DLTensor* v,
+                     const int32_t* positions, int64_t n_tokens, void* stream);
+
+/* Describes the step's batch once: batch_size sequences, sequence i has q_lens[i] queries (1 for decode, the
+ * chunk length for prefill) at the positions q_positions[sum(q_lens[:i]) ...]; total_q = sum(q_lens). Only the
+ * description is checked here (sizes, live and distinct sequences): the K/V of the queries' own positions are
+ * usually appended later in the step, layer by layer, and are checked by rk_attention. */
+RK_API int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_lens, int32_t batch_size,
+                   const int32_t* q_positions, int64_t total_q);
+
+typedef struct rk_attention_params {
+  float sm_scale;      /* softmax scale; 0 selects 1/sqrt(head_dim) */
+  int32_t num_threads; /* CPU threads; 0 selects the OpenMP default */
+} rk_attention_params;
+
+/* Attention of the planned batch in one layer (prefill, decode or a mix). q and out: [total_q, num_q_heads,
+ * head_dim] (or [total_q, num_q_heads * head_dim]), both f32 or both the store dtype, host memory. lse
+ * (optional, may be NULL): f32 [total_q, num_q_heads], natural-log sum of exp of the scaled scores. params may
+ * be NULL (defaults). The layer's page-table mirror is kept across steps, so a decode step costs metadata
+ * proportional to what changed. */
+RK_API int rk_attention(rk_store* store, int32_t layer, const DLTensor* q, DLTensor* out, DLTensor* lse,
+                        const rk_attention_params* params, void* stream);
+
+/* ---- accounting ------------------------------------------------------------------------------------------- */
+
+typedef struct rk_store_stats {
+  int64_t num_sequences;
+  int64_t pages_total;
+  int64_t pages_in_use;
+  int64_t pages_global; /* pages held by global-like heads (global, retrieval, dense) */
+  int64_t pages_local;
+  int64_t bytes_in_use;
+  int64_t bytes_global;
+  int64_t bytes_local;
+} rk_store_stats;
+
+typedef struct rk_sequence_stats {
+  int64_t pages_global; /* pages shared with a fork are counted in each sequence */
+  int64_t pages_local;
+  int64_t tokens_global; /* stored (layer, head, position) triples */
+  int64_t tokens_local;
+  int64_t bytes_global;
+  int64_t bytes_local;
+} rk_sequence_stats;
+
+/* Safe to call from any thread at any time, also during a write on another thread. */
+RK_API int rk_store_get_stats(const rk_store* store, rk_store_stats* out);
+RK_API int rk_sequence_get_stats(const rk_store* store, int64_t id, rk_sequence_stats* out);
+/* Pages one sequence of num_tokens tokens holds at steady state (decoding), by the retention rule. */
+RK_API int rk_store_pages_per_sequence(const rk_store* store, int64_t num_tokens, int64_t* out);
+/* How many more such sequences fit in the free pages (INT64_MAX when a sequence needs no page). */
+RK_API int rk_store_sequences_that_fit(const rk_store* store, int64_t num_tokens, int64_t* out);
+
+/* ---- page-table interchange (FlashInfer CSR) --------------------------------------------------------------- */
+
+/* Exports the page tables of one layer for a batch of sequences in FlashInfer's paged-KV CSR layout.
+ * Rows are (sequence, kv_head) pairs, sequence-major: row r = i * num_kv_heads + h.
+ *   indptr[batch_size * num_kv_heads + 1]: row r's pages are indices[indptr[r], indptr[r + 1]).
+ *   indices[*num_indices_out]: page ids into the store's pool ([num_pages][2][page_size][head_dim]).
+ *   last_page_len[batch_size * num_kv_heads]: used slots of the row's last page, in [1, page_size]; 0 for a
+ *     row with no pages.
+ *   page_pos0[*num_indices_out] (optional, may be NULL): the position held by slot 0 of each page. Positions
+ *     are consecutive within a page but may jump between pages (a local head keeps its sink pages and its
+ *     window pages), so FlashInfer's implicit "token j is at position j" holds only where page_pos0[j] ==
+ *     (j - indptr[r]) * page_size.
+ * The CSR lists exactly the stored tokens, which for a local head is a page-granular superset of what the
+ * canonical rule lets a query see (sink + window masks are the consumer's job).
+ * A row is expressible only if every page is used from slot 0 by one run of consecutive positions and every
+ * page but the last is full; otherwise (e.g. a partial sink page kept after eviction when sink is not a
+ * multiple of page_size, or a position jump inside a page) the call fails with RK_ERR_INVALID_ARGUMENT naming
+ * the sequence, head and page, and writes nothing.
+ * Call with indices == NULL (indices_capacity 0) to learn *num_indices_out; indptr and last_page_len may then
+ * also be NULL. */
+RK_API int rk_export_page_table(const rk_store* store, int32_t layer, const int64_t* seq_ids, int32_t batch_size,
+                                int32_t* indptr, int32_t* indices, int64_t indices_capacity,
+                                int32_t* last_page_len, int32_t* page_pos0, int64_t* num_indices_out);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif
+
+#endif /* REDKNOT_C_API_H_ */

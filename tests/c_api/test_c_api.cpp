@@ -1,0 +1,537 @@
+// Tests of the C ABI (c_api.h) through the shared library: statuses and messages for bad input, the store left
+// intact after every failure, attention against the dense oracle in every dtype, CSR export, leak checks.
+#include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "redknot/c_api.h"
+#include "redknot/dtype.hpp"
+#include "redknot/head_map.hpp"
+#include "redknot/oracle.hpp"
+
+namespace {
+
+const char* kMapJson = R"({"num_layers": 2, "num_kv_heads": 2,
+  "kv_head_classification": [["global", "local"], ["local", "global"]],
+  "kv_head_max_distance": [[-1, 6], [5, -1]],
+  "kv_head_sink_size": [[0, 2], [4, 0]]})";
+
+struct Tensor {
+  std::vector<std::int64_t> shape;
+  std::vector<std::int64_t> strides;  // empty: row-major
+  DLTensor t{};
+  DLTensor* make(void* data, DLDataType dt, DLDevice dev = {kDLCPU, 0}) {
+    t.data = data;
+    t.device = dev;
+    t.ndim = static_cast<int32_t>(shape.size());
+    t.dtype = dt;
+    t.shape = shape.data();
+    t.strides = strides.empty() ? nullptr : strides.data();
+    t.byte_offset = 0;
+    return &t;
+  }
+};
+
+constexpr DLDataType kF32{kDLFloat, 32, 1};
+constexpr DLDataType kF16{kDLFloat, 16, 1};
+constexpr DLDataType kBF16{kDLBfloat, 16, 1};
+constexpr DLDataType kI32{kDLInt, 32, 1};
+
+DLDataType dl_of(int rk_dtype) { return rk_dtype == RK_DTYPE_F32 ? kF32 : rk_dtype == RK_DTYPE_F16 ? kF16 : kBF16; }
+
+// A store built from kMapJson with the given dtype (and a few knobs), released at scope exit.
+struct Fixture {
+  rk_store_config cfg{};
+  rk_store* store = nullptr;
+  explicit Fixture(int dtype = RK_DTYPE_F32, int page_size = 4, int num_pages = 256, int hq = 4) {
+    rk_head_map* map = nullptr;
+    REQUIRE(rk_head_map_from_json(kMapJson, static_cast<size_t>(-1), &map) == RK_OK);
+    REQUIRE(rk_store_config_init(&cfg) == RK_OK);
+    cfg.num_layers = 2;
+    cfg.num_q_heads = hq;
+    cfg.num_kv_heads = 2;
+    cfg.head_dim = 16;
+    cfg.dtype = dtype;
+    cfg.page_size = page_size;
+    cfg.num_pages = num_pages;
+    REQUIRE(rk_store_create(&cfg, map, &store) == RK_OK);
+    REQUIRE(rk_head_map_destroy(map) == RK_OK);
+  }
+  ~Fixture() { rk_store_destroy(store); }
+  rk_store_stats stats() const {
+    rk_store_stats s{};
+    REQUIRE(rk_store_get_stats(store, &s) == RK_OK);
+    return s;
+  }
+};
+
+template <class T>
+std::vector<T> random_vec(std::size_t n, std::mt19937& rng) {
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<T> v(n);
+  for (auto& x : v) x = redknot::from_float<T>(u(rng));
+  return v;
+}
+
+bool contains(const char* haystack, const char* needle) { return std::strstr(haystack, needle) != nullptr; }
+
+}  // namespace
+
+TEST_CASE("library version, ABI and status names") {
+  CHECK(rk_abi_version() == RK_ABI_VERSION);
+  CHECK(std::string(rk_version()) == "0.1.0");
+  CHECK(std::string(rk_status_string(RK_ERR_POOL_EXHAUSTED)) == "RK_ERR_POOL_EXHAUSTED");
+  CHECK(std::string(rk_status_string(42)) == "RK_ERR_UNKNOWN_STATUS");
+}
+
+TEST_CASE("head maps: JSON in and out, policies, errors") {
+  rk_head_map* map = nullptr;
+  REQUIRE(rk_head_map_from_json(kMapJson, std::strlen(kMapJson), &map) == RK_OK);
+  rk_head_map_info info{};
+  REQUIRE(rk_head_map_get_info(map, &info) == RK_OK);
+  CHECK(info.num_layers == 2);
+  CHECK(info.num_kv_heads == 2);
+  CHECK(info.num_local == 2);
+  CHECK(info.num_global_like == 2);
+  rk_head_policy p{};
+  REQUIRE(rk_head_map_get_policy(map, 0, 1, &p) == RK_OK);
+  CHECK(p.head_class == RK_HEAD_LOCAL);
+  CHECK(p.window == 6);
+  CHECK(p.sink == 2);
+  CHECK(rk_head_map_get_policy(map, 2, 0, &p) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "layer=2"));
+
+  size_t len = 0;
+  REQUIRE(rk_head_map_to_json(map, 2, nullptr, 0, &len) == RK_OK);
+  std::string buf(len + 1, '\0');
+  CHECK(rk_head_map_to_json(map, 2, buf.data(), len, nullptr) == RK_ERR_INVALID_ARGUMENT);  // no room for NUL
+  REQUIRE(rk_head_map_to_json(map, 2, buf.data(), buf.size(), nullptr) == RK_OK);
+  rk_head_map* again = nullptr;
+  REQUIRE(rk_head_map_from_json(buf.c_str(), static_cast<size_t>(-1), &again) == RK_OK);
+  rk_head_policy q{};
+  REQUIRE(rk_head_map_get_policy(again, 1, 0, &q) == RK_OK);
+  CHECK(q.window == 5);
+  CHECK(q.sink == 4);
+  rk_head_map_destroy(again);
+  rk_head_map_destroy(map);
+
+  rk_head_map* untouched = reinterpret_cast<rk_head_map*>(0x1);
+  CHECK(rk_head_map_from_json("{not json", static_cast<size_t>(-1), &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "does not parse"));
+  CHECK(untouched == reinterpret_cast<rk_head_map*>(0x1));  // out written only on success
+  CHECK(rk_head_map_from_json(R"({"num_layers": 1})", static_cast<size_t>(-1), &untouched) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "num_kv_heads"));
+  CHECK(rk_head_map_from_json(nullptr, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_load("/nonexistent/map.json", &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "cannot be opened"));
+  CHECK(rk_head_map_uniform(2, 2, 7, 4, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_uniform(2, 2, RK_HEAD_LOCAL, 0, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_with_global_ratio(2, 2, NAN, 4, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_get_info(nullptr, &info) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_destroy(nullptr) == RK_OK);
+
+  REQUIRE(rk_head_map_with_global_ratio(4, 8, 0.25, 16, 4, &map) == RK_OK);
+  REQUIRE(rk_head_map_get_info(map, &info) == RK_OK);
+  CHECK(info.num_global_like == 8);
+  rk_head_map_destroy(map);
+}
+
+TEST_CASE("store creation rejects bad configs with a status") {
+  rk_head_map* map = nullptr;
+  REQUIRE(rk_head_map_from_json(kMapJson, static_cast<size_t>(-1), &map) == RK_OK);
+  rk_store_config cfg{};
+  REQUIRE(rk_store_config_init(&cfg) == RK_OK);
+  cfg.num_layers = 2;
+  cfg.num_q_heads = 4;
+  cfg.num_kv_heads = 2;
+  cfg.head_dim = 16;
+  cfg.num_pages = 8;
+  rk_store* s = nullptr;
+
+  auto expect = [&](rk_store_config c, int status, const char* needle) {
+    rk_store* out = nullptr;
+    CHECK(rk_store_create(&c, map, &out) == status);
+    CHECK(out == nullptr);
+    INFO(rk_last_error());
+    CHECK(contains(rk_last_error(), needle));
+  };
+  rk_store_config c = cfg;
+  c.head_dim = 12;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "head_dim=12");
+  c = cfg;
+  c.num_q_heads = 3;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "num_q_heads=3");
+  c = cfg;
+  c.num_layers = 3;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "num_layers");
+  c = cfg;
+  c.dtype = 9;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "dtype=9");
+  c = cfg;
+  c.page_size = 0;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "page_size=0");
+  c = cfg;
+  c.num_pages = 0;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "num_pages=0");
+  c = cfg;
+  c.struct_size = 4;
+  expect(c, RK_ERR_INVALID_ARGUMENT, "struct_size");
+  c = cfg;
+  c.device = DLDevice{kDLCUDA, 0};
+  expect(c, RK_ERR_UNAVAILABLE, "cuda:0");
+  c = cfg;
+  c.device = DLDevice{kDLMetal, 0};
+  expect(c, RK_ERR_INVALID_ARGUMENT, "not supported");
+  CHECK(rk_store_create(nullptr, map, &s) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_store_create(&cfg, nullptr, &s) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_store_create(&cfg, map, nullptr) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_store_destroy(nullptr) == RK_OK);
+
+  REQUIRE(rk_store_create(&cfg, map, &s) == RK_OK);
+  rk_store_config got{};
+  REQUIRE(rk_store_get_config(s, &got) == RK_OK);
+  CHECK(got.num_pages == 8);
+  CHECK(got.dtype == RK_DTYPE_BF16);
+  CHECK(got.device.device_type == kDLCPU);
+  rk_head_map* copy = nullptr;
+  REQUIRE(rk_store_get_head_map(s, &copy) == RK_OK);
+  rk_head_map_info info{};
+  REQUIRE(rk_head_map_get_info(copy, &info) == RK_OK);
+  CHECK(info.num_local == 2);
+  rk_head_map_destroy(copy);
+  rk_store_destroy(s);
+  rk_head_map_destroy(map);
+
+  std::int64_t stores = -1, maps = -1;
+  REQUIRE(rk_live_handles(&stores, &maps) == RK_OK);
+  CHECK(stores == 0);
+  CHECK(maps == 0);
+}
+
+// Prefill in chunks, then decode, for several sequences at once (one with a fork), against the oracle.
+template <class T>
+void run_against_oracle(int dtype, int page_size, int hq, double tol) {
+  Fixture f(dtype, page_size, 512, hq);
+  const int L = 2, Hk = 2, D = 16;
+  redknot::ModelShape shape{L, hq, Hk, D, redknot::dtype_of<T>()};
+  redknot::DenseOracle oracle(shape, redknot::HeadMap::from_json(kMapJson));
+  std::mt19937 rng(7);
+
+  std::int64_t a = 0, b = 0;
+  REQUIRE(rk_sequence_create(f.store, &a) == RK_OK);
+  REQUIRE(rk_sequence_create(f.store, &b) == RK_OK);
+  std::vector<std::int64_t> seqs = {a, b};
+  std::vector<std::int32_t> next = {0, 0};
+
+  // Steps: (q_len of a, q_len of b). Mixed prefill chunks and decodes in one batch.
+  const std::vector<std::pair<int, int>> steps = {{7, 3}, {5, 1}, {1, 9}, {1, 1}, {1, 1}, {1, 1}, {20, 1}, {1, 1}};
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    if (s == 4) {  // fork b mid-way: the child decodes on its own from then on
+      std::int64_t c = 0;
+      REQUIRE(rk_sequence_fork(f.store, b, &c) == RK_OK);
+      oracle.fork(b, c);
+      seqs.push_back(c);
+      next.push_back(next[1]);
+    }
+    std::vector<std::int32_t> q_lens, q_pos;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const int n = i == 0 ? steps[s].first : i == 1 ? steps[s].second : 1;
+      q_lens.push_back(n);
+      for (int j = 0; j < n; ++j) q_pos.push_back(next[i] + j);
+    }
+    const auto total = static_cast<std::int64_t>(q_pos.size());
+    REQUIRE(rk_plan(f.store, seqs.data(), q_lens.data(), static_cast<int32_t>(seqs.size()), q_pos.data(), total) ==
+            RK_OK);
+    for (int l = 0; l < L; ++l) {
+      std::size_t row = 0;
+      for (std::size_t i = 0; i < seqs.size(); ++i) {
+        const int n = q_lens[i];
+        auto k = random_vec<T>(static_cast<std::size_t>(n) * Hk * D, rng);
+        auto v = random_vec<T>(static_cast<std::size_t>(n) * Hk * D, rng);
+        std::span<const std::int32_t> pos(q_pos.data() + row, static_cast<std::size_t>(n));
+        Tensor kt{{n, Hk, D}}, vt{{n, Hk, D}};
+        REQUIRE(rk_append(f.store, seqs[i], l, kt.make(k.data(), dl_of(dtype)), vt.make(v.data(), dl_of(dtype)),
+                          pos.data(), n, nullptr) == RK_OK);
+        oracle.append<T>(seqs[i], l, k, v, pos);
+        row += static_cast<std::size_t>(n);
+      }
+      // Queries in f32 on even layers and in the store dtype on odd ones: both activation types are accepted.
+      std::vector<float> lse(static_cast<std::size_t>(total) * hq);
+      Tensor lt{{total, hq}};
+      std::vector<double> ref, ref_lse;
+      auto check_out = [&](auto& q, auto& out) {
+        row = 0;
+        for (std::size_t i = 0; i < seqs.size(); ++i) {
+          const int n = q_lens[i];
+          using Q = typename std::decay_t<decltype(q)>::value_type;
+          std::span<const Q> qi(q.data() + row * hq * D, static_cast<std::size_t>(n) * hq * D);
+          oracle.attention<Q>(seqs[i], l, qi, std::span<const std::int32_t>(q_pos.data() + row, n), ref, ref_lse);
+          for (std::size_t e = 0; e < ref.size(); ++e)
+            REQUIRE(std::abs(static_cast<double>(redknot::to_float(out[row * hq * D + e])) - ref[e]) < tol);
+          for (std::size_t e = 0; e < ref_lse.size(); ++e) REQUIRE(std::abs(lse[row * hq + e] - ref_lse[e]) < 1e-3);
+          row += static_cast<std::size_t>(n);
+        }
+      };
+      if (l % 2 == 0) {
+        auto q = random_vec<float>(static_cast<std::size_t>(total) * hq * D, rng);
+        std::vector<float> out(q.size());
+        Tensor qt{{total, hq, D}}, ot{{total, hq * D}};  // out given 2-D: both layouts are accepted
+        REQUIRE(rk_attention(f.store, l, qt.make(q.data(), kF32), ot.make(out.data(), kF32), lt.make(lse.data(), kF32),
+                             nullptr, nullptr) == RK_OK);
+        check_out(q, out);
+      } else {
+        auto q = random_vec<T>(static_cast<std::size_t>(total) * hq * D, rng);
+        std::vector<T> out(q.size());
+        Tensor qt{{total, hq, D}}, ot{{total, hq, D}};
+        REQUIRE(rk_attention(f.store, l, qt.make(q.data(), dl_of(dtype)), ot.make(out.data(), dl_of(dtype)),
+                             lt.make(lse.data(), kF32), nullptr, nullptr) == RK_OK);
+        check_out(q, out);
+      }
+    }
+    for (std::size_t i = 0; i < seqs.size(); ++i) next[i] += q_lens[i];
+  }
+  for (std::int64_t id : seqs) REQUIRE(rk_sequence_free(f.store, id) == RK_OK);
+  CHECK(f.stats().pages_in_use == 0);
+  CHECK(f.stats().num_sequences == 0);
+}
+
+TEST_CASE("attention through the C ABI matches the dense oracle") {
+  const int page_size = GENERATE(1, 4, 16);
+  SECTION("f32, GQA 2") { run_against_oracle<float>(RK_DTYPE_F32, page_size, 4, 2e-5); }
+  SECTION("f16, MHA") { run_against_oracle<redknot::Half>(RK_DTYPE_F16, page_size, 2, 2e-3); }
+  SECTION("bf16, GQA 4") { run_against_oracle<redknot::BFloat16>(RK_DTYPE_BF16, page_size, 8, 2e-2); }
+}
+
+TEST_CASE("bad data-path input is a status, and the store is left intact") {
+  Fixture f(RK_DTYPE_F32, 4, 6);
+  const int Hk = 2, D = 16;
+  std::int64_t s = 0;
+  REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
+  std::vector<float> k(3 * Hk * D, 0.5f), v(3 * Hk * D, 0.25f);
+  std::vector<std::int32_t> pos = {0, 1, 2};
+  Tensor kt{{3, Hk, D}}, vt{{3, Hk, D}};
+  REQUIRE(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), pos.data(), 3, nullptr) ==
+          RK_OK);
+  const rk_store_stats before = f.stats();
+
+  auto expect = [&](int got, int status, const char* needle) {
+    INFO(rk_last_error());
+    CHECK(got == status);
+    CHECK(contains(rk_last_error(), needle));
+    const rk_store_stats now = f.stats();
+    CHECK(now.pages_in_use == before.pages_in_use);
+    CHECK(now.num_sequences == before.num_sequences);
+  };
+  std::vector<std::int32_t> later = {3, 4, 5};
+  Tensor bad{{3, Hk, D + 1}};
+  expect(rk_append(f.store, s, 0, bad.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "append: k has shape [3, 2, 17]");
+  Tensor k2{{2, Hk, D}};
+  expect(rk_append(f.store, s, 0, k2.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "n_tokens=3");
+  expect(rk_append(f.store, s, 0, kt.make(k.data(), kI32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "dtype int32");
+  expect(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32, {kDLCUDA, 0}), later.data(), 3,
+                   nullptr),
+         RK_ERR_INVALID_ARGUMENT, "append: v lives on device");
+  expect(rk_append(f.store, s, 0, kt.make(nullptr, kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "k.data is NULL");
+  expect(rk_append(f.store, s, 0, nullptr, vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "k is NULL");
+  expect(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), nullptr, 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "positions is NULL");
+  expect(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), pos.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "must be >= 3");
+  expect(rk_append(f.store, s, 5, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "layer=5");
+  expect(rk_append(f.store, 77, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_NOT_FOUND, "id=77");
+  expect(rk_append(nullptr, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "store handle is NULL");
+
+  // Pool exhaustion: 6 pages, 2 in use; 16 tokens need 4 pages per head.
+  std::vector<float> big(16 * Hk * D, 1.f);
+  std::vector<std::int32_t> big_pos(16);
+  for (int i = 0; i < 16; ++i) big_pos[static_cast<std::size_t>(i)] = 3 + i;
+  Tensor bt{{16, Hk, D}};
+  expect(rk_append(f.store, s, 0, bt.make(big.data(), kF32), bt.make(big.data(), kF32), big_pos.data(), 16, nullptr),
+         RK_ERR_POOL_EXHAUSTED, "needs");
+
+  // Plans and attention.
+  std::int32_t one = 1, p2 = 2, p9 = 9, p23[2] = {2, 3};
+  expect(rk_plan(f.store, &s, &one, 1, p23, 2), RK_ERR_INVALID_ARGUMENT, "expected sum(q_lens)=1");
+  std::int64_t twice[2] = {s, s};
+  std::int32_t lens[2] = {1, 1}, qp[2] = {2, 2};
+  expect(rk_plan(f.store, twice, lens, 2, qp, 2), RK_ERR_INVALID_ARGUMENT, "appears twice");
+  std::int64_t ghost = 1234;
+  expect(rk_plan(f.store, &ghost, &one, 1, &p2, 1), RK_ERR_NOT_FOUND, "1234");
+  std::vector<float> q(4 * D, 0.1f), out(4 * D, 0.f);
+  Tensor qt{{1, 4, D}}, ot{{1, 4, D}};
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "no batch planned");
+  REQUIRE(rk_plan(f.store, &s, &one, 1, &p9, 1) == RK_OK);
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "query position 9");
+  REQUIRE(rk_plan(f.store, &s, &one, 1, &p2, 1) == RK_OK);
+  Tensor qbad{{2, 4, D}};
+  expect(rk_attention(f.store, 0, qbad.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "run: q has shape [2, 4, 16]");
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF16), nullptr, nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "run: out has dtype float16");
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kBF16), ot.make(out.data(), kBF16), nullptr, nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "run: q has dtype bfloat16");
+  Tensor lbad{{1, 3}};
+  std::vector<float> lse(4);
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), lbad.make(lse.data(), kF32),
+                      nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "run: lse has shape [1, 3]");
+  rk_attention_params bad_params{-1.f, 0};
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, &bad_params, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "sm_scale=-1");
+  expect(rk_attention(f.store, 2, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+         RK_ERR_INVALID_ARGUMENT, "layer=2");
+
+  // Still fully usable: attention of the query at position 2 sees the three keys (all V rows are 0.25).
+  REQUIRE(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr) ==
+          RK_OK);
+  for (float x : out) CHECK(std::abs(x - 0.25f) < 1e-6f);
+
+  // Sequence calls.
+  std::int64_t id = -5;
+  expect(rk_sequence_fork(f.store, 99, &id), RK_ERR_NOT_FOUND, "fork");
+  CHECK(id == -5);
+  expect(rk_sequence_free(f.store, 99), RK_ERR_NOT_FOUND, "free_sequence");
+  expect(rk_sequence_retire_queries(f.store, s, 10, 0), RK_ERR_INVALID_ARGUMENT, "beyond the next position");
+  std::int32_t np = -1, live = -1;
+  REQUIRE(rk_sequence_next_position(f.store, s, 0, &np) == RK_OK);
+  CHECK(np == 3);
+  REQUIRE(rk_sequence_contains(f.store, 99, &live) == RK_OK);
+  CHECK(live == 0);
+  rk_sequence_stats ss{};
+  expect(rk_sequence_get_stats(f.store, 99, &ss), RK_ERR_NOT_FOUND, "99");
+  std::int64_t n = 0;
+  expect(rk_store_pages_per_sequence(f.store, -1, &n), RK_ERR_INVALID_ARGUMENT, "num_tokens=-1");
+  REQUIRE(rk_sequence_free(f.store, s) == RK_OK);
+  CHECK(f.stats().pages_in_use == 0);
+}
+
+TEST_CASE("strided inputs and outputs are gathered and scattered") {
+  Fixture f(RK_DTYPE_F32, 4, 64, 2);  // MHA: q heads == kv heads == 2
+  const int Hk = 2, D = 16, n = 5;
+  std::int64_t s = 0;
+  REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
+  std::mt19937 rng(3);
+  // A fused [n, 3, Hk, D] qkv buffer; k and v are strided views into it, as an engine's projections give them.
+  auto qkv = random_vec<float>(static_cast<std::size_t>(n) * 3 * Hk * D, rng);
+  std::vector<std::int32_t> pos = {0, 1, 2, 3, 4};
+  Tensor kt{{n, Hk, D}, {3 * Hk * D, D, 1}}, vt{{n, Hk, D}, {3 * Hk * D, D, 1}}, qt{{n, Hk, D}, {3 * Hk * D, D, 1}};
+  for (int l = 0; l < 2; ++l) {
+    DLTensor* kp = kt.make(qkv.data() + Hk * D, kF32);
+    DLTensor* vp = vt.make(qkv.data() + 2 * Hk * D, kF32);
+    REQUIRE(rk_append(f.store, s, l, kp, vp, pos.data(), n, nullptr) == RK_OK);
+  }
+  std::int32_t len = n;
+  REQUIRE(rk_plan(f.store, &s, &len, 1, pos.data(), n) == RK_OK);
+  // Output transposed in memory ([Hk][n][D] storage, seen as [n, Hk, D]).
+  std::vector<float> out_t(static_cast<std::size_t>(n) * Hk * D), out_c(out_t.size());
+  Tensor ot{{n, Hk, D}, {D, n * D, 1}}, oc{{n, Hk, D}};
+  REQUIRE(rk_attention(f.store, 1, qt.make(qkv.data(), kF32), ot.make(out_t.data(), kF32), nullptr, nullptr,
+                       nullptr) == RK_OK);
+  // The same through contiguous copies.
+  std::vector<float> q(static_cast<std::size_t>(n) * Hk * D);
+  for (int i = 0; i < n; ++i)
+    for (int e = 0; e < Hk * D; ++e) q[static_cast<std::size_t>(i * Hk * D + e)] = qkv[static_cast<std::size_t>(i * 3 * Hk * D + e)];
+  Tensor qc{{n, Hk, D}};
+  REQUIRE(rk_attention(f.store, 1, qc.make(q.data(), kF32), oc.make(out_c.data(), kF32), nullptr, nullptr, nullptr) ==
+          RK_OK);
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < Hk; ++h)
+      for (int d = 0; d < D; ++d)
+        CHECK(out_t[static_cast<std::size_t>((h * n + i) * D + d)] ==
+              out_c[static_cast<std::size_t>((i * Hk + h) * D + d)]);
+}
+
+TEST_CASE("FlashInfer CSR export of a layer's page tables") {
+  Fixture f(RK_DTYPE_F32, 4, 128);
+  const int Hk = 2, D = 16;
+  std::int64_t a = 0, b = 0;
+  REQUIRE(rk_sequence_create(f.store, &a) == RK_OK);
+  REQUIRE(rk_sequence_create(f.store, &b) == RK_OK);
+  auto append = [&](std::int64_t s, int l, int p0, int n) {
+    std::vector<float> kv(static_cast<std::size_t>(n) * Hk * D, 1.f);
+    std::vector<std::int32_t> pos(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = p0 + i;
+    Tensor t{{n, Hk, D}};
+    REQUIRE(rk_append(f.store, s, l, t.make(kv.data(), kF32), t.make(kv.data(), kF32), pos.data(), n, nullptr) ==
+            RK_OK);
+  };
+  append(a, 1, 0, 10);  // layer 1: head 0 local (window 5, sink 4), head 1 global
+  append(b, 1, 0, 3);
+  std::int64_t seqs[2] = {a, b};
+  std::int64_t n = -1;
+  REQUIRE(rk_export_page_table(f.store, 1, seqs, 2, nullptr, nullptr, 0, nullptr, nullptr, &n) == RK_OK);
+  std::vector<std::int32_t> indptr(5), indices(64), last(4), pos0(64);
+  CHECK(rk_export_page_table(f.store, 1, seqs, 2, indptr.data(), indices.data(), n - 1, last.data(), nullptr,
+                             nullptr) == RK_ERR_INVALID_ARGUMENT);
+  REQUIRE(rk_export_page_table(f.store, 1, seqs, 2, indptr.data(), indices.data(), n, last.data(), pos0.data(),
+                               nullptr) == RK_OK);
+  indices.resize(static_cast<std::size_t>(n));
+  pos0.resize(static_cast<std::size_t>(n));
+  // After a 10-token prefill appended in one call nothing is evicted yet: 3 pages (4+4+2) per head of a,
+  // 1 page (3) per head of b.
+  CHECK(indptr == std::vector<std::int32_t>{0, 3, 6, 7, 8});
+  CHECK(last == std::vector<std::int32_t>{2, 2, 3, 3});
+  CHECK(pos0 == std::vector<std::int32_t>{0, 4, 8, 0, 4, 8, 0, 0});
+  std::vector<std::int32_t> sorted = indices;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());  // no page twice
+
+  // Decoding far enough evicts the local head's middle pages: its sink page (4 = page_size, full) and window
+  // pages remain, so the row stays expressible with a position jump that page_pos0 reveals.
+  for (int p = 10; p < 24; ++p) append(a, 1, p, 1);
+  indices.assign(64, -1);
+  pos0.assign(64, -1);
+  REQUIRE(rk_export_page_table(f.store, 1, seqs, 1, indptr.data(), indices.data(), 64, last.data(), pos0.data(),
+                               &n) == RK_OK);
+  CHECK(n == 9);
+  CHECK(indptr[1] == 3);  // head 0: sink page [0, 4) + window pages [16, 20) and [20, 24)
+  CHECK(pos0[0] == 0);
+  CHECK(pos0[1] == 16);
+  CHECK(pos0[2] == 20);
+  CHECK(indptr[2] - indptr[1] == 6);  // head 1 (global): 24 tokens in 6 full pages
+  CHECK(last[1] == 4);
+
+  // Layer 0 head 1 is local with sink 2: after eviction its sink page is partial and not last -> not expressible.
+  append(a, 0, 0, 10);
+  for (int p = 10; p < 20; ++p) append(a, 0, p, 1);
+  std::vector<std::int32_t> big(64);
+  CHECK(rk_export_page_table(f.store, 0, seqs, 1, indptr.data(), big.data(), 64, last.data(), nullptr, nullptr) ==
+        RK_ERR_INVALID_ARGUMENT);
+  INFO(rk_last_error());
+  CHECK(contains(rk_last_error(), "kv_head 1"));
+  CHECK(contains(rk_last_error(), "partial page"));
+
+  std::int64_t ghost = 555;
+  CHECK(rk_export_page_table(f.store, 0, &ghost, 1, nullptr, nullptr, 0, nullptr, nullptr, &n) == RK_ERR_NOT_FOUND);
+  CHECK(rk_export_page_table(f.store, 3, seqs, 1, nullptr, nullptr, 0, nullptr, nullptr, &n) ==
+        RK_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("stats and capacity queries") {
+  Fixture f(RK_DTYPE_BF16, 4, 100);
+  std::int64_t per = 0, fit = 0;
+  REQUIRE(rk_store_pages_per_sequence(f.store, 64, &per) == RK_OK);
+  REQUIRE(rk_store_sequences_that_fit(f.store, 64, &fit) == RK_OK);
+  CHECK(per > 0);
+  CHECK(fit == 100 / per);
+  const rk_store_stats st = f.stats();
+  CHECK(st.pages_total == 100);
+  CHECK(st.pages_in_use == 0);
+}
