@@ -107,39 +107,57 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
         const T* vr = vpage + (slot0 + static_cast<std::size_t>(j)) * D;
         float* kd = &kb[static_cast<std::size_t>(j) * D];
         float* vd = &vb[static_cast<std::size_t>(j) * D];
+#pragma omp simd
         for (int d = 0; d < D; ++d) kd[d] = to_float(kr[d]);
+#pragma omp simd
         for (int d = 0; d < D; ++d) vd[d] = to_float(vr[d]);
       }
       for (int r = 0; r < rows; ++r) {
         const std::int32_t p = qpos[static_cast<std::size_t>(r / g)];
+        // The block holds positions kb0 .. kb0 + nk - 1: this row sees two index ranges of it, found
+        // analytically (the canonical rule), so the dot-product loops below carry no per-key branch.
+        const VisibleRanges vr = visible_ranges(pol, p);
+        const auto clip = [&](std::int64_t lo, std::int64_t hi) {
+          return std::pair<int, int>{static_cast<int>(std::clamp<std::int64_t>(lo - kb0, 0, nk)),
+                                     static_cast<int>(std::clamp<std::int64_t>(hi - kb0, 0, nk))};
+        };
+        const auto [s0, s1] = clip(0, vr.sink_end);
+        const auto [w0, w1] = clip(vr.win_begin, vr.win_end);
+        if (s0 == s1 && w0 == w1) continue;
         const float* qr = &qf[static_cast<std::size_t>(r) * D];
         float* s = &sc[static_cast<std::size_t>(r) * kKeyBlock];
         float bmax = -std::numeric_limits<float>::infinity();
-        for (int j = 0; j < nk; ++j) {
-          if (!is_visible(pol, p, kb0 + j)) {
-            s[j] = -std::numeric_limits<float>::infinity();
-            continue;
+        const auto score = [&](int j0, int j1) {
+          for (int j = j0; j < j1; ++j) {
+            const float* kd = &kb[static_cast<std::size_t>(j) * D];
+            float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+            for (int d = 0; d < D; ++d) dot += qr[d] * kd[d];
+            s[j] = dot;
+            bmax = std::max(bmax, dot);
           }
-          const float* kd = &kb[static_cast<std::size_t>(j) * D];
-          float dot = 0.f;
-          for (int d = 0; d < D; ++d) dot += qr[d] * kd[d];
-          s[j] = dot;
-          bmax = std::max(bmax, dot);
-        }
-        if (bmax == -std::numeric_limits<float>::infinity()) continue;
+        };
+        score(s0, s1);
+        score(w0, w1);
         const float m_new = std::max(m[r], bmax);
         const float alpha = std::exp(m[r] - m_new);  // exp(-inf) = 0 on the first visible block
         float* ar = &acc[static_cast<std::size_t>(r) * D];
-        if (alpha != 1.f)
+        if (alpha != 1.f) {
+#pragma omp simd
           for (int d = 0; d < D; ++d) ar[d] *= alpha;
-        float psum = 0.f;
-        for (int j = 0; j < nk; ++j) {
-          if (s[j] == -std::numeric_limits<float>::infinity()) continue;
-          const float pj = std::exp(s[j] - m_new);
-          psum += pj;
-          const float* vd = &vb[static_cast<std::size_t>(j) * D];
-          for (int d = 0; d < D; ++d) ar[d] += pj * vd[d];
         }
+        float psum = 0.f;
+        const auto accumulate = [&](int j0, int j1) {
+          for (int j = j0; j < j1; ++j) {
+            const float pj = std::exp(s[j] - m_new);
+            psum += pj;
+            const float* vd = &vb[static_cast<std::size_t>(j) * D];
+#pragma omp simd
+            for (int d = 0; d < D; ++d) ar[d] += pj * vd[d];
+          }
+        };
+        accumulate(s0, s1);
+        accumulate(w0, w1);
         l[r] = l[r] * alpha + psum;
         m[r] = m_new;
       }
