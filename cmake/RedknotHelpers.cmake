@@ -14,3 +14,13 @@ function(redknot_enable_warnings target)
     target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>)
   endif()
 endfunction()
+
+# redknot_native_arch(<target>)
+#   Programs that run where they are built (benchmarks, examples) compile the header-only kernels for the
+#   build machine's ISA (-march=native: AVX2/FMA/AVX-512 where present), when REDKNOT_NATIVE_ARCH is ON.
+#   The library and the tests stay portable.
+function(redknot_native_arch target)
+  if(REDKNOT_NATIVE_ARCH AND CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-march=native>)
+  endif()
+endfunction()

@@ -3,7 +3,7 @@
 #
 # Environment knobs:
 #   BUILD_DIR    build directory            (default: build)
-#   BUILD_TYPE   CMAKE_BUILD_TYPE           (default: RelWithDebInfo)
+#   BUILD_TYPE   CMAKE_BUILD_TYPE           (default: Release: -O3, which the CPU kernels need to vectorise)
 #   JOBS         parallel build/test jobs   (default: 2)
 #   CMAKE_ARGS   extra arguments for the CMake configure step
 #   SKIP_DEPS=1  do not run scripts/install-deps.sh
@@ -12,7 +12,7 @@ REDKNOT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REDKNOT_ROOT" || exit 1
 
 BUILD_DIR="${BUILD_DIR:-build}"
-BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}"
+BUILD_TYPE="${BUILD_TYPE:-Release}"
 JOBS="${JOBS:-2}"
 
 section() { printf '\n========== %s ==========\n' "$*"; }

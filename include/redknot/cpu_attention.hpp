@@ -33,15 +33,55 @@ struct AttentionParams {
 
 namespace detail {
 
-inline constexpr int kQueryTile = 16;
-inline constexpr int kKeyBlock = 32;
+inline constexpr int kQueryTile = 16;  // queries per work item (x g query heads = rows)
+inline constexpr int kKeyBlock = 32;   // keys converted to fp32 and scored together
+inline constexpr int kRowBlock = 4;    // rows sharing each loaded K/V vector in the micro-kernels
+inline constexpr int kColBlock = 16;   // fp32 lanes per micro-kernel accumulator row
 
 template <class QT>
 inline float load_f(const QT* p, std::size_t i) {
   return to_float(p[i]);
 }
 
-// One (item, kv_head, query tile) of attention. Rows are (query, q-head-in-group) pairs.
+// S[r][j] = sum_d Q[r][d] * Kt[d][j] for kRowBlock rows and kKeyBlock keys. K is stored transposed so each
+// loaded K vector serves kRowBlock rows with broadcast q values, and no horizontal sums are needed.
+inline void score_block(const float* q, const float* kt, int D, float* s) {
+  for (int jc = 0; jc < kKeyBlock; jc += kColBlock) {
+    float acc[kRowBlock][kColBlock] = {};
+    for (int d = 0; d < D; ++d) {
+      const float* k = kt + static_cast<std::size_t>(d) * kKeyBlock + jc;
+      for (int r = 0; r < kRowBlock; ++r) {
+        const float qv = q[static_cast<std::size_t>(r) * D + d];
+#pragma omp simd
+        for (int c = 0; c < kColBlock; ++c) acc[r][c] += qv * k[c];
+      }
+    }
+    for (int r = 0; r < kRowBlock; ++r)
+      for (int c = 0; c < kColBlock; ++c) s[r * kKeyBlock + jc + c] = acc[r][c];
+  }
+}
+
+// O[r][:] += sum_j P[r][j] * V[j][:] for kRowBlock rows over nk keys: each loaded V vector serves kRowBlock rows.
+inline void accumulate_block(const float* p, const float* v, int nk, int D, float* o) {
+  for (int dc = 0; dc < D; dc += kColBlock) {
+    float acc[kRowBlock][kColBlock];
+    for (int r = 0; r < kRowBlock; ++r)
+      for (int c = 0; c < kColBlock; ++c) acc[r][c] = o[static_cast<std::size_t>(r) * D + dc + c];
+    for (int j = 0; j < nk; ++j) {
+      const float* vj = v + static_cast<std::size_t>(j) * D + dc;
+      for (int r = 0; r < kRowBlock; ++r) {
+        const float pv = p[r * kKeyBlock + j];
+#pragma omp simd
+        for (int c = 0; c < kColBlock; ++c) acc[r][c] += pv * vj[c];
+      }
+    }
+    for (int r = 0; r < kRowBlock; ++r)
+      for (int c = 0; c < kColBlock; ++c) o[static_cast<std::size_t>(r) * D + dc + c] = acc[r][c];
+  }
+}
+
+// One (item, kv_head, query tile) of attention. Rows are (query, q-head-in-group) pairs, padded to a multiple
+// of kRowBlock with zero rows whose results are dropped.
 template <class QT, StorageType T, Allocator A, RetentionPolicy R>
 void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, std::size_t item, int kv_head,
                  std::int32_t q0, std::int32_t nq, const QT* q, QT* out, float* lse, float scale) {
@@ -51,18 +91,19 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
   const PlanSlot& slot = plan.slot(item, kv_head);
   const auto& pool = store.pool();
   const int rows = nq * g;
+  const int rows_padded = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  // Per-thread scratch: queries, accumulators, scores and one converted K/V block.
-  thread_local std::vector<float> qf, acc, kb, vb, sc;
-  thread_local std::vector<float> m, l;
+  // Per-thread scratch: queries, accumulators, scores and one converted K (transposed) / V block.
+  thread_local std::vector<float> qf, acc, kt, vb, sc, m, l;
   thread_local std::vector<std::int32_t> qpos;
-  qf.assign(static_cast<std::size_t>(rows) * D, 0.f);
-  acc.assign(static_cast<std::size_t>(rows) * D, 0.f);
-  m.assign(static_cast<std::size_t>(rows), -std::numeric_limits<float>::infinity());
+  qf.assign(static_cast<std::size_t>(rows_padded) * D, 0.f);
+  acc.assign(static_cast<std::size_t>(rows_padded) * D, 0.f);
+  m.assign(static_cast<std::size_t>(rows), kNegInf);
   l.assign(static_cast<std::size_t>(rows), 0.f);
-  kb.resize(static_cast<std::size_t>(kKeyBlock) * D);
-  vb.resize(static_cast<std::size_t>(kKeyBlock) * D);
-  sc.resize(static_cast<std::size_t>(rows) * kKeyBlock);
+  kt.assign(static_cast<std::size_t>(kKeyBlock) * D, 0.f);
+  vb.assign(static_cast<std::size_t>(kKeyBlock) * D, 0.f);
+  sc.resize(static_cast<std::size_t>(rows_padded) * kKeyBlock);
   qpos.resize(static_cast<std::size_t>(nq));
 
   std::int32_t pmin = std::numeric_limits<std::int32_t>::max(), pmax = -1;
@@ -82,13 +123,65 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
   const std::int64_t sink_end = std::max(lo_r.sink_end, hi_r.sink_end);
   const std::int64_t win_lo = lo_r.win_begin;
 
+  // Keys are gathered from successive page entries into blocks of kKeyBlock (pages are often smaller than a
+  // block), converted to fp32 once and scored against all rows; kpos holds each gathered key's position.
+  thread_local std::vector<std::int32_t> kpos;
+  kpos.assign(kKeyBlock, 0);
+  int nk = 0;
+  const auto flush = [&] {
+    if (nk == 0) return;
+    if (nk < kKeyBlock) {  // stale keys of a previous block would score as real ones: zero them
+      for (int d = 0; d < D; ++d)
+        for (int j = nk; j < kKeyBlock; ++j) kt[static_cast<std::size_t>(d) * kKeyBlock + j] = 0.f;
+      std::fill(vb.begin() + static_cast<std::ptrdiff_t>(nk) * D, vb.end(), 0.f);
+    }
+    for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
+      score_block(&qf[static_cast<std::size_t>(r0) * D], kt.data(), D, &sc[static_cast<std::size_t>(r0) * kKeyBlock]);
+    // Online softmax per row over the keys it sees (canonical rule); hidden keys get probability 0.
+    for (int r = 0; r < rows; ++r) {
+      float* s = &sc[static_cast<std::size_t>(r) * kKeyBlock];
+      const std::int32_t p = qpos[static_cast<std::size_t>(r / g)];
+      float bmax = kNegInf;
+      for (int j = 0; j < nk; ++j) {
+        s[j] = is_visible(pol, p, kpos[static_cast<std::size_t>(j)]) ? s[j] : kNegInf;
+        bmax = std::max(bmax, s[j]);
+      }
+      if (bmax == kNegInf) {
+        std::fill(s, s + kKeyBlock, 0.f);
+        continue;
+      }
+      const float m_new = std::max(m[r], bmax);
+      const float alpha = std::exp(m[r] - m_new);  // exp(-inf) = 0 on the first visible block
+      float psum = 0.f;
+      for (int j = 0; j < nk; ++j) {
+        const float pj = s[j] == kNegInf ? 0.f : std::exp(s[j] - m_new);
+        s[j] = pj;
+        psum += pj;
+      }
+      std::fill(s + nk, s + kKeyBlock, 0.f);
+      if (alpha != 1.f) {
+        float* ar = &acc[static_cast<std::size_t>(r) * D];
+#pragma omp simd
+        for (int d = 0; d < D; ++d) ar[d] *= alpha;
+      }
+      l[r] = l[r] * alpha + psum;
+      m[r] = m_new;
+    }
+    for (int r = rows; r < rows_padded; ++r)
+      std::fill(&sc[static_cast<std::size_t>(r) * kKeyBlock], &sc[static_cast<std::size_t>(r + 1) * kKeyBlock], 0.f);
+    for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
+      accumulate_block(&sc[static_cast<std::size_t>(r0) * kKeyBlock], vb.data(), nk, D,
+                       &acc[static_cast<std::size_t>(r0) * D]);
+    nk = 0;
+  };
+
   const std::int32_t n_entries = slot.num_entries();
   for (std::int32_t ei = 0; ei < n_entries; ++ei) {
     const PageEntry& e = plan.entry(slot, ei);
     // Entries are position-ordered: nothing after pmax is visible to any query of the tile.
     if (e.pos0 > pmax) break;
-    // Slot range of this entry some query may see.
-    std::int64_t a = e.pos0, b = static_cast<std::int64_t>(e.pos0) + e.count;  // positions [a, b)
+    // Positions [a, b) of this entry some query of the tile may see.
+    std::int64_t a = e.pos0, b = static_cast<std::int64_t>(e.pos0) + e.count;
     b = std::min<std::int64_t>(b, pmax + 1);
     if (pol.is_local()) {
       const bool touches_sink = a < sink_end;
@@ -99,70 +192,19 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
     }
     const T* kpage = pool.k_ptr(e.page_id);
     const T* vpage = pool.v_ptr(e.page_id);
-    for (std::int64_t kb0 = a; kb0 < b; kb0 += kKeyBlock) {
-      const int nk = static_cast<int>(std::min<std::int64_t>(kKeyBlock, b - kb0));
-      const std::size_t slot0 = static_cast<std::size_t>(e.first + (kb0 - e.pos0));
-      for (int j = 0; j < nk; ++j) {
-        const T* kr = kpage + (slot0 + static_cast<std::size_t>(j)) * D;
-        const T* vr = vpage + (slot0 + static_cast<std::size_t>(j)) * D;
-        float* kd = &kb[static_cast<std::size_t>(j) * D];
-        float* vd = &vb[static_cast<std::size_t>(j) * D];
+    for (std::int64_t pos = a; pos < b; ++pos) {
+      const std::size_t slot_idx = static_cast<std::size_t>(e.first + (pos - e.pos0));
+      const T* kr = kpage + slot_idx * D;
+      const T* vr = vpage + slot_idx * D;
+      float* vd = &vb[static_cast<std::size_t>(nk) * D];
+      for (int d = 0; d < D; ++d) kt[static_cast<std::size_t>(d) * kKeyBlock + nk] = to_float(kr[d]);
 #pragma omp simd
-        for (int d = 0; d < D; ++d) kd[d] = to_float(kr[d]);
-#pragma omp simd
-        for (int d = 0; d < D; ++d) vd[d] = to_float(vr[d]);
-      }
-      for (int r = 0; r < rows; ++r) {
-        const std::int32_t p = qpos[static_cast<std::size_t>(r / g)];
-        // The block holds positions kb0 .. kb0 + nk - 1: this row sees two index ranges of it, found
-        // analytically (the canonical rule), so the dot-product loops below carry no per-key branch.
-        const VisibleRanges vr = visible_ranges(pol, p);
-        const auto clip = [&](std::int64_t lo, std::int64_t hi) {
-          return std::pair<int, int>{static_cast<int>(std::clamp<std::int64_t>(lo - kb0, 0, nk)),
-                                     static_cast<int>(std::clamp<std::int64_t>(hi - kb0, 0, nk))};
-        };
-        const auto [s0, s1] = clip(0, vr.sink_end);
-        const auto [w0, w1] = clip(vr.win_begin, vr.win_end);
-        if (s0 == s1 && w0 == w1) continue;
-        const float* qr = &qf[static_cast<std::size_t>(r) * D];
-        float* s = &sc[static_cast<std::size_t>(r) * kKeyBlock];
-        float bmax = -std::numeric_limits<float>::infinity();
-        const auto score = [&](int j0, int j1) {
-          for (int j = j0; j < j1; ++j) {
-            const float* kd = &kb[static_cast<std::size_t>(j) * D];
-            float dot = 0.f;
-#pragma omp simd reduction(+ : dot)
-            for (int d = 0; d < D; ++d) dot += qr[d] * kd[d];
-            s[j] = dot;
-            bmax = std::max(bmax, dot);
-          }
-        };
-        score(s0, s1);
-        score(w0, w1);
-        const float m_new = std::max(m[r], bmax);
-        const float alpha = std::exp(m[r] - m_new);  // exp(-inf) = 0 on the first visible block
-        float* ar = &acc[static_cast<std::size_t>(r) * D];
-        if (alpha != 1.f) {
-#pragma omp simd
-          for (int d = 0; d < D; ++d) ar[d] *= alpha;
-        }
-        float psum = 0.f;
-        const auto accumulate = [&](int j0, int j1) {
-          for (int j = j0; j < j1; ++j) {
-            const float pj = std::exp(s[j] - m_new);
-            psum += pj;
-            const float* vd = &vb[static_cast<std::size_t>(j) * D];
-#pragma omp simd
-            for (int d = 0; d < D; ++d) ar[d] += pj * vd[d];
-          }
-        };
-        accumulate(s0, s1);
-        accumulate(w0, w1);
-        l[r] = l[r] * alpha + psum;
-        m[r] = m_new;
-      }
+      for (int d = 0; d < D; ++d) vd[d] = to_float(vr[d]);
+      kpos[static_cast<std::size_t>(nk)] = static_cast<std::int32_t>(pos);
+      if (++nk == kKeyBlock) flush();
     }
   }
+  flush();
   for (int r = 0; r < rows; ++r) {
     const int i = r / g, j = r % g;
     const std::size_t row = static_cast<std::size_t>(q0 + i) * Hq + static_cast<std::size_t>(kv_head) * g + j;
@@ -173,7 +215,7 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
       if constexpr (std::is_same_v<QT, float>) dst[d] = ar[d] * inv;
       else dst[d] = from_float<QT>(ar[d] * inv);
     }
-    if (lse) lse[row] = l[r] > 0.f ? m[r] + std::log(l[r]) : -std::numeric_limits<float>::infinity();
+    if (lse) lse[row] = l[r] > 0.f ? m[r] + std::log(l[r]) : kNegInf;
   }
 }
 
