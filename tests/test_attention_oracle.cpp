@@ -165,3 +165,11 @@ TEST_CASE("oracle harness detects a wrong visibility rule", "[oracle]") {
   for (std::size_t i = 0; i < ref.size(); ++i) max_diff = std::max(max_diff, std::abs(out[i] - ref[i]));
   REQUIRE(max_diff > 0.1);
 }
+
+TEST_CASE("cpu attention matches oracle: head_dim not a multiple of the micro-kernel width", "[oracle]") {
+  // 8, 24 and 40 leave an 8-wide column tail in the 16-wide PV micro-kernel.
+  const int head_dim = GENERATE(8, 24, 40);
+  INFO("head_dim " << head_dim);
+  run_scenario<float, float>(head_dim, 2, 16);
+  run_scenario<BFloat16, float>(head_dim, 4, 64);
+}

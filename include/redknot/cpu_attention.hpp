@@ -61,23 +61,34 @@ inline void score_block(const float* q, const float* kt, int D, float* s) {
   }
 }
 
-// O[r][:] += sum_j P[r][j] * V[j][:] for kRowBlock rows over nk keys: each loaded V vector serves kRowBlock rows.
-inline void accumulate_block(const float* p, const float* v, int nk, int D, float* o) {
-  for (int dc = 0; dc < D; dc += kColBlock) {
-    float acc[kRowBlock][kColBlock];
-    for (int r = 0; r < kRowBlock; ++r)
-      for (int c = 0; c < kColBlock; ++c) acc[r][c] = o[static_cast<std::size_t>(r) * D + dc + c];
-    for (int j = 0; j < nk; ++j) {
-      const float* vj = v + static_cast<std::size_t>(j) * D + dc;
-      for (int r = 0; r < kRowBlock; ++r) {
-        const float pv = p[r * kKeyBlock + j];
+// O[r][dc, dc + W) += sum_j P[r][j] * V[j][dc, dc + W) for kRowBlock rows over nk keys: each loaded V vector
+// serves kRowBlock rows.
+template <int W>
+inline void accumulate_cols(const float* p, const float* v, int nk, int D, int dc, float* o) {
+  float acc[kRowBlock][W];
+  for (int r = 0; r < kRowBlock; ++r)
+    for (int c = 0; c < W; ++c) acc[r][c] = o[static_cast<std::size_t>(r) * D + dc + c];
+  for (int j = 0; j < nk; ++j) {
+    const float* vj = v + static_cast<std::size_t>(j) * D + dc;
+    for (int r = 0; r < kRowBlock; ++r) {
+      const float pv = p[r * kKeyBlock + j];
 #pragma omp simd
-        for (int c = 0; c < kColBlock; ++c) acc[r][c] += pv * vj[c];
-      }
+      for (int c = 0; c < W; ++c) acc[r][c] += pv * vj[c];
     }
-    for (int r = 0; r < kRowBlock; ++r)
-      for (int c = 0; c < kColBlock; ++c) o[static_cast<std::size_t>(r) * D + dc + c] = acc[r][c];
   }
+  for (int r = 0; r < kRowBlock; ++r)
+    for (int c = 0; c < W; ++c) o[static_cast<std::size_t>(r) * D + dc + c] = acc[r][c];
+}
+
+// O[r][:] += sum_j P[r][j] * V[j][:] for kRowBlock rows over nk keys.
+// head_dim is a multiple of 8 but not always of kColBlock (8, 24, 40, ...): the last 8 columns then take a
+// narrower block. (Fix by the C-ABI/Python work: full kColBlock blocks read and wrote past the rows for
+// head_dim % 16 == 8, found by the head_dim=8 cases of python/tests and examples/c_embed.)
+inline void accumulate_block(const float* p, const float* v, int nk, int D, float* o) {
+  static_assert(kColBlock == 16, "the tail below assumes head_dim % kColBlock is 0 or 8");
+  int dc = 0;
+  for (; dc + kColBlock <= D; dc += kColBlock) accumulate_cols<kColBlock>(p, v, nk, D, dc, o);
+  if (dc < D) accumulate_cols<8>(p, v, nk, D, dc, o);
 }
 
 // One (item, kv_head, query tile) of attention. Rows are (query, q-head-in-group) pairs, padded to a multiple
