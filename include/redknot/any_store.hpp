@@ -65,8 +65,8 @@ class AnyStore {
   // Records the step's batch (see rk_plan). Replaces the previous plan.
   virtual void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
                     std::span<const std::int32_t> q_positions) = 0;
-  // Attention of the planned batch in `layer`. q, out: [total_q, Hq, D] or [total_q, Hq * D], both f32 or both
-  // the store dtype; lse (nullable): f32 [total_q, Hq].
+  // Attention of the planned batch in `layer`. q, out: [total_q, Hq, D] or [total_q, Hq * D], both f32 or
+  // both the store dtype; lse (nullable): f32 [total_q, Hq].
   virtual void run(int layer, const DLTensor& q, const DLTensor& out, const DLTensor* lse,
                    AttentionParams params) = 0;
   // Sum of q_lens of the current plan (-1 when there is none).
@@ -79,6 +79,11 @@ class AnyStore {
   virtual std::int64_t sequences_that_fit(std::int64_t num_tokens) const = 0;
 
   virtual PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const = 0;
+  // The page pool as one tensor [num_pages, 2, page_size, head_dim] (K = [:, 0], V = [:, 1]) in the store
+  // dtype, row-major: with export_page_table it is exactly what FlashInfer's paged kernels read (num_kv_heads
+  // = 1 per row). The view is valid for the store's lifetime; the shape array belongs to the store. Read it
+  // only while no writer runs.
+  virtual DLTensor kv_pool() const = 0;
 
   // Stores alive in this process (leak checks).
   static std::int64_t live_count();

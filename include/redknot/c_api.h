@@ -49,11 +49,12 @@ extern "C" {
 
 typedef enum rk_status {
   RK_OK = 0,
-  RK_ERR_INVALID_ARGUMENT = 1, /* out of range, mis-shaped, wrong dtype/device, NULL where a value is needed */
-  RK_ERR_NOT_FOUND = 2,        /* a sequence id that is not live */
-  RK_ERR_POOL_EXHAUSTED = 3,   /* the page pool (or host memory) is full; free sequences and retry */
-  RK_ERR_UNAVAILABLE = 4,      /* the requested backend (e.g. CUDA) is not available */
-  RK_ERR_INTERNAL = 5          /* a bug in redknot; the message says what */
+  RK_ERR_INVALID_ARGUMENT =
+      1,                     /* out of range, mis-shaped, wrong dtype/device, NULL where a value is needed */
+  RK_ERR_NOT_FOUND = 2,      /* a sequence id that is not live */
+  RK_ERR_POOL_EXHAUSTED = 3, /* the page pool (or host memory) is full; free sequences and retry */
+  RK_ERR_UNAVAILABLE = 4,    /* the requested backend (e.g. CUDA) is not available */
+  RK_ERR_INTERNAL = 5        /* a bug in redknot; the message says what */
 } rk_status;
 
 typedef enum rk_dtype { RK_DTYPE_F32 = 0, RK_DTYPE_F16 = 1, RK_DTYPE_BF16 = 2 } rk_dtype;
@@ -113,24 +114,27 @@ typedef struct rk_head_policy {
 
 RK_API int rk_head_map_get_info(const rk_head_map* map, rk_head_map_info* out);
 /* Effective policy of (layer, kv_head): layers below dense_prefix_layers report RK_HEAD_DENSE. */
-RK_API int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t kv_head, rk_head_policy* out);
+RK_API int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t kv_head,
+                                  rk_head_policy* out);
 /* Serialises to JSON. Writes at most buf_size bytes including the NUL; *len_out (optional) receives the full
  * length without the NUL. buf may be NULL with buf_size 0 to query the length. A buffer that is too small is
  * RK_ERR_INVALID_ARGUMENT and nothing is written. */
-RK_API int rk_head_map_to_json(const rk_head_map* map, int32_t indent, char* buf, size_t buf_size, size_t* len_out);
+RK_API int rk_head_map_to_json(const rk_head_map* map, int32_t indent, char* buf, size_t buf_size,
+                               size_t* len_out);
 
-/* ---- stores ---------------------------------------------------------------------------------------------- */
+/* ---- stores ----------------------------------------------------------------------------------------------
+ */
 
 typedef struct rk_store_config {
   uint32_t struct_size; /* sizeof(rk_store_config); set by rk_store_config_init */
   int32_t num_layers;
   int32_t num_q_heads;
   int32_t num_kv_heads;
-  int32_t head_dim; /* multiple of 8 in [8, 1024] */
-  int32_t dtype;    /* rk_dtype of the stored K/V */
+  int32_t head_dim;  /* multiple of 8 in [8, 1024] */
+  int32_t dtype;     /* rk_dtype of the stored K/V */
   int32_t page_size; /* tokens of one kv head per page, [1, 4096] */
   int32_t num_pages; /* pool capacity, fixed for the store's lifetime */
-  DLDevice device;  /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands */
+  DLDevice device;   /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands */
 } rk_store_config;
 
 /* Fills defaults: bf16, page_size 16, device CPU, everything else 0 (must be set). */
@@ -143,7 +147,8 @@ RK_API int rk_store_get_config(const rk_store* store, rk_store_config* out);
 /* A new head map handle (a copy of the store's), owned by the caller. */
 RK_API int rk_store_get_head_map(const rk_store* store, rk_head_map** out);
 
-/* ---- sequences -------------------------------------------------------------------------------------------- */
+/* ---- sequences --------------------------------------------------------------------------------------------
+ */
 
 RK_API int rk_sequence_create(rk_store* store, int64_t* out_id);
 /* A new sequence sharing every page of parent (copy-on-write of partial last pages). */
@@ -154,11 +159,12 @@ RK_API int rk_sequence_free(rk_store* store, int64_t id);
 RK_API int rk_sequence_contains(const rk_store* store, int64_t id, int32_t* out);
 /* The position the next append to (id, layer) must start at or after. */
 RK_API int rk_sequence_next_position(const rk_store* store, int64_t id, int32_t layer, int32_t* out);
-/* Declares that every query of (id, layer) before next_query_pos has run (layer -1: all layers), letting local
- * heads drop pages no later query can see. */
+/* Declares that every query of (id, layer) before next_query_pos has run (layer -1: all layers), letting
+ * local heads drop pages no later query can see. */
 RK_API int rk_sequence_retire_queries(rk_store* store, int64_t id, int32_t next_query_pos, int32_t layer);
 
-/* ---- data path -------------------------------------------------------------------------------------------- */
+/* ---- data path --------------------------------------------------------------------------------------------
+ */
 
 /* Appends n_tokens tokens of one layer. k and v: [n_tokens, num_kv_heads, head_dim] (or
  * [n_tokens, num_kv_heads * head_dim]), dtype = the store's (zero copy) or f32 (converted, round to nearest
@@ -168,9 +174,9 @@ RK_API int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor
                      const int32_t* positions, int64_t n_tokens, void* stream);
 
 /* Describes the step's batch once: batch_size sequences, sequence i has q_lens[i] queries (1 for decode, the
- * chunk length for prefill) at the positions q_positions[sum(q_lens[:i]) ...]; total_q = sum(q_lens). Only the
- * description is checked here (sizes, live and distinct sequences): the K/V of the queries' own positions are
- * usually appended later in the step, layer by layer, and are checked by rk_attention. */
+ * chunk length for prefill) at the positions q_positions[sum(q_lens[:i]) ...]; total_q = sum(q_lens). Only
+ * the description is checked here (sizes, live and distinct sequences): the K/V of the queries' own positions
+ * are usually appended later in the step, layer by layer, and are checked by rk_attention. */
 RK_API int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_lens, int32_t batch_size,
                    const int32_t* q_positions, int64_t total_q);
 
@@ -181,13 +187,14 @@ typedef struct rk_attention_params {
 
 /* Attention of the planned batch in one layer (prefill, decode or a mix). q and out: [total_q, num_q_heads,
  * head_dim] (or [total_q, num_q_heads * head_dim]), both f32 or both the store dtype, host memory. lse
- * (optional, may be NULL): f32 [total_q, num_q_heads], natural-log sum of exp of the scaled scores. params may
- * be NULL (defaults). The layer's page-table mirror is kept across steps, so a decode step costs metadata
+ * (optional, may be NULL): f32 [total_q, num_q_heads], natural-log sum of exp of the scaled scores. params
+ * may be NULL (defaults). The layer's page-table mirror is kept across steps, so a decode step costs metadata
  * proportional to what changed. */
 RK_API int rk_attention(rk_store* store, int32_t layer, const DLTensor* q, DLTensor* out, DLTensor* lse,
                         const rk_attention_params* params, void* stream);
 
-/* ---- accounting ------------------------------------------------------------------------------------------- */
+/* ---- accounting -------------------------------------------------------------------------------------------
+ */
 
 typedef struct rk_store_stats {
   int64_t num_sequences;
@@ -217,7 +224,8 @@ RK_API int rk_store_pages_per_sequence(const rk_store* store, int64_t num_tokens
 /* How many more such sequences fit in the free pages (INT64_MAX when a sequence needs no page). */
 RK_API int rk_store_sequences_that_fit(const rk_store* store, int64_t num_tokens, int64_t* out);
 
-/* ---- page-table interchange (FlashInfer CSR) --------------------------------------------------------------- */
+/* ---- page-table interchange (FlashInfer CSR)
+ * --------------------------------------------------------------- */
 
 /* Exports the page tables of one layer for a batch of sequences in FlashInfer's paged-KV CSR layout.
  * Rows are (sequence, kv_head) pairs, sequence-major: row r = i * num_kv_heads + h.
@@ -237,9 +245,16 @@ RK_API int rk_store_sequences_that_fit(const rk_store* store, int64_t num_tokens
  * the sequence, head and page, and writes nothing.
  * Call with indices == NULL (indices_capacity 0) to learn *num_indices_out; indptr and last_page_len may then
  * also be NULL. */
-RK_API int rk_export_page_table(const rk_store* store, int32_t layer, const int64_t* seq_ids, int32_t batch_size,
-                                int32_t* indptr, int32_t* indices, int64_t indices_capacity,
-                                int32_t* last_page_len, int32_t* page_pos0, int64_t* num_indices_out);
+RK_API int rk_export_page_table(const rk_store* store, int32_t layer, const int64_t* seq_ids,
+                                int32_t batch_size, int32_t* indptr, int32_t* indices,
+                                int64_t indices_capacity, int32_t* last_page_len, int32_t* page_pos0,
+                                int64_t* num_indices_out);
+
+/* The page pool as one DLTensor [num_pages, 2, page_size, head_dim] in the store dtype (K = [:, 0], V = [:,
+ * 1]), row-major (strides NULL), on the store's device. With rk_export_page_table it is what FlashInfer's
+ * paged kernels read, one kv head per CSR row. out->shape points into the store and stays valid until
+ * rk_store_destroy. Read-only, and only while no call mutates the store. */
+RK_API int rk_store_get_kv_pool(const rk_store* store, DLTensor* out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,11 +1,11 @@
 /* The DLPack tensor structs (https://dmlc.github.io/dlpack/latest/c_api.html), version 1.0.
  *
- * redknot passes tensors across its C ABI as DLTensor so that numpy, torch, cupy and any DLPack producer can hand
- * their buffers over without a copy. The definitions below are written from the public specification and are
- * ABI-compatible with the reference dlpack.h, so a caller may include either one first:
+ * redknot passes tensors across its C ABI as DLTensor so that numpy, torch, cupy and any DLPack producer can
+ * hand their buffers over without a copy. The definitions below are written from the public specification and
+ * are ABI-compatible with the reference dlpack.h, so a caller may include either one first:
  *   - if dlpack.h was included first (it defines DLPACK_DLPACK_H_), this header defines nothing;
- *   - otherwise this header defines DLPACK_DLPACK_H_ itself, so a later #include <dlpack/dlpack.h> is a no-op.
- * Only the parts redknot uses are defined (no DLPACK_DLL / DLPACK_EXTERN_C helpers). */
+ *   - otherwise this header defines DLPACK_DLPACK_H_ itself, so a later #include <dlpack/dlpack.h> is a
+ * no-op. Only the parts redknot uses are defined (no DLPACK_DLL / DLPACK_EXTERN_C helpers). */
 #ifndef REDKNOT_DLPACK_TYPES_H_
 #define REDKNOT_DLPACK_TYPES_H_
 

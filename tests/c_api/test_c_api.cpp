@@ -1,5 +1,6 @@
-// Tests of the C ABI (c_api.h) through the shared library: statuses and messages for bad input, the store left
-// intact after every failure, attention against the dense oracle in every dtype, CSR export, leak checks.
+// Tests of the C ABI (c_api.h) through the shared library: statuses and messages for bad input, the store
+// left intact after every failure, attention against the dense oracle in every dtype, CSR export, leak
+// checks.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 
@@ -23,6 +24,8 @@ const char* kMapJson = R"({"num_layers": 2, "num_kv_heads": 2,
   "kv_head_sink_size": [[0, 2], [4, 0]]})";
 
 struct Tensor {
+  explicit Tensor(std::vector<std::int64_t> shape_, std::vector<std::int64_t> strides_ = {})
+      : shape(std::move(shape_)), strides(std::move(strides_)) {}
   std::vector<std::int64_t> shape;
   std::vector<std::int64_t> strides;  // empty: row-major
   DLTensor t{};
@@ -43,7 +46,9 @@ constexpr DLDataType kF16{kDLFloat, 16, 1};
 constexpr DLDataType kBF16{kDLBfloat, 16, 1};
 constexpr DLDataType kI32{kDLInt, 32, 1};
 
-DLDataType dl_of(int rk_dtype) { return rk_dtype == RK_DTYPE_F32 ? kF32 : rk_dtype == RK_DTYPE_F16 ? kF16 : kBF16; }
+DLDataType dl_of(int rk_dtype) {
+  return rk_dtype == RK_DTYPE_F32 ? kF32 : rk_dtype == RK_DTYPE_F16 ? kF16 : kBF16;
+}
 
 // A store built from kMapJson with the given dtype (and a few knobs), released at scope exit.
 struct Fixture {
@@ -231,7 +236,8 @@ void run_against_oracle(int dtype, int page_size, int hq, double tol) {
   std::vector<std::int32_t> next = {0, 0};
 
   // Steps: (q_len of a, q_len of b). Mixed prefill chunks and decodes in one batch.
-  const std::vector<std::pair<int, int>> steps = {{7, 3}, {5, 1}, {1, 9}, {1, 1}, {1, 1}, {1, 1}, {20, 1}, {1, 1}};
+  const std::vector<std::pair<int, int>> steps = {{7, 3}, {5, 1}, {1, 9},  {1, 1},
+                                                  {1, 1}, {1, 1}, {20, 1}, {1, 1}};
   for (std::size_t s = 0; s < steps.size(); ++s) {
     if (s == 4) {  // fork b mid-way: the child decodes on its own from then on
       std::int64_t c = 0;
@@ -247,8 +253,8 @@ void run_against_oracle(int dtype, int page_size, int hq, double tol) {
       for (int j = 0; j < n; ++j) q_pos.push_back(next[i] + j);
     }
     const auto total = static_cast<std::int64_t>(q_pos.size());
-    REQUIRE(rk_plan(f.store, seqs.data(), q_lens.data(), static_cast<int32_t>(seqs.size()), q_pos.data(), total) ==
-            RK_OK);
+    REQUIRE(rk_plan(f.store, seqs.data(), q_lens.data(), static_cast<int32_t>(seqs.size()), q_pos.data(),
+                    total) == RK_OK);
     for (int l = 0; l < L; ++l) {
       std::size_t row = 0;
       for (std::size_t i = 0; i < seqs.size(); ++i) {
@@ -257,8 +263,8 @@ void run_against_oracle(int dtype, int page_size, int hq, double tol) {
         auto v = random_vec<T>(static_cast<std::size_t>(n) * Hk * D, rng);
         std::span<const std::int32_t> pos(q_pos.data() + row, static_cast<std::size_t>(n));
         Tensor kt{{n, Hk, D}}, vt{{n, Hk, D}};
-        REQUIRE(rk_append(f.store, seqs[i], l, kt.make(k.data(), dl_of(dtype)), vt.make(v.data(), dl_of(dtype)),
-                          pos.data(), n, nullptr) == RK_OK);
+        REQUIRE(rk_append(f.store, seqs[i], l, kt.make(k.data(), dl_of(dtype)),
+                          vt.make(v.data(), dl_of(dtype)), pos.data(), n, nullptr) == RK_OK);
         oracle.append<T>(seqs[i], l, k, v, pos);
         row += static_cast<std::size_t>(n);
       }
@@ -272,10 +278,12 @@ void run_against_oracle(int dtype, int page_size, int hq, double tol) {
           const int n = q_lens[i];
           using Q = typename std::decay_t<decltype(q)>::value_type;
           std::span<const Q> qi(q.data() + row * hq * D, static_cast<std::size_t>(n) * hq * D);
-          oracle.attention<Q>(seqs[i], l, qi, std::span<const std::int32_t>(q_pos.data() + row, n), ref, ref_lse);
+          oracle.attention<Q>(seqs[i], l, qi, std::span<const std::int32_t>(q_pos.data() + row, n), ref,
+                              ref_lse);
           for (std::size_t e = 0; e < ref.size(); ++e)
             REQUIRE(std::abs(static_cast<double>(redknot::to_float(out[row * hq * D + e])) - ref[e]) < tol);
-          for (std::size_t e = 0; e < ref_lse.size(); ++e) REQUIRE(std::abs(lse[row * hq + e] - ref_lse[e]) < 1e-3);
+          for (std::size_t e = 0; e < ref_lse.size(); ++e)
+            REQUIRE(std::abs(lse[row * hq + e] - ref_lse[e]) < 1e-3);
           row += static_cast<std::size_t>(n);
         }
       };
@@ -283,8 +291,8 @@ void run_against_oracle(int dtype, int page_size, int hq, double tol) {
         auto q = random_vec<float>(static_cast<std::size_t>(total) * hq * D, rng);
         std::vector<float> out(q.size());
         Tensor qt{{total, hq, D}}, ot{{total, hq * D}};  // out given 2-D: both layouts are accepted
-        REQUIRE(rk_attention(f.store, l, qt.make(q.data(), kF32), ot.make(out.data(), kF32), lt.make(lse.data(), kF32),
-                             nullptr, nullptr) == RK_OK);
+        REQUIRE(rk_attention(f.store, l, qt.make(q.data(), kF32), ot.make(out.data(), kF32),
+                             lt.make(lse.data(), kF32), nullptr, nullptr) == RK_OK);
         check_out(q, out);
       } else {
         auto q = random_vec<T>(static_cast<std::size_t>(total) * hq * D, rng);
@@ -317,8 +325,8 @@ TEST_CASE("bad data-path input is a status, and the store is left intact") {
   std::vector<float> k(3 * Hk * D, 0.5f), v(3 * Hk * D, 0.25f);
   std::vector<std::int32_t> pos = {0, 1, 2};
   Tensor kt{{3, Hk, D}}, vt{{3, Hk, D}};
-  REQUIRE(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), pos.data(), 3, nullptr) ==
-          RK_OK);
+  REQUIRE(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), pos.data(), 3,
+                    nullptr) == RK_OK);
   const rk_store_stats before = f.stats();
 
   auto expect = [&](int got, int status, const char* needle) {
@@ -331,15 +339,16 @@ TEST_CASE("bad data-path input is a status, and the store is left intact") {
   };
   std::vector<std::int32_t> later = {3, 4, 5};
   Tensor bad{{3, Hk, D + 1}};
-  expect(rk_append(f.store, s, 0, bad.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
-         RK_ERR_INVALID_ARGUMENT, "append: k has shape [3, 2, 17]");
+  expect(
+      rk_append(f.store, s, 0, bad.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+      RK_ERR_INVALID_ARGUMENT, "append: k has shape [3, 2, 17]");
   Tensor k2{{2, Hk, D}};
   expect(rk_append(f.store, s, 0, k2.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
          RK_ERR_INVALID_ARGUMENT, "n_tokens=3");
   expect(rk_append(f.store, s, 0, kt.make(k.data(), kI32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
          RK_ERR_INVALID_ARGUMENT, "dtype int32");
-  expect(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32, {kDLCUDA, 0}), later.data(), 3,
-                   nullptr),
+  expect(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32, {kDLCUDA, 0}),
+                   later.data(), 3, nullptr),
          RK_ERR_INVALID_ARGUMENT, "append: v lives on device");
   expect(rk_append(f.store, s, 0, kt.make(nullptr, kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
          RK_ERR_INVALID_ARGUMENT, "k.data is NULL");
@@ -351,8 +360,9 @@ TEST_CASE("bad data-path input is a status, and the store is left intact") {
          RK_ERR_INVALID_ARGUMENT, "must be >= 3");
   expect(rk_append(f.store, s, 5, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
          RK_ERR_INVALID_ARGUMENT, "layer=5");
-  expect(rk_append(f.store, 77, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
-         RK_ERR_NOT_FOUND, "id=77");
+  expect(
+      rk_append(f.store, 77, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
+      RK_ERR_NOT_FOUND, "id=77");
   expect(rk_append(nullptr, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), later.data(), 3, nullptr),
          RK_ERR_INVALID_ARGUMENT, "store handle is NULL");
 
@@ -361,7 +371,8 @@ TEST_CASE("bad data-path input is a status, and the store is left intact") {
   std::vector<std::int32_t> big_pos(16);
   for (int i = 0; i < 16; ++i) big_pos[static_cast<std::size_t>(i)] = 3 + i;
   Tensor bt{{16, Hk, D}};
-  expect(rk_append(f.store, s, 0, bt.make(big.data(), kF32), bt.make(big.data(), kF32), big_pos.data(), 16, nullptr),
+  expect(rk_append(f.store, s, 0, bt.make(big.data(), kF32), bt.make(big.data(), kF32), big_pos.data(), 16,
+                   nullptr),
          RK_ERR_POOL_EXHAUSTED, "needs");
 
   // Plans and attention.
@@ -374,33 +385,40 @@ TEST_CASE("bad data-path input is a status, and the store is left intact") {
   expect(rk_plan(f.store, &ghost, &one, 1, &p2, 1), RK_ERR_NOT_FOUND, "1234");
   std::vector<float> q(4 * D, 0.1f), out(4 * D, 0.f);
   Tensor qt{{1, 4, D}}, ot{{1, 4, D}};
-  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
-         RK_ERR_INVALID_ARGUMENT, "no batch planned");
+  expect(
+      rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+      RK_ERR_INVALID_ARGUMENT, "no batch planned");
   REQUIRE(rk_plan(f.store, &s, &one, 1, &p9, 1) == RK_OK);
-  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
-         RK_ERR_INVALID_ARGUMENT, "query position 9");
+  expect(
+      rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+      RK_ERR_INVALID_ARGUMENT, "query position 9");
   REQUIRE(rk_plan(f.store, &s, &one, 1, &p2, 1) == RK_OK);
   Tensor qbad{{2, 4, D}};
-  expect(rk_attention(f.store, 0, qbad.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+  expect(rk_attention(f.store, 0, qbad.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr,
+                      nullptr),
          RK_ERR_INVALID_ARGUMENT, "run: q has shape [2, 4, 16]");
-  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF16), nullptr, nullptr, nullptr),
-         RK_ERR_INVALID_ARGUMENT, "run: out has dtype float16");
-  expect(rk_attention(f.store, 0, qt.make(q.data(), kBF16), ot.make(out.data(), kBF16), nullptr, nullptr, nullptr),
+  expect(
+      rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF16), nullptr, nullptr, nullptr),
+      RK_ERR_INVALID_ARGUMENT, "run: out has dtype float16");
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kBF16), ot.make(out.data(), kBF16), nullptr, nullptr,
+                      nullptr),
          RK_ERR_INVALID_ARGUMENT, "run: q has dtype bfloat16");
   Tensor lbad{{1, 3}};
   std::vector<float> lse(4);
-  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), lbad.make(lse.data(), kF32),
-                      nullptr, nullptr),
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32),
+                      lbad.make(lse.data(), kF32), nullptr, nullptr),
          RK_ERR_INVALID_ARGUMENT, "run: lse has shape [1, 3]");
   rk_attention_params bad_params{-1.f, 0};
-  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, &bad_params, nullptr),
+  expect(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, &bad_params,
+                      nullptr),
          RK_ERR_INVALID_ARGUMENT, "sm_scale=-1");
-  expect(rk_attention(f.store, 2, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
-         RK_ERR_INVALID_ARGUMENT, "layer=2");
+  expect(
+      rk_attention(f.store, 2, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr),
+      RK_ERR_INVALID_ARGUMENT, "layer=2");
 
   // Still fully usable: attention of the query at position 2 sees the three keys (all V rows are 0.25).
-  REQUIRE(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr, nullptr) ==
-          RK_OK);
+  REQUIRE(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, nullptr,
+                       nullptr) == RK_OK);
   for (float x : out) CHECK(std::abs(x - 0.25f) < 1e-6f);
 
   // Sequence calls.
@@ -428,10 +446,12 @@ TEST_CASE("strided inputs and outputs are gathered and scattered") {
   std::int64_t s = 0;
   REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
   std::mt19937 rng(3);
-  // A fused [n, 3, Hk, D] qkv buffer; k and v are strided views into it, as an engine's projections give them.
+  // A fused [n, 3, Hk, D] qkv buffer; k and v are strided views into it, as an engine's projections give
+  // them.
   auto qkv = random_vec<float>(static_cast<std::size_t>(n) * 3 * Hk * D, rng);
   std::vector<std::int32_t> pos = {0, 1, 2, 3, 4};
-  Tensor kt{{n, Hk, D}, {3 * Hk * D, D, 1}}, vt{{n, Hk, D}, {3 * Hk * D, D, 1}}, qt{{n, Hk, D}, {3 * Hk * D, D, 1}};
+  Tensor kt{{n, Hk, D}, {3 * Hk * D, D, 1}}, vt{{n, Hk, D}, {3 * Hk * D, D, 1}},
+      qt{{n, Hk, D}, {3 * Hk * D, D, 1}};
   for (int l = 0; l < 2; ++l) {
     DLTensor* kp = kt.make(qkv.data() + Hk * D, kF32);
     DLTensor* vp = vt.make(qkv.data() + 2 * Hk * D, kF32);
@@ -447,10 +467,11 @@ TEST_CASE("strided inputs and outputs are gathered and scattered") {
   // The same through contiguous copies.
   std::vector<float> q(static_cast<std::size_t>(n) * Hk * D);
   for (int i = 0; i < n; ++i)
-    for (int e = 0; e < Hk * D; ++e) q[static_cast<std::size_t>(i * Hk * D + e)] = qkv[static_cast<std::size_t>(i * 3 * Hk * D + e)];
+    for (int e = 0; e < Hk * D; ++e)
+      q[static_cast<std::size_t>(i * Hk * D + e)] = qkv[static_cast<std::size_t>(i * 3 * Hk * D + e)];
   Tensor qc{{n, Hk, D}};
-  REQUIRE(rk_attention(f.store, 1, qc.make(q.data(), kF32), oc.make(out_c.data(), kF32), nullptr, nullptr, nullptr) ==
-          RK_OK);
+  REQUIRE(rk_attention(f.store, 1, qc.make(q.data(), kF32), oc.make(out_c.data(), kF32), nullptr, nullptr,
+                       nullptr) == RK_OK);
   for (int i = 0; i < n; ++i)
     for (int h = 0; h < Hk; ++h)
       for (int d = 0; d < D; ++d)
@@ -469,8 +490,8 @@ TEST_CASE("FlashInfer CSR export of a layer's page tables") {
     std::vector<std::int32_t> pos(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = p0 + i;
     Tensor t{{n, Hk, D}};
-    REQUIRE(rk_append(f.store, s, l, t.make(kv.data(), kF32), t.make(kv.data(), kF32), pos.data(), n, nullptr) ==
-            RK_OK);
+    REQUIRE(rk_append(f.store, s, l, t.make(kv.data(), kF32), t.make(kv.data(), kF32), pos.data(), n,
+                      nullptr) == RK_OK);
   };
   append(a, 1, 0, 10);  // layer 1: head 0 local (window 5, sink 4), head 1 global
   append(b, 1, 0, 3);
@@ -480,8 +501,8 @@ TEST_CASE("FlashInfer CSR export of a layer's page tables") {
   std::vector<std::int32_t> indptr(5), indices(64), last(4), pos0(64);
   CHECK(rk_export_page_table(f.store, 1, seqs, 2, indptr.data(), indices.data(), n - 1, last.data(), nullptr,
                              nullptr) == RK_ERR_INVALID_ARGUMENT);
-  REQUIRE(rk_export_page_table(f.store, 1, seqs, 2, indptr.data(), indices.data(), n, last.data(), pos0.data(),
-                               nullptr) == RK_OK);
+  REQUIRE(rk_export_page_table(f.store, 1, seqs, 2, indptr.data(), indices.data(), n, last.data(),
+                               pos0.data(), nullptr) == RK_OK);
   indices.resize(static_cast<std::size_t>(n));
   pos0.resize(static_cast<std::size_t>(n));
   // After a 10-token prefill appended in one call nothing is evicted yet: 3 pages (4+4+2) per head of a,
@@ -498,8 +519,8 @@ TEST_CASE("FlashInfer CSR export of a layer's page tables") {
   for (int p = 10; p < 24; ++p) append(a, 1, p, 1);
   indices.assign(64, -1);
   pos0.assign(64, -1);
-  REQUIRE(rk_export_page_table(f.store, 1, seqs, 1, indptr.data(), indices.data(), 64, last.data(), pos0.data(),
-                               &n) == RK_OK);
+  REQUIRE(rk_export_page_table(f.store, 1, seqs, 1, indptr.data(), indices.data(), 64, last.data(),
+                               pos0.data(), &n) == RK_OK);
   CHECK(n == 9);
   CHECK(indptr[1] == 3);  // head 0: sink page [0, 4) + window pages [16, 20) and [20, 24)
   CHECK(pos0[0] == 0);
@@ -508,20 +529,63 @@ TEST_CASE("FlashInfer CSR export of a layer's page tables") {
   CHECK(indptr[2] - indptr[1] == 6);  // head 1 (global): 24 tokens in 6 full pages
   CHECK(last[1] == 4);
 
-  // Layer 0 head 1 is local with sink 2: after eviction its sink page is partial and not last -> not expressible.
+  // Layer 0 head 1 is local with sink 2: after eviction its sink page is partial and not last -> not
+  // expressible.
   append(a, 0, 0, 10);
   for (int p = 10; p < 20; ++p) append(a, 0, p, 1);
   std::vector<std::int32_t> big(64);
-  CHECK(rk_export_page_table(f.store, 0, seqs, 1, indptr.data(), big.data(), 64, last.data(), nullptr, nullptr) ==
-        RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_export_page_table(f.store, 0, seqs, 1, indptr.data(), big.data(), 64, last.data(), nullptr,
+                             nullptr) == RK_ERR_INVALID_ARGUMENT);
   INFO(rk_last_error());
   CHECK(contains(rk_last_error(), "kv_head 1"));
   CHECK(contains(rk_last_error(), "partial page"));
 
   std::int64_t ghost = 555;
-  CHECK(rk_export_page_table(f.store, 0, &ghost, 1, nullptr, nullptr, 0, nullptr, nullptr, &n) == RK_ERR_NOT_FOUND);
+  CHECK(rk_export_page_table(f.store, 0, &ghost, 1, nullptr, nullptr, 0, nullptr, nullptr, &n) ==
+        RK_ERR_NOT_FOUND);
   CHECK(rk_export_page_table(f.store, 3, seqs, 1, nullptr, nullptr, 0, nullptr, nullptr, &n) ==
         RK_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("the page pool as a DLTensor, read through the CSR export") {
+  Fixture f(RK_DTYPE_F32, 4, 32);
+  const int Hk = 2, D = 16, n = 7;
+  std::int64_t s = 0;
+  REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
+  std::mt19937 rng(5);
+  auto k = random_vec<float>(static_cast<std::size_t>(n) * Hk * D, rng);
+  auto v = random_vec<float>(k.size(), rng);
+  std::vector<std::int32_t> pos = {0, 1, 2, 3, 4, 5, 6};
+  Tensor kt{{n, Hk, D}}, vt{{n, Hk, D}};
+  REQUIRE(rk_append(f.store, s, 1, kt.make(k.data(), kF32), vt.make(v.data(), kF32), pos.data(), n,
+                    nullptr) == RK_OK);
+  DLTensor pool{};
+  REQUIRE(rk_store_get_kv_pool(f.store, &pool) == RK_OK);
+  REQUIRE(pool.ndim == 4);
+  CHECK(pool.shape[0] == 32);
+  CHECK(pool.shape[1] == 2);
+  CHECK(pool.shape[2] == 4);
+  CHECK(pool.shape[3] == D);
+  CHECK(pool.strides == nullptr);
+  CHECK(pool.dtype.code == kDLFloat);
+  CHECK(pool.dtype.bits == 32);
+  std::vector<std::int32_t> indptr(3), indices(8), last(2);
+  REQUIRE(rk_export_page_table(f.store, 1, &s, 1, indptr.data(), indices.data(), 8, last.data(), nullptr,
+                               nullptr) == RK_OK);
+  const auto* data = static_cast<const float*>(pool.data);
+  for (int h = 0; h < Hk; ++h)
+    for (int p = 0; p < n; ++p) {
+      const std::int32_t page =
+          indices[static_cast<std::size_t>(indptr[static_cast<std::size_t>(h)] + p / 4)];
+      for (int d = 0; d < D; ++d) {
+        const std::size_t slot = ((static_cast<std::size_t>(page) * 2 + 0) * 4 + p % 4) * D + d;
+        const std::size_t vslot = ((static_cast<std::size_t>(page) * 2 + 1) * 4 + p % 4) * D + d;
+        REQUIRE(data[slot] == k[static_cast<std::size_t>((p * Hk + h) * D + d)]);
+        REQUIRE(data[vslot] == v[static_cast<std::size_t>((p * Hk + h) * D + d)]);
+      }
+    }
+  CHECK(rk_store_get_kv_pool(nullptr, &pool) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_store_get_kv_pool(f.store, nullptr) == RK_ERR_INVALID_ARGUMENT);
 }
 
 TEST_CASE("stats and capacity queries") {

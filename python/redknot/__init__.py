@@ -1,0 +1,42 @@
+"""redknot: a head-aware paged KV cache for LLM serving.
+
+Each (layer, kv_head) owns its own page list: "global" heads keep the whole context, "local" heads keep a sink
+and a recent window, so local heads hold a few pages however long the context grows. See ``Store`` for the
+step protocol (``plan`` once per step, ``append`` + ``run`` per layer) and ``HeadMap`` for head classes.
+"""
+
+import pkgutil as _pkgutil
+
+# The native module may live in another directory named redknot on sys.path (a CMake build tree:
+# PYTHONPATH=<build>/python:python). Installed wheels have both halves in one directory.
+__path__ = _pkgutil.extend_path(__path__, __name__)
+
+from ._redknot import (  # noqa: E402
+    HeadMap,
+    HeadPolicy,
+    InvalidArgument,
+    NotFound,
+    PoolExhausted,
+    RedknotError,
+    Unavailable,
+    __version__,
+    live_stores,
+)
+from ._store import KVHeadStore, KVPoolView, PageEntry, PageTableCsr, Store  # noqa: E402
+
+__all__ = [
+    "HeadMap",
+    "HeadPolicy",
+    "KVHeadStore",
+    "KVPoolView",
+    "PageEntry",
+    "PageTableCsr",
+    "Store",
+    "RedknotError",
+    "InvalidArgument",
+    "NotFound",
+    "PoolExhausted",
+    "Unavailable",
+    "live_stores",
+    "__version__",
+]

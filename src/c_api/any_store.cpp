@@ -1,0 +1,398 @@
+// AnyStore implementation: KVHeadStore<T, HostAllocator> behind a runtime interface (see any_store.hpp).
+#include "redknot/any_store.hpp"
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+
+#include "redknot/attention_plan.hpp"
+#include "redknot/cpu_attention.hpp"
+#include "tensor_view.hpp"
+
+namespace redknot {
+
+namespace {
+std::atomic<std::int64_t> g_live_stores{0};
+}  // namespace
+
+AnyStore::AnyStore() { g_live_stores.fetch_add(1, std::memory_order_relaxed); }
+AnyStore::~AnyStore() { g_live_stores.fetch_sub(1, std::memory_order_relaxed); }
+std::int64_t AnyStore::live_count() { return g_live_stores.load(std::memory_order_relaxed); }
+
+std::string device_name(DLDevice d) {
+  switch (d.device_type) {
+    case kDLCPU:
+      return "cpu";
+    case kDLCUDA:
+      return "cuda:" + std::to_string(d.device_id);
+    case kDLCUDAHost:
+      return "cuda_host";
+    case kDLCUDAManaged:
+      return "cuda_managed:" + std::to_string(d.device_id);
+    case kDLROCM:
+      return "rocm:" + std::to_string(d.device_id);
+    default:
+      return "device_type_" + std::to_string(static_cast<int>(d.device_type)) + ":" +
+             std::to_string(d.device_id);
+  }
+}
+
+std::string dl_dtype_name(DLDataType t) {
+  std::string base;
+  switch (t.code) {
+    case kDLInt:
+      base = "int";
+      break;
+    case kDLUInt:
+      base = "uint";
+      break;
+    case kDLFloat:
+      base = "float";
+      break;
+    case kDLBfloat:
+      base = "bfloat";
+      break;
+    case kDLComplex:
+      base = "complex";
+      break;
+    case kDLBool:
+      base = "bool";
+      break;
+    default:
+      base = "code" + std::to_string(t.code) + "_";
+      break;
+  }
+  std::string s = base + std::to_string(t.bits);
+  if (t.lanes != 1) s += "x" + std::to_string(t.lanes);
+  return s;
+}
+
+namespace {
+
+using detail::ElemType;
+
+template <StorageType T>
+class StoreImpl final : public AnyStore {
+ public:
+  StoreImpl(const ModelShape& shape, HeadMap map, StoreConfig cfg)
+      : store_(shape, std::move(map), cfg),
+        plans_(static_cast<std::size_t>(shape.num_layers)),
+        pool_shape_{store_.pool().num_pages(), 2, store_.page_size(), shape.head_dim} {}
+
+  const ModelShape& shape() const override { return store_.shape(); }
+  const HeadMap& head_map() const override { return store_.head_map(); }
+  int page_size() const override { return store_.page_size(); }
+  std::int32_t num_pages() const override { return store_.pool().num_pages(); }
+  DLDevice device() const override { return DLDevice{kDLCPU, 0}; }
+
+  SeqId create_sequence() override {
+    std::lock_guard lk(mu_);
+    return store_.create_sequence();
+  }
+  SeqId fork(SeqId parent) override {
+    std::lock_guard lk(mu_);
+    return store_.fork(parent);
+  }
+  void free_sequence(SeqId id) override {
+    std::lock_guard lk(mu_);
+    store_.free_sequence(id);
+  }
+  bool contains(SeqId id) const override {
+    std::lock_guard lk(mu_);
+    return store_.contains(id);
+  }
+  std::vector<SeqId> sequences() const override {
+    std::lock_guard lk(mu_);
+    return store_.sequences();
+  }
+  std::int32_t next_position(SeqId id, int layer) const override {
+    std::lock_guard lk(mu_);
+    return store_.next_position(id, layer);
+  }
+  std::int32_t query_floor(SeqId id, int layer) const override {
+    std::lock_guard lk(mu_);
+    return store_.query_floor(id, layer);
+  }
+  void retire_queries(SeqId id, std::int32_t next_query_pos, int layer) override {
+    std::lock_guard lk(mu_);
+    store_.retire_queries(id, next_query_pos, layer);
+  }
+  std::vector<PageEntry> table(SeqId id, int layer, int kv_head) const override {
+    std::lock_guard lk(mu_);
+    const HeadTable& t = store_.table(id, layer, kv_head);
+    std::vector<PageEntry> out;
+    out.reserve(t.size());
+    for (std::size_t i = 0; i < t.size(); ++i) out.push_back(t[i]);
+    return out;
+  }
+
+  void append(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
+              std::span<const std::int32_t> positions) override {
+    const auto n = static_cast<std::int64_t>(positions.size());
+    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
+    check_kv(k, "append: k", n);
+    check_kv(v, "append: v", n);
+    std::vector<T> kbuf, vbuf;
+    const std::span<const T> ks = as_store_elems(k, kbuf);
+    const std::span<const T> vs = as_store_elems(v, vbuf);
+    std::lock_guard lk(mu_);
+    store_.append(id, layer, ks, vs, positions);
+  }
+
+  void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
+            std::span<const std::int32_t> q_positions) override {
+    require(q_lens.size() == seqs.size(), "plan: q_lens has ", q_lens.size(),
+            " entries, expected one per sequence (", seqs.size(), ")");
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < q_lens.size(); ++i) {
+      require(q_lens[i] >= 0, "plan: q_lens[", i, "]=", q_lens[i], " must be >= 0");
+      total += q_lens[i];
+    }
+    require(total <= std::numeric_limits<std::int32_t>::max(), "plan: sum(q_lens)=", total,
+            " exceeds INT32_MAX");
+    require(static_cast<std::int64_t>(q_positions.size()) == total, "plan: q_positions has ",
+            q_positions.size(), " entries, expected sum(q_lens)=", total);
+    for (std::size_t i = 0; i < q_positions.size(); ++i)
+      require(q_positions[i] >= 0, "plan: q_positions[", i, "]=", q_positions[i], " must be >= 0");
+    std::lock_guard lk(mu_);
+    std::unordered_set<SeqId> seen;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      require(seen.insert(seqs[i]).second, "plan: sequence id=", seqs[i],
+              " appears twice in the batch (index ", i, ")");
+      require<NotFound>(store_.contains(seqs[i]), "plan: seq_ids[", i, "]=", seqs[i],
+                        " is not live (never created or already freed)");
+    }
+    seqs_.assign(seqs.begin(), seqs.end());
+    q_lens_.assign(q_lens.begin(), q_lens.end());
+    q_positions_.assign(q_positions.begin(), q_positions.end());
+    planned_total_ = total;
+  }
+
+  std::int64_t planned_queries() const override {
+    std::lock_guard lk(mu_);
+    return planned_total_;
+  }
+
+  void run(int layer, const DLTensor& q, const DLTensor& out, const DLTensor* lse,
+           AttentionParams params) override {
+    const ModelShape& sh = store_.shape();
+    require(layer >= 0 && layer < sh.num_layers, "run: layer=", layer, " out of range [0, ", sh.num_layers,
+            ")");
+    require(std::isfinite(params.scale) && params.scale >= 0.f, "run: sm_scale=", params.scale,
+            " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
+    require(params.num_threads >= 0, "run: num_threads=", params.num_threads, " must be >= 0 (0: default)");
+    detail::check_tensor(&q, "run: q");
+    detail::check_tensor(&out, "run: out");
+    if (lse) detail::check_tensor(lse, "run: lse");
+    const ElemType qt = detail::elem_type(q.dtype);
+    const ElemType st = detail::elem_type(sh.dtype);
+    require(qt == ElemType::kF32 || qt == st, "run: q has dtype ", dl_dtype_name(q.dtype),
+            ", expected float32 or the store dtype ", detail::elem_type_name(st));
+    require(detail::elem_type(out.dtype) == qt, "run: out has dtype ", dl_dtype_name(out.dtype),
+            ", expected the dtype of q (", dl_dtype_name(q.dtype), ")");
+    if (lse)
+      require(detail::elem_type(lse->dtype) == ElemType::kF32, "run: lse has dtype ",
+              dl_dtype_name(lse->dtype), ", expected float32");
+
+    std::lock_guard lk(mu_);
+    require(planned_total_ >= 0, "run: no batch planned; call plan(seq_ids, q_lens, q_positions) first");
+    detail::check_rows(q, "run: q", planned_total_, sh.num_q_heads, sh.head_dim, "total_q", "num_q_heads");
+    detail::check_rows(out, "run: out", planned_total_, sh.num_q_heads, sh.head_dim, "total_q",
+                       "num_q_heads");
+    if (lse) {
+      const bool ok = lse->ndim == 2 && lse->shape[0] == planned_total_ && lse->shape[1] == sh.num_q_heads;
+      require(ok, "run: lse has shape ", detail::shape_string(*lse), ", expected [total_q=", planned_total_,
+              ", num_q_heads=", sh.num_q_heads, "]");
+    }
+    // Brings this layer's mirror up to date; validates every query position against what was appended.
+    AttentionPlan& p = plans_[static_cast<std::size_t>(layer)];
+    p.update(store_, layer, seqs_, q_lens_, q_positions_);
+    if (qt == ElemType::kF32)
+      attend<float>(p, q, out, lse, params);
+    else
+      attend<T>(p, q, out, lse, params);
+  }
+
+  DLTensor kv_pool() const override {
+    DLTensor t{};
+    t.data = const_cast<T*>(store_.pool().data());  // DLTensor has no const; the contract says read-only
+    t.device = DLDevice{kDLCPU, 0};
+    t.ndim = 4;
+    switch (detail::elem_type(dtype_of<T>())) {
+      case ElemType::kF32:
+        t.dtype = DLDataType{kDLFloat, 32, 1};
+        break;
+      case ElemType::kF16:
+        t.dtype = DLDataType{kDLFloat, 16, 1};
+        break;
+      default:
+        t.dtype = DLDataType{kDLBfloat, 16, 1};
+        break;
+    }
+    t.shape = const_cast<std::int64_t*>(pool_shape_.data());
+    t.strides = nullptr;
+    t.byte_offset = 0;
+    return t;
+  }
+
+  StoreStats stats() const override { return store_.stats(); }  // atomics: no lock (usable during a write)
+  SequenceStats sequence_stats(SeqId id) const override {
+    std::lock_guard lk(mu_);
+    return store_.sequence_stats(id);
+  }
+  std::int64_t pages_per_sequence(std::int64_t num_tokens) const override {
+    return store_.pages_per_sequence(num_tokens);  // policies and pool counters only: no lock
+  }
+  std::int64_t sequences_that_fit(std::int64_t num_tokens) const override {
+    return store_.sequences_that_fit(num_tokens);
+  }
+
+  PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const override {
+    const ModelShape& sh = store_.shape();
+    require(layer >= 0 && layer < sh.num_layers, "export_page_table: layer=", layer, " out of range [0, ",
+            sh.num_layers, ")");
+    const int H = sh.num_kv_heads;
+    const int ps = store_.page_size();
+    std::lock_guard lk(mu_);
+    PageTableCsr csr;
+    csr.indptr.reserve(seqs.size() * static_cast<std::size_t>(H) + 1);
+    csr.indptr.push_back(0);
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      require<NotFound>(store_.contains(seqs[i]), "export_page_table: seq_ids[", i, "]=", seqs[i],
+                        " is not live (never created or already freed)");
+      for (int h = 0; h < H; ++h) {
+        const HeadTable& t = store_.table(seqs[i], layer, h);
+        for (std::size_t e = 0; e < t.size(); ++e) {
+          const PageEntry& pe = t[e];
+          const bool last = e + 1 == t.size();
+          const auto where = [&] {
+            return detail::concat("export_page_table: sequence ", seqs[i], " layer ", layer, " kv_head ", h,
+                                  ": entry ", e, " (page ", pe.page_id, ", slots [", pe.first, ", ",
+                                  pe.end_slot(), "), positions [", pe.pos0, ", ", pe.pos0 + pe.count, "))");
+          };
+          if (e > 0 && t[e - 1].page_id == pe.page_id)
+            throw InvalidArgument(where() +
+                                  " shares its page with the previous entry (a position jump inside a "
+                                  "page), which FlashInfer's CSR cannot express");
+          if (pe.first != 0)
+            throw InvalidArgument(where() +
+                                  " does not start at slot 0, which FlashInfer's CSR cannot express");
+          if (!last && pe.count != ps)
+            throw InvalidArgument(detail::concat(
+                where(),
+                " is a partial page before the end of the row; FlashInfer's CSR needs every page but the "
+                "last full (page_size=",
+                ps,
+                "; a local head whose sink is not a multiple of page_size keeps such a page after "
+                "eviction)"));
+          csr.indices.push_back(pe.page_id);
+          csr.page_pos0.push_back(pe.pos0);
+        }
+        require(csr.indices.size() <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()),
+                "export_page_table: more than INT32_MAX pages");
+        csr.indptr.push_back(static_cast<std::int32_t>(csr.indices.size()));
+        csr.last_page_len.push_back(t.empty() ? 0 : t[t.size() - 1].count);
+      }
+    }
+    return csr;
+  }
+
+ private:
+  void check_kv(const DLTensor& t, const char* name, std::int64_t n) const {
+    const ModelShape& sh = store_.shape();
+    detail::check_tensor(&t, name);
+    const ElemType et = detail::elem_type(t.dtype);
+    const ElemType st = detail::elem_type(sh.dtype);
+    require(et == st || et == ElemType::kF32, name, " has dtype ", dl_dtype_name(t.dtype),
+            ", expected the store dtype ", detail::elem_type_name(st), " (or float32, converted)");
+    detail::check_rows(t, name, n, sh.num_kv_heads, sh.head_dim, "n_tokens", "num_kv_heads");
+  }
+
+  // The tensor's elements as the store type: a view when it already is (compact), else a converted copy.
+  std::span<const T> as_store_elems(const DLTensor& t, std::vector<T>& buf) const {
+    const auto n = static_cast<std::size_t>(detail::numel(t));
+    if (detail::elem_type(t.dtype) == detail::elem_type(dtype_of<T>())) {
+      if (detail::is_compact(t)) return {reinterpret_cast<const T*>(detail::base_ptr(t)), n};
+      buf.resize(n);
+      detail::gather(t, buf.data());
+      return buf;
+    }
+    std::vector<float> f(n);
+    detail::gather(t, f.data());
+    buf.resize(n);
+    for (std::size_t i = 0; i < n; ++i) buf[i] = from_float<T>(f[i]);
+    return buf;
+  }
+
+  template <class QT>
+  void attend(const AttentionPlan& p, const DLTensor& q, const DLTensor& out, const DLTensor* lse,
+              AttentionParams params) {
+    const auto nq = static_cast<std::size_t>(detail::numel(q));
+    std::vector<QT> qbuf, obuf;
+    std::vector<float> lbuf;
+    std::span<const QT> qs;
+    if (detail::is_compact(q)) {
+      qs = {reinterpret_cast<const QT*>(detail::base_ptr(q)), nq};
+    } else {
+      qbuf.resize(nq);
+      detail::gather(q, qbuf.data());
+      qs = qbuf;
+    }
+    const bool out_direct = detail::is_compact(out);
+    if (!out_direct) obuf.resize(nq);
+    const std::span<QT> os =
+        out_direct ? std::span<QT>(reinterpret_cast<QT*>(detail::base_ptr(out)), nq) : std::span<QT>(obuf);
+    std::span<float> ls;
+    const bool lse_direct = lse && detail::is_compact(*lse);
+    if (lse) {
+      const auto nl = static_cast<std::size_t>(detail::numel(*lse));
+      if (lse_direct) {
+        ls = {reinterpret_cast<float*>(detail::base_ptr(*lse)), nl};
+      } else {
+        lbuf.resize(nl);
+        ls = lbuf;
+      }
+    }
+    if (nq > 0) cpu_attention<QT>(store_, p, qs, os, ls, params);
+    if (!out_direct) detail::scatter(obuf.data(), out);
+    if (lse && !lse_direct) detail::scatter(lbuf.data(), *lse);
+  }
+
+  KVHeadStore<T, HostAllocator> store_;
+  mutable std::mutex mu_;
+  std::vector<AttentionPlan> plans_;  // one per layer: each stays incremental across steps
+  std::vector<SeqId> seqs_;           // the planned batch
+  std::vector<std::int32_t> q_lens_;
+  std::vector<std::int32_t> q_positions_;
+  std::int64_t planned_total_ = -1;         // -1: nothing planned yet
+  std::array<std::int64_t, 4> pool_shape_;  // kv_pool()'s shape: [num_pages, 2, page_size, head_dim]
+};
+
+}  // namespace
+
+std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
+                                     DLDevice device) {
+  require<Unavailable>(
+      device.device_type != kDLCUDA && device.device_type != kDLCUDAManaged, "store device ",
+      device_name(device),
+      " is not available: the CUDA backend (device page pool + attention kernels) is not part of "
+      "this build of the bindings yet; use device='cpu'");
+  require(device.device_type == kDLCPU, "store device ", device_name(device), " is not supported (only cpu)");
+  shape.validate();
+  switch (shape.dtype) {
+    case DType::kF32:
+      return std::make_unique<StoreImpl<float>>(shape, std::move(map), config);
+    case DType::kF16:
+      return std::make_unique<StoreImpl<Half>>(shape, std::move(map), config);
+    case DType::kBF16:
+      return std::make_unique<StoreImpl<BFloat16>>(shape, std::move(map), config);
+  }
+  throw InvalidArgument(
+      detail::concat("dtype code ", static_cast<int>(shape.dtype), " is not f32, f16 or bf16"));
+}
+
+}  // namespace redknot

@@ -1,0 +1,467 @@
+// The C ABI (c_api.h) over AnyStore and HeadMap.
+//
+// Every entry point runs its body inside guard(), which turns each exception into a status code plus the
+// thread-local message, so no exception crosses the C boundary. Out-parameters are assigned only after the
+// C++ call succeeded, which gives the "written only on success" rule for free.
+#include "redknot/c_api.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+
+#include "redknot/any_store.hpp"
+#include "redknot/error.hpp"
+#include "redknot/head_map.hpp"
+#include "redknot/version.hpp"
+
+struct rk_head_map {
+  redknot::HeadMap map;
+};
+
+struct rk_store {
+  std::unique_ptr<redknot::AnyStore> impl;
+};
+
+namespace {
+
+using redknot::require;
+
+thread_local std::string t_last_error;
+std::atomic<std::int64_t> g_live_maps{0};
+
+int fail(int status, const char* what) {
+  try {
+    t_last_error = what;
+  } catch (...) {
+    // Out of memory while saving the message: keep the status, the message stays stale.
+  }
+  return status;
+}
+
+// Runs f, mapping exceptions to status codes. Order matters: the redknot types first, then the std bases
+// they derive from (a std::invalid_argument from elsewhere is still bad input, a std::out_of_range from a
+// container .at() would be a bug).
+template <class F>
+int guard(F&& f) noexcept {
+  try {
+    f();
+    return RK_OK;
+  } catch (const redknot::InvalidArgument& e) {
+    return fail(RK_ERR_INVALID_ARGUMENT, e.what());
+  } catch (const redknot::NotFound& e) {
+    return fail(RK_ERR_NOT_FOUND, e.what());
+  } catch (const redknot::PoolExhausted& e) {
+    return fail(RK_ERR_POOL_EXHAUSTED, e.what());
+  } catch (const redknot::Unavailable& e) {
+    return fail(RK_ERR_UNAVAILABLE, e.what());
+  } catch (const nlohmann::json::exception& e) {
+    return fail(RK_ERR_INVALID_ARGUMENT, e.what());
+  } catch (const std::invalid_argument& e) {
+    return fail(RK_ERR_INVALID_ARGUMENT, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(RK_ERR_POOL_EXHAUSTED, "out of host memory");
+  } catch (const std::exception& e) {
+    return fail(RK_ERR_INTERNAL, (std::string("internal error: ") + e.what()).c_str());
+  } catch (...) {
+    return fail(RK_ERR_INTERNAL, "internal error: unknown exception");
+  }
+}
+
+template <class P>
+void require_out(P* p, const char* fn, const char* name) {
+  require(p != nullptr, fn, ": ", name, " is NULL");
+}
+
+const redknot::HeadMap& map_of(const rk_head_map* m, const char* fn) {
+  require(m != nullptr, fn, ": head map handle is NULL");
+  return m->map;
+}
+
+redknot::AnyStore& store_of(const rk_store* s, const char* fn) {
+  require(s != nullptr && s->impl != nullptr, fn, ": store handle is NULL");
+  return *s->impl;
+}
+
+// A host array of n elements: NULL only when n == 0.
+template <class T>
+std::span<const T> host_array(const T* p, std::int64_t n, const char* fn, const char* name) {
+  require(n >= 0, fn, ": length of ", name, " is ", n, ", must be >= 0");
+  require(p != nullptr || n == 0, fn, ": ", name, " is NULL but its length is ", n);
+  return {p, static_cast<std::size_t>(n)};
+}
+
+rk_head_map* new_map(redknot::HeadMap m) {
+  auto* h = new rk_head_map{std::move(m)};
+  g_live_maps.fetch_add(1, std::memory_order_relaxed);
+  return h;
+}
+
+redknot::HeadClass head_class_of(std::int32_t c) {
+  require(c >= RK_HEAD_LOCAL && c <= RK_HEAD_DENSE, "head_class=", c,
+          " is not one of RK_HEAD_LOCAL(0), RK_HEAD_GLOBAL(1), RK_HEAD_RETRIEVAL(2), RK_HEAD_DENSE(3)");
+  return static_cast<redknot::HeadClass>(c);
+}
+
+}  // namespace
+
+extern "C" {
+
+uint32_t rk_abi_version(void) { return RK_ABI_VERSION; }
+
+const char* rk_version(void) {
+  static const std::string v = redknot::version_string();
+  return v.c_str();
+}
+
+const char* rk_last_error(void) { return t_last_error.c_str(); }
+
+const char* rk_status_string(int status) {
+  switch (status) {
+    case RK_OK:
+      return "RK_OK";
+    case RK_ERR_INVALID_ARGUMENT:
+      return "RK_ERR_INVALID_ARGUMENT";
+    case RK_ERR_NOT_FOUND:
+      return "RK_ERR_NOT_FOUND";
+    case RK_ERR_POOL_EXHAUSTED:
+      return "RK_ERR_POOL_EXHAUSTED";
+    case RK_ERR_UNAVAILABLE:
+      return "RK_ERR_UNAVAILABLE";
+    case RK_ERR_INTERNAL:
+      return "RK_ERR_INTERNAL";
+    default:
+      return "RK_ERR_UNKNOWN_STATUS";
+  }
+}
+
+int rk_live_handles(int64_t* num_stores, int64_t* num_head_maps) {
+  return guard([&] {
+    if (num_stores) *num_stores = redknot::AnyStore::live_count();
+    if (num_head_maps) *num_head_maps = g_live_maps.load(std::memory_order_relaxed);
+  });
+}
+
+// ---- head maps -------------------------------------------------------------------------------------------
+
+int rk_head_map_load(const char* path, rk_head_map** out) {
+  return guard([&] {
+    require(path != nullptr, "rk_head_map_load: path is NULL");
+    require_out(out, "rk_head_map_load", "out");
+    *out = new_map(redknot::HeadMap::load(path));
+  });
+}
+
+int rk_head_map_from_json(const char* json, size_t len, rk_head_map** out) {
+  return guard([&] {
+    require(json != nullptr, "rk_head_map_from_json: json is NULL");
+    require_out(out, "rk_head_map_from_json", "out");
+    const std::size_t n = len == static_cast<size_t>(-1) ? std::strlen(json) : len;
+    *out = new_map(redknot::HeadMap::from_json(std::string_view(json, n)));
+  });
+}
+
+int rk_head_map_uniform(int32_t num_layers, int32_t num_kv_heads, int32_t head_class, int32_t window,
+                        int32_t sink, rk_head_map** out) {
+  return guard([&] {
+    require_out(out, "rk_head_map_uniform", "out");
+    *out =
+        new_map(redknot::HeadMap::uniform(num_layers, num_kv_heads, head_class_of(head_class), window, sink));
+  });
+}
+
+int rk_head_map_with_global_ratio(int32_t num_layers, int32_t num_kv_heads, double global_ratio,
+                                  int32_t window, int32_t sink, rk_head_map** out) {
+  return guard([&] {
+    require_out(out, "rk_head_map_with_global_ratio", "out");
+    require(std::isfinite(global_ratio), "global_ratio=", global_ratio, " must be finite");
+    *out = new_map(redknot::HeadMap::with_global_ratio(num_layers, num_kv_heads, global_ratio, window, sink));
+  });
+}
+
+int rk_head_map_destroy(rk_head_map* map) {
+  return guard([&] {
+    if (!map) return;
+    delete map;
+    g_live_maps.fetch_sub(1, std::memory_order_relaxed);
+  });
+}
+
+int rk_head_map_get_info(const rk_head_map* map, rk_head_map_info* out) {
+  return guard([&] {
+    const redknot::HeadMap& m = map_of(map, "rk_head_map_get_info");
+    require_out(out, "rk_head_map_get_info", "out");
+    rk_head_map_info info{};
+    info.num_layers = m.num_layers();
+    info.num_kv_heads = m.num_kv_heads();
+    info.dense_prefix_layers = m.dense_prefix_layers();
+    info.num_local = m.count_local();
+    info.num_global_like = m.count_global_like();
+    info.retrieval_top_p = m.retrieval_top_p();
+    *out = info;
+  });
+}
+
+int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t kv_head, rk_head_policy* out) {
+  return guard([&] {
+    const redknot::HeadMap& m = map_of(map, "rk_head_map_get_policy");
+    require_out(out, "rk_head_map_get_policy", "out");
+    const redknot::HeadPolicy p = m.policy(layer, kv_head);
+    *out = rk_head_policy{static_cast<int32_t>(p.cls), p.is_local() ? p.window : -1, p.sink};
+  });
+}
+
+int rk_head_map_to_json(const rk_head_map* map, int32_t indent, char* buf, size_t buf_size, size_t* len_out) {
+  return guard([&] {
+    const redknot::HeadMap& m = map_of(map, "rk_head_map_to_json");
+    require(indent >= -1 && indent <= 16, "rk_head_map_to_json: indent=", indent, " must be in [-1, 16]");
+    const std::string s = m.to_json(indent);
+    if (buf != nullptr || buf_size != 0) {
+      require(buf != nullptr, "rk_head_map_to_json: buf is NULL but buf_size=", buf_size);
+      require(buf_size >= s.size() + 1, "rk_head_map_to_json: buf_size=", buf_size, " is too small, need ",
+              s.size() + 1, " bytes (the JSON plus its NUL)");
+      std::memcpy(buf, s.c_str(), s.size() + 1);
+    }
+    if (len_out) *len_out = s.size();
+  });
+}
+
+// ---- stores ----------------------------------------------------------------------------------------------
+
+int rk_store_config_init(rk_store_config* cfg) {
+  return guard([&] {
+    require_out(cfg, "rk_store_config_init", "cfg");
+    rk_store_config c{};
+    c.struct_size = sizeof(rk_store_config);
+    c.dtype = RK_DTYPE_BF16;
+    c.page_size = 16;
+    c.device = DLDevice{kDLCPU, 0};
+    *cfg = c;
+  });
+}
+
+int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store** out) {
+  return guard([&] {
+    require(cfg != nullptr, "rk_store_create: cfg is NULL");
+    require(cfg->struct_size == sizeof(rk_store_config),
+            "rk_store_create: cfg->struct_size=", cfg->struct_size, ", expected ", sizeof(rk_store_config),
+            " (call rk_store_config_init, and check the header matches ", "the library: RK_ABI_VERSION ",
+            RK_ABI_VERSION, ")");
+    const redknot::HeadMap& m = map_of(map, "rk_store_create");
+    require_out(out, "rk_store_create", "out");
+    require(cfg->dtype >= RK_DTYPE_F32 && cfg->dtype <= RK_DTYPE_BF16, "rk_store_create: dtype=", cfg->dtype,
+            " is not one of RK_DTYPE_F32(0), RK_DTYPE_F16(1), RK_DTYPE_BF16(2)");
+    redknot::ModelShape shape;
+    shape.num_layers = cfg->num_layers;
+    shape.num_q_heads = cfg->num_q_heads;
+    shape.num_kv_heads = cfg->num_kv_heads;
+    shape.head_dim = cfg->head_dim;
+    shape.dtype = static_cast<redknot::DType>(cfg->dtype);
+    redknot::StoreConfig sc;
+    sc.page_size = cfg->page_size;
+    sc.num_pages = cfg->num_pages;
+    auto impl = redknot::make_store(shape, m, sc, cfg->device);
+    *out = new rk_store{std::move(impl)};
+  });
+}
+
+int rk_store_destroy(rk_store* store) {
+  return guard([&] { delete store; });
+}
+
+int rk_store_get_config(const rk_store* store, rk_store_config* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_store_get_config");
+    require_out(out, "rk_store_get_config", "out");
+    rk_store_config c{};
+    c.struct_size = sizeof(rk_store_config);
+    c.num_layers = s.shape().num_layers;
+    c.num_q_heads = s.shape().num_q_heads;
+    c.num_kv_heads = s.shape().num_kv_heads;
+    c.head_dim = s.shape().head_dim;
+    c.dtype = static_cast<int32_t>(s.shape().dtype);
+    c.page_size = s.page_size();
+    c.num_pages = s.num_pages();
+    c.device = s.device();
+    *out = c;
+  });
+}
+
+int rk_store_get_head_map(const rk_store* store, rk_head_map** out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_store_get_head_map");
+    require_out(out, "rk_store_get_head_map", "out");
+    *out = new_map(s.head_map());
+  });
+}
+
+// ---- sequences -------------------------------------------------------------------------------------------
+
+int rk_sequence_create(rk_store* store, int64_t* out_id) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_sequence_create");
+    require_out(out_id, "rk_sequence_create", "out_id");
+    *out_id = s.create_sequence();
+  });
+}
+
+int rk_sequence_fork(rk_store* store, int64_t parent, int64_t* out_id) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_sequence_fork");
+    require_out(out_id, "rk_sequence_fork", "out_id");
+    *out_id = s.fork(parent);
+  });
+}
+
+int rk_sequence_free(rk_store* store, int64_t id) {
+  return guard([&] { store_of(store, "rk_sequence_free").free_sequence(id); });
+}
+
+int rk_sequence_contains(const rk_store* store, int64_t id, int32_t* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_sequence_contains");
+    require_out(out, "rk_sequence_contains", "out");
+    *out = s.contains(id) ? 1 : 0;
+  });
+}
+
+int rk_sequence_next_position(const rk_store* store, int64_t id, int32_t layer, int32_t* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_sequence_next_position");
+    require_out(out, "rk_sequence_next_position", "out");
+    *out = s.next_position(id, layer);
+  });
+}
+
+int rk_sequence_retire_queries(rk_store* store, int64_t id, int32_t next_query_pos, int32_t layer) {
+  return guard(
+      [&] { store_of(store, "rk_sequence_retire_queries").retire_queries(id, next_query_pos, layer); });
+}
+
+// ---- data path -------------------------------------------------------------------------------------------
+
+int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, const DLTensor* v,
+              const int32_t* positions, int64_t n_tokens, void* /*stream: CPU stores ignore it*/) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_append");
+    require(k != nullptr, "rk_append: k is NULL");
+    require(v != nullptr, "rk_append: v is NULL");
+    const auto pos = host_array(positions, n_tokens, "rk_append", "positions");
+    s.append(seq, layer, *k, *v, pos);
+  });
+}
+
+int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_lens, int32_t batch_size,
+            const int32_t* q_positions, int64_t total_q) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_plan");
+    const auto ids = host_array(seq_ids, batch_size, "rk_plan", "seq_ids");
+    const auto lens = host_array(q_lens, batch_size, "rk_plan", "q_lens");
+    const auto pos = host_array(q_positions, total_q, "rk_plan", "q_positions");
+    s.plan(ids, lens, pos);
+  });
+}
+
+int rk_attention(rk_store* store, int32_t layer, const DLTensor* q, DLTensor* out, DLTensor* lse,
+                 const rk_attention_params* params, void* /*stream: CPU stores ignore it*/) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_attention");
+    require(q != nullptr, "rk_attention: q is NULL");
+    require(out != nullptr, "rk_attention: out is NULL");
+    redknot::AttentionParams p;
+    if (params) {
+      p.scale = params->sm_scale;
+      p.num_threads = params->num_threads;
+    }
+    s.run(layer, *q, *out, lse, p);
+  });
+}
+
+// ---- accounting ------------------------------------------------------------------------------------------
+
+int rk_store_get_stats(const rk_store* store, rk_store_stats* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_store_get_stats");
+    require_out(out, "rk_store_get_stats", "out");
+    const redknot::StoreStats st = s.stats();
+    *out = rk_store_stats{st.num_sequences, st.pages_total,  st.pages_in_use, st.pages_global,
+                          st.pages_local,   st.bytes_in_use, st.bytes_global, st.bytes_local};
+  });
+}
+
+int rk_sequence_get_stats(const rk_store* store, int64_t id, rk_sequence_stats* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_sequence_get_stats");
+    require_out(out, "rk_sequence_get_stats", "out");
+    const redknot::SequenceStats st = s.sequence_stats(id);
+    *out = rk_sequence_stats{st.pages_global, st.pages_local,  st.tokens_global,
+                             st.tokens_local, st.bytes_global, st.bytes_local};
+  });
+}
+
+int rk_store_pages_per_sequence(const rk_store* store, int64_t num_tokens, int64_t* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_store_pages_per_sequence");
+    require_out(out, "rk_store_pages_per_sequence", "out");
+    *out = s.pages_per_sequence(num_tokens);
+  });
+}
+
+int rk_store_sequences_that_fit(const rk_store* store, int64_t num_tokens, int64_t* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_store_sequences_that_fit");
+    require_out(out, "rk_store_sequences_that_fit", "out");
+    *out = s.sequences_that_fit(num_tokens);
+  });
+}
+
+// ---- page-table interchange ------------------------------------------------------------------------------
+
+int rk_export_page_table(const rk_store* store, int32_t layer, const int64_t* seq_ids, int32_t batch_size,
+                         int32_t* indptr, int32_t* indices, int64_t indices_capacity, int32_t* last_page_len,
+                         int32_t* page_pos0, int64_t* num_indices_out) {
+  return guard([&] {
+    const char* fn = "rk_export_page_table";
+    const redknot::AnyStore& s = store_of(store, fn);
+    const auto ids = host_array(seq_ids, batch_size, fn, "seq_ids");
+    require(indices_capacity >= 0, fn, ": indices_capacity=", indices_capacity, " must be >= 0");
+    const bool query_only = indices == nullptr;
+    require(!query_only || indices_capacity == 0, fn,
+            ": indices is NULL but indices_capacity=", indices_capacity);
+    if (!query_only) {
+      require(indptr != nullptr, fn, ": indptr is NULL (it needs batch_size * num_kv_heads + 1 entries)");
+      require(last_page_len != nullptr, fn,
+              ": last_page_len is NULL (it needs batch_size * num_kv_heads entries)");
+    }
+    const redknot::PageTableCsr csr = s.export_page_table(layer, ids);
+    const auto n = static_cast<std::int64_t>(csr.indices.size());
+    if (!query_only) {
+      require(n <= indices_capacity, fn, ": indices_capacity=", indices_capacity, " is too small, need ", n,
+              " (call with indices=NULL to query the size)");
+      std::copy(csr.indptr.begin(), csr.indptr.end(), indptr);
+      std::copy(csr.indices.begin(), csr.indices.end(), indices);
+      std::copy(csr.last_page_len.begin(), csr.last_page_len.end(), last_page_len);
+      if (page_pos0) std::copy(csr.page_pos0.begin(), csr.page_pos0.end(), page_pos0);
+    } else {
+      if (indptr) std::copy(csr.indptr.begin(), csr.indptr.end(), indptr);
+      if (last_page_len) std::copy(csr.last_page_len.begin(), csr.last_page_len.end(), last_page_len);
+    }
+    if (num_indices_out) *num_indices_out = n;
+  });
+}
+
+int rk_store_get_kv_pool(const rk_store* store, DLTensor* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_store_get_kv_pool");
+    require_out(out, "rk_store_get_kv_pool", "out");
+    *out = s.kv_pool();
+  });
+}
+
+}  // extern "C"
