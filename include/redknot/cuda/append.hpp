@@ -12,7 +12,7 @@ namespace redknot::cuda {
 
 // k, v: [n_tokens, num_kv_heads, head_dim] in the pool's dtype (device). dst_row: [n_tokens * num_kv_heads]
 // (device). head_dim must be a multiple of 8 (16-byte vectors).
-void append_kv(void* pool, KvType dtype, int page_size, int head_dim, int num_kv_heads, const void* k, const void* v,
-               const std::int32_t* dst_row, int n_tokens, cudaStream_t stream);
+void append_kv(void* pool, KvType dtype, int page_size, int head_dim, int num_kv_heads, const void* k,
+               const void* v, const std::int32_t* dst_row, int n_tokens, cudaStream_t stream);
 
 }  // namespace redknot::cuda

@@ -1,5 +1,5 @@
-// Split-KV work partition for decode (DESIGN §4): how the (batch item, kv_head) units of a decode step are cut
-// into chunks of page entries so that long global heads and short local heads keep every SM busy.
+// Split-KV work partition for decode (DESIGN §4): how the (batch item, kv_head) units of a decode step are
+// cut into chunks of page entries so that long global heads and short local heads keep every SM busy.
 //
 // The rule, shared bit-for-bit by the host reference below and the device plan (decode.cu, CUB prefix sums):
 //   total      = sum of entries over units
@@ -7,11 +7,11 @@
 //   chunks[u]  = max(1, ceil(entries[u] / chunk_len))          (an empty unit still gets one chunk: it writes
 //                                                              the empty-softmax output, zeros and -inf)
 //   offset[u]  = exclusive prefix sum of chunks; chunk k of unit u covers entries [k*chunk_len, ...).
-// Because ceil(x / c) <= x / c + 1, the number of chunks never exceeds num_units + target_chunks, which is what
-// the preallocated buffers (and the fixed grid of a captured CUDA graph) are sized for.
+// Because ceil(x / c) <= x / c + 1, the number of chunks never exceeds num_units + target_chunks, which is
+// what the preallocated buffers (and the fixed grid of a captured CUDA graph) are sized for.
 //
-// Cost is counted in page entries, not tokens: an entry holds at most page_size keys, so chunks are balanced to
-// within one page, and the count is known from the slot header without reading the entries.
+// Cost is counted in page entries, not tokens: an entry holds at most page_size keys, so chunks are balanced
+// to within one page, and the count is known from the slot header without reading the entries.
 //
 // C++17, header-only, no CUDA: unit-tested on the CPU (tests/test_cuda_partition.cpp).
 #pragma once
@@ -23,7 +23,8 @@
 
 namespace redknot::cuda {
 
-// One chunk of split-KV work: entries [entry_begin, entry_end) of unit `unit` (unit = item * num_kv_heads + h).
+// One chunk of split-KV work: entries [entry_begin, entry_end) of unit `unit` (unit = item * num_kv_heads +
+// h).
 struct DecodeChunk {
   std::int32_t unit;
   std::int32_t entry_begin;
@@ -63,7 +64,8 @@ inline std::int32_t decode_unit_chunks(std::int32_t entries, std::int32_t chunk_
 inline DecodePartition make_decode_partition(const std::vector<std::int32_t>& entries,
                                              const DecodePartitionConfig& cfg) {
   if (cfg.target_chunks < 1) throw std::invalid_argument("make_decode_partition: target_chunks must be >= 1");
-  if (cfg.min_chunk_entries < 1) throw std::invalid_argument("make_decode_partition: min_chunk_entries must be >= 1");
+  if (cfg.min_chunk_entries < 1)
+    throw std::invalid_argument("make_decode_partition: min_chunk_entries must be >= 1");
   std::int64_t total = 0;
   for (std::int32_t e : entries) {
     if (e < 0) throw std::invalid_argument("make_decode_partition: negative entry count");

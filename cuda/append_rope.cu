@@ -1,0 +1,117 @@
+// Append (scatter new K/V into pages) and RoPE relocation (rotate cached keys by a position delta).
+// Both are memory-bound and tiny next to attention; they favour simple, coalesced 16-byte accesses.
+#include <string>
+
+#include "kernel_utils.cuh"
+#include "redknot/cuda/append.hpp"
+#include "redknot/cuda/rope.hpp"
+
+namespace redknot::cuda {
+namespace detail {
+
+// One thread per 16-byte vector of K or V. Consecutive threads walk one (token, head) row, so both the read
+// of the engine's tensor and the write into the page are coalesced.
+__global__ void append_kernel(uint4* __restrict__ pool, int page_size, int vec_per_row, int num_kv_heads,
+                              const uint4* __restrict__ k, const uint4* __restrict__ v,
+                              const int32_t* __restrict__ dst_row, long long n_vec) {
+  const long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= 2 * n_vec) return;
+  const bool is_v = i >= n_vec;
+  const long long j = is_v ? i - n_vec : i;
+  const long long src_row = j / vec_per_row;  // = token * num_kv_heads + head
+  const int c = static_cast<int>(j % vec_per_row);
+  const int32_t r = dst_row[src_row];
+  if (r < 0) return;
+  const long long dst = (static_cast<long long>(r) + (is_v ? page_size : 0)) * vec_per_row + c;
+  pool[dst] = (is_v ? v : k)[j];
+}
+
+template <KvType K>
+__global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page_size, int head_dim,
+                            const DevPageEntry* __restrict__ entries, const int32_t* __restrict__ deltas,
+                            int half, bool interleaved, const double* __restrict__ inv_freq) {
+  using T = typename KvTraits<K>::T;
+  extern __shared__ float s_cs[];  // [2][rot / 2]: cos, sin
+  const DevPageEntry e = entries[blockIdx.x];
+  const long long delta = deltas[blockIdx.x];
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sn, cs;
+    sincos(static_cast<double>(delta) * inv_freq[i], &sn, &cs);  // fp64 angle, see rope.hpp
+    s_cs[i] = static_cast<float>(cs);
+    s_cs[half + i] = static_cast<float>(sn);
+  }
+  __syncthreads();
+  if (delta == 0) return;
+  T* base = pool + (static_cast<long long>(e.page_id) * 2 * page_size + e.first) * head_dim;
+  const int work = e.count * half;
+  for (int w = threadIdx.x; w < work; w += blockDim.x) {
+    const int slot = w / half, i = w % half;
+    int a, b;
+    if (interleaved) {
+      a = 2 * i;
+      b = 2 * i + 1;
+    } else {
+      a = i;
+      b = i + half;
+    }
+    T* row = base + static_cast<long long>(slot) * head_dim;
+    float x, y;
+    if constexpr (K == KvType::kBF16) {
+      x = __bfloat162float(row[a]);
+      y = __bfloat162float(row[b]);
+    } else {
+      x = __half2float(row[a]);
+      y = __half2float(row[b]);
+    }
+    const float cs = s_cs[i], sn = s_cs[half + i];
+    const float nx = x * cs - y * sn, ny = x * sn + y * cs;
+    if constexpr (K == KvType::kBF16) {
+      row[a] = __float2bfloat16_rn(nx);
+      row[b] = __float2bfloat16_rn(ny);
+    } else {
+      row[a] = __float2half_rn(nx);
+      row[b] = __float2half_rn(ny);
+    }
+  }
+}
+
+}  // namespace detail
+
+void append_kv(void* pool, KvType dtype, int page_size, int head_dim, int num_kv_heads, const void* k,
+               const void* v, const std::int32_t* dst_row, int n_tokens, cudaStream_t stream) {
+  (void)dtype;  // a byte copy: both 16-bit dtypes move alike
+  check_arg(head_dim > 0 && head_dim % 8 == 0, "append_kv: head_dim must be a positive multiple of 8");
+  check_arg(page_size > 0 && num_kv_heads > 0 && n_tokens >= 0, "append_kv: bad sizes");
+  if (n_tokens == 0) return;
+  check_arg(pool && k && v && dst_row, "append_kv: null device pointer");
+  const int vec_per_row = head_dim / 8;
+  const long long n_vec = static_cast<long long>(n_tokens) * num_kv_heads * vec_per_row;
+  const int threads = 256;
+  const long long blocks = (2 * n_vec + threads - 1) / threads;
+  detail::append_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
+      static_cast<uint4*>(pool), page_size, vec_per_row, num_kv_heads, static_cast<const uint4*>(k),
+      static_cast<const uint4*>(v), dst_row, n_vec);
+  check_cuda(cudaGetLastError(), "append_kv launch");
+}
+
+void rope_relocate(void* pool, KvType dtype, int page_size, const DevPageEntry* entries,
+                   const std::int32_t* deltas, int num_entries, const RopeConfig& cfg, const double* inv_freq,
+                   cudaStream_t stream) {
+  validate(cfg);
+  check_arg(page_size > 0 && num_entries >= 0, "rope_relocate: bad sizes");
+  if (num_entries == 0) return;
+  check_arg(pool && entries && deltas && inv_freq, "rope_relocate: null device pointer");
+  const std::size_t smem = static_cast<std::size_t>(cfg.rot()) * sizeof(float);
+  const int half = cfg.rot() / 2;
+  const bool interleaved = cfg.pairing == RopePairing::kInterleaved;
+  if (dtype == KvType::kBF16)
+    detail::rope_kernel<KvType::kBF16>
+        <<<num_entries, 128, smem, stream>>>(static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim,
+                                             entries, deltas, half, interleaved, inv_freq);
+  else
+    detail::rope_kernel<KvType::kF16><<<num_entries, 128, smem, stream>>>(
+        static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, interleaved, inv_freq);
+  check_cuda(cudaGetLastError(), "rope_relocate launch");
+}
+
+}  // namespace redknot::cuda

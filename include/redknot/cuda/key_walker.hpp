@@ -1,0 +1,99 @@
+// KeyWalker: how the prefill kernel gathers a tile of keys from a head's page entries (one warp, one tile
+// ahead of the tensor-core loop). Shared with CPU tests: the warp collectives come from a Warp policy —
+// intrinsics in prefill.cu, a lock-step 32-thread simulation in tests/test_cuda_rules.cpp — so the very code
+// the kernel runs is checked on the CPU. C++17, no CUDA headers.
+//
+// Warp must provide: lane(), ballot(bool) -> unsigned, shfl_up(int, int) -> int, shfl(int, int) -> int.
+#pragma once
+
+#include <cstdint>
+
+#include "redknot/cuda/rules.hpp"
+
+namespace redknot::cuda {
+
+// 1-based index of the lowest set bit (0 for none), like __ffs.
+REDKNOT_HD int first_set_bit(unsigned x) {
+#if defined(__CUDA_ARCH__)
+  return __ffs(static_cast<int>(x));
+#else
+  return __builtin_ffs(static_cast<int>(x));
+#endif
+}
+
+// Fills a table of up to kTile keys (pool row ids and positions) with the candidate keys of a head's entries
+// for queries in [pmin, pmax], in position order, resuming where the previous call stopped. Run by all 32
+// lanes of one warp; the cursor is warp-uniform: entry ce is next, and its keys at positions < rp were taken
+// by the previous tile. Lanes look at 32 entries at a time (clip each to the visible hull, warp prefix sum of
+// the key counts, scatter), so a tile costs a few warp steps even when most entries are invisible.
+struct KeyWalker {
+  int ce = 0;
+  int rp = 0;
+  bool done = false;
+
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
+  template <int kTile, class Warp>
+  REDKNOT_HD int fill(const Warp& w, const DevPageEntry* arena, const DevSlot& slot, const DevPolicy& pol,
+                      int pmin, int pmax, int ps, std::int32_t* rows, std::int32_t* kpos) {
+    const int lane = w.lane();
+    const int n_entries = slot.sink_len + slot.ring_len;
+    int filled = 0;
+    while (!done && filled < kTile && ce < n_entries) {
+      const int idx = ce + lane;
+      int n = 0, row = 0, pos = 0;
+      bool beyond = false;
+      if (idx < n_entries) {
+        const DevPageEntry e = slot_entry(arena, slot, idx);
+        beyond = e.pos0 > pmax;  // entries are position-ordered: nothing from here on is visible
+        if (!beyond) {
+          int lo, hi;
+          clip_entry(pol, e, pmin, pmax, lo, hi);
+          if (lane == 0) lo = kmax(lo, rp);
+          n = kmax(0, hi - lo);
+          row = e.page_id * 2 * ps + e.first + (lo - e.pos0);
+          pos = lo;
+        }
+      }
+      const unsigned beyond_mask = w.ballot(beyond);
+      const int first_beyond = beyond_mask ? first_set_bit(beyond_mask) - 1 : 32;
+      if (lane >= first_beyond) n = 0;
+      int incl = n;
+      for (int off = 1; off < 32; off <<= 1) {
+        const int y = w.shfl_up(incl, off);
+        if (lane >= off) incl += y;
+      }
+      const int excl = incl - n;
+      const int total = w.shfl(incl, 31);
+      const int room = kTile - filled;
+      for (int o = 0; o < n && excl + o < room; ++o) {
+        rows[filled + excl + o] = row + o;
+        kpos[filled + excl + o] = pos + o;
+      }
+      if (total <= room) {
+        filled += total;
+        rp = 0;
+        if (first_beyond < 32 || ce + 32 >= n_entries) done = true;
+        ce += 32;
+      } else {
+        // The tile fills up inside entry ce + k, k the first lane whose inclusive sum reaches room.
+        const int k = first_set_bit(w.ballot(incl >= room)) - 1;
+        const int used = room - w.shfl(excl, k);
+        const int n_k = w.shfl(n, k);
+        const int pos_k = w.shfl(pos, k);
+        if (used == n_k) {
+          ce += k + 1;
+          rp = 0;
+        } else {
+          ce += k;
+          rp = pos_k + used;
+        }
+        filled = kTile;
+      }
+    }
+    return filled;
+  }
+};
+
+}  // namespace redknot::cuda

@@ -1,0 +1,278 @@
+// CPU tests of the rules the CUDA kernels apply (include/redknot/cuda/rules.hpp, shared with the kernels as
+// __host__ __device__ functions): the visibility rule, the candidate hull of a page entry (no visible key may
+// fall outside it, and outside a sink/window gap it holds only keys some query sees), and plan-slot indexing
+// against AttentionPlan::entry.
+#include <catch2/catch_test_macros.hpp>
+
+#include <barrier>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "redknot/attention_plan.hpp"
+#include "redknot/cuda/key_walker.hpp"
+#include "redknot/cuda/rules.hpp"
+#include "redknot/kv_head_store.hpp"
+#include "redknot/visibility.hpp"
+
+using namespace redknot;
+using redknot::cuda::DevPageEntry;
+using redknot::cuda::DevPolicy;
+using redknot::cuda::DevSlot;
+
+namespace {
+DevPolicy dev(const HeadPolicy& p) { return DevPolicy{p.is_local() ? 1 : 0, p.window, p.sink}; }
+}  // namespace
+
+TEST_CASE("cuda rules: visible() is the canonical rule", "[cuda][rules]") {
+  for (const HeadPolicy& p :
+       {HeadPolicy{}, HeadPolicy{HeadClass::kLocal, 1, 0}, HeadPolicy{HeadClass::kLocal, 5, 3},
+        HeadPolicy{HeadClass::kLocal, 1000, 0}, HeadPolicy{HeadClass::kLocal, 3, 64}})
+    for (int q = 0; q < 80; ++q)
+      for (int k = -2; k < 82; ++k) CHECK(cuda::visible(dev(p), q, k) == is_visible(p, q, k));
+}
+
+TEST_CASE("cuda rules: clip_entry hull holds every visible key and little else", "[cuda][rules]") {
+  std::mt19937 rng(42);
+  std::uniform_int_distribution<int> u(0, 1 << 20);
+  long long checked = 0;
+  for (int it = 0; it < 20000; ++it) {
+    HeadPolicy p;
+    if (it % 5 != 0) p = HeadPolicy{HeadClass::kLocal, 1 + u(rng) % 70, u(rng) % 3 == 0 ? 0 : u(rng) % 20};
+    const DevPageEntry e{0, 0, 1 + u(rng) % 64, u(rng) % 200};
+    const int pmin = u(rng) % 260;
+    const int pmax = pmin + (u(rng) % 3 == 0 ? 0 : u(rng) % 70);
+    int lo = 0, hi = 0;
+    cuda::clip_entry(dev(p), e, pmin, pmax, lo, hi);
+    REQUIRE(lo <= hi);
+    REQUIRE(lo >= e.pos0);
+    REQUIRE(hi <= e.pos0 + e.count);
+    bool gap = false;  // a key in the hull no query sees: allowed only between the sink and the window
+    for (int k = e.pos0; k < e.pos0 + e.count; ++k) {
+      bool seen = false;
+      for (int q = pmin; q <= pmax; ++q) seen = seen || is_visible(p, q, k);
+      if (seen) CHECK((k >= lo && k < hi));
+      if (!seen && k >= lo && k < hi) gap = true;
+      ++checked;
+    }
+    if (gap) {
+      // The hull is the convex hull of sink and window parts: it must touch both.
+      REQUIRE(p.is_local());
+      CHECK(lo < p.sink);
+    }
+  }
+  CHECK(checked > 0);
+}
+
+TEST_CASE("cuda rules: slot_entry reads a plan like AttentionPlan::entry", "[cuda][rules]") {
+  ModelShape shape{1, 4, 2, 8, DType::kF32};
+  HeadMap map = HeadMap::uniform(1, 2, HeadClass::kGlobal);
+  map.set(0, 1, HeadPolicy{HeadClass::kLocal, 20, 5});
+  KVHeadStore<float> store(shape, map, StoreConfig{4, 4096});
+  std::vector<SeqId> seqs = {store.create_sequence(), store.create_sequence()};
+  AttentionPlan plan;
+  std::vector<float> kv(2 * 8);
+  for (int step = 0; step < 120; ++step) {
+    for (std::size_t s = 0; s < seqs.size(); ++s) {
+      // A position jump now and then (spliced chunks) and a sink that freezes as the window moves on.
+      const std::int32_t pos = store.next_position(seqs[s], 0) + (step % 37 == 36 ? 9 : 0);
+      store.append(seqs[s], 0, std::span<const float>(kv), std::span<const float>(kv), std::span(&pos, 1));
+    }
+    std::vector<std::int32_t> qpos, ones(seqs.size(), 1);
+    for (SeqId s : seqs) qpos.push_back(store.next_position(s, 0) - 1);
+    plan.update(store, 0, seqs, ones, qpos);
+    const auto* arena = reinterpret_cast<const DevPageEntry*>(plan.arena().data());
+    for (std::size_t i = 0; i < seqs.size(); ++i)
+      for (int h = 0; h < 2; ++h) {
+        const PlanSlot& ps = plan.slot(i, h);
+        const auto& ds = reinterpret_cast<const DevSlot&>(ps);
+        for (int e = 0; e < ps.num_entries(); ++e) {
+          const DevPageEntry d = cuda::slot_entry(arena, ds, e);
+          const PageEntry& r = plan.entry(ps, e);
+          CHECK((d.page_id == r.page_id && d.first == r.first && d.count == r.count && d.pos0 == r.pos0));
+        }
+      }
+  }
+}
+
+// Emulates the decode kernel's key enumeration (stage 128 entries, exclusive prefix sum, find_staged for the
+// first key of each row group, step_staged for the next ones) and checks it yields every candidate key of
+// every entry exactly once, in order, at the right pool row — and so every visible key.
+TEST_CASE("cuda rules: decode staging enumerates each candidate key once", "[cuda][rules]") {
+  constexpr int kStage = 128, kGroups = 8, kBatch = 4;
+  const int ps = 16;
+  ModelShape shape{1, 2, 2, 8, DType::kF32};
+  HeadMap map = HeadMap::uniform(1, 2, HeadClass::kGlobal);
+  map.set(0, 1, HeadPolicy{HeadClass::kLocal, 40, 6});
+  KVHeadStore<float> store(shape, map, StoreConfig{ps, 8192});
+  const SeqId seq = store.create_sequence();
+  std::vector<float> kv(2 * 8 * 300);
+  std::vector<std::int32_t> pos;
+  std::int32_t next = 0;
+  for (int chunk = 0; chunk < 40; ++chunk) {  // chunks of odd sizes with jumps: partial pages, shared pages
+    pos.clear();
+    const int n = 1 + (chunk * 37) % 150;
+    next += chunk % 7 == 6 ? 11 : 0;
+    for (int i = 0; i < n; ++i) pos.push_back(next++);
+    store.append(seq, 0, std::span<const float>(kv.data(), pos.size() * 16),
+                 std::span<const float>(kv.data(), pos.size() * 16), pos);
+  }
+  const std::int32_t q = next - 1;
+  for (int h = 0; h < 2; ++h) {
+    const HeadPolicy pol = store.policy(0, h);
+    const DevPolicy dp = dev(pol);
+    const HeadTable& t = store.table(seq, 0, h);
+    // Expected: candidate keys of every entry in order.
+    std::vector<std::pair<int, int>> expected;  // (row, position)
+    for (std::size_t i = 0; i < t.size(); ++i) {
+      const PageEntry& e = t[i];
+      int lo, hi;
+      cuda::clip_entry(dp, DevPageEntry{e.page_id, e.first, e.count, e.pos0}, q, q, lo, hi);
+      for (int k = lo; k < hi; ++k) expected.emplace_back(e.page_id * 2 * ps + e.first + (k - e.pos0), k);
+      for (int k = e.pos0; k < e.pos0 + e.count; ++k)
+        if (is_visible(pol, q, k)) CHECK((k >= lo && k < hi));
+    }
+    // Emulated kernel, with chunks of entries as the partition would cut them.
+    for (int chunk_len : {1, 5, 128, 300, 100000}) {
+      std::vector<std::pair<int, int>> got;
+      const int n_entries = static_cast<int>(t.size());
+      for (int cb = 0; cb < n_entries; cb += chunk_len) {
+        const int ce = std::min(n_entries, cb + chunk_len);
+        for (int e0 = cb; e0 < ce; e0 += kStage) {
+          int row[kStage], p0[kStage], start[kStage], total = 0;
+          for (int tid = 0; tid < kStage; ++tid) {
+            int n = 0;
+            row[tid] = p0[tid] = 0;
+            if (e0 + tid < ce) {
+              const PageEntry& e = t[static_cast<std::size_t>(e0 + tid)];
+              cuda::stage_entry(dp, DevPageEntry{e.page_id, e.first, e.count, e.pos0}, q, q, ps, n, row[tid],
+                                p0[tid]);
+            }
+            start[tid] = total;
+            total += n;
+          }
+          for (int t0 = 0; t0 < total; t0 += kGroups * kBatch)
+            for (int grp = 0; grp < kGroups; ++grp) {
+              const int first = t0 + grp * kBatch;
+              int idx = cuda::find_staged(start, kStage, first);
+              for (int j = 0; j < kBatch; ++j) {
+                const int key = first + j;
+                if (key >= total) break;
+                idx = cuda::step_staged(start, kStage, idx, key);
+                got.emplace_back(row[idx] + key - start[idx], p0[idx] + key - start[idx]);
+              }
+            }
+        }
+      }
+      CHECK(got == expected);
+    }
+  }
+}
+
+namespace {
+
+// A warp simulated in lock step by 32 host threads: each collective publishes the lane's value, waits for all
+// lanes, reads, and waits again before the slots are reused. A divergent collective would deadlock (and time
+// out).
+struct SimWarpShared {
+  std::barrier<> bar{32};
+  int vals[32] = {};
+};
+struct SimWarp {
+  SimWarpShared* sh;
+  int lane_;
+  int lane() const { return lane_; }
+  unsigned ballot(bool p) const {
+    sh->vals[lane_] = p ? 1 : 0;
+    sh->bar.arrive_and_wait();
+    unsigned m = 0;
+    for (int i = 0; i < 32; ++i) m |= sh->vals[i] ? (1u << i) : 0u;
+    sh->bar.arrive_and_wait();
+    return m;
+  }
+  int shfl_up(int v, int off) const {
+    sh->vals[lane_] = v;
+    sh->bar.arrive_and_wait();
+    const int r = lane_ >= off ? sh->vals[lane_ - off] : v;
+    sh->bar.arrive_and_wait();
+    return r;
+  }
+  int shfl(int v, int src) const {
+    sh->vals[lane_] = v;
+    sh->bar.arrive_and_wait();
+    const int r = sh->vals[src];
+    sh->bar.arrive_and_wait();
+    return r;
+  }
+};
+
+}  // namespace
+
+// Runs the prefill kernel's KeyWalker (the same template) on a simulated warp over real head tables, tile
+// after tile, and checks the concatenated tiles are exactly the candidate keys of every entry in position
+// order, that every tile but the last is full, and that the 32 lanes keep identical cursors.
+TEST_CASE("cuda rules: prefill KeyWalker gathers every candidate key once", "[cuda][rules]") {
+  constexpr int kTile = 64;
+  for (int ps : {16, 64}) {
+    ModelShape shape{1, 3, 3, 8, DType::kF32};
+    HeadMap map = HeadMap::uniform(1, 3, HeadClass::kGlobal);
+    map.set(0, 1, HeadPolicy{HeadClass::kLocal, 70, 5});
+    map.set(0, 2, HeadPolicy{HeadClass::kLocal, 3, 0});
+    KVHeadStore<float> store(shape, map, StoreConfig{ps, 8192});
+    const SeqId seq = store.create_sequence();
+    std::vector<float> kv(3 * 8 * 400);
+    std::vector<std::int32_t> pos;
+    std::int32_t next = 0;
+    for (int chunk = 0; chunk < 12; ++chunk) {
+      pos.clear();
+      const int n = 1 + (chunk * 53) % 97;
+      next += chunk % 4 == 3 ? 13 : 0;  // spliced jumps
+      for (int i = 0; i < n; ++i) pos.push_back(next++);
+      store.append(seq, 0, std::span<const float>(kv.data(), pos.size() * 24),
+                   std::span<const float>(kv.data(), pos.size() * 24), pos);
+    }
+    // The query range of the last chunk, like a chunked-prefill tile (and a single query, like decode).
+    for (auto [pmin, pmax] : {std::pair{pos.front(), pos.back()}, std::pair{pos.back(), pos.back()}}) {
+      for (int h = 0; h < 3; ++h) {
+        const HeadTable& t = store.table(seq, 0, h);
+        std::vector<DevPageEntry> arena;
+        for (std::size_t i = 0; i < t.size(); ++i)
+          arena.push_back(DevPageEntry{t[i].page_id, t[i].first, t[i].count, t[i].pos0});
+        const DevSlot slot{0, static_cast<int>(arena.size()), static_cast<int>(arena.size()), 0, 0, 0, 0};
+        const DevPolicy dp = dev(store.policy(0, h));
+        std::vector<std::pair<int, int>> expected;
+        for (const auto& e : arena) {
+          if (e.pos0 > pmax) break;
+          int lo, hi;
+          cuda::clip_entry(dp, e, pmin, pmax, lo, hi);
+          for (int k = lo; k < hi; ++k) expected.emplace_back(e.page_id * 2 * ps + e.first + (k - e.pos0), k);
+        }
+        SimWarpShared sh;
+        std::vector<std::pair<int, int>> got;
+        std::vector<int> tile_sizes;
+        bool lanes_agree = true;
+        std::int32_t rows[kTile], kpos[kTile];
+        std::vector<cuda::KeyWalker> walkers(32);
+        for (int tile = 0; tile < 10000; ++tile) {
+          int filled[32];
+          std::vector<std::thread> lanes;
+          for (int l = 0; l < 32; ++l)
+            lanes.emplace_back([&, l] {
+              filled[l] = walkers[static_cast<std::size_t>(l)].fill<kTile>(
+                  SimWarp{&sh, l}, arena.data(), slot, dp, pmin, pmax, ps, rows, kpos);
+            });
+          for (auto& th : lanes) th.join();
+          for (int l = 1; l < 32; ++l)
+            lanes_agree = lanes_agree && filled[l] == filled[0] && walkers[l].ce == walkers[0].ce &&
+                          walkers[l].rp == walkers[0].rp && walkers[l].done == walkers[0].done;
+          if (filled[0] == 0) break;
+          tile_sizes.push_back(filled[0]);
+          for (int i = 0; i < filled[0]; ++i) got.emplace_back(rows[i], kpos[i]);
+        }
+        CHECK(lanes_agree);
+        CHECK(got == expected);
+        for (std::size_t i = 0; i + 1 < tile_sizes.size(); ++i) CHECK(tile_sizes[i] == kTile);
+      }
+    }
+  }
+}
