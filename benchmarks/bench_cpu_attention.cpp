@@ -1,4 +1,5 @@
-// CPU SegPagedAttention decode throughput, dense vs head-aware, against the machine's measured copy bandwidth.
+// CPU SegPagedAttention decode throughput, dense vs head-aware, against the machine's measured copy
+// bandwidth.
 //
 // One layer of the Llama-3-8B attention shape (32 q / 8 kv heads, head_dim 128, bf16 pages), a batch of
 // sequences decoding one token each. "visible bytes" counts the K and V bytes the step must read (the keys

@@ -1,8 +1,8 @@
 // Per-step plan update cost: incremental update vs rebuilding the plan, per sequence, across context lengths.
 //
 // A batch of 64 sequences of one layer (8 kv heads, 12.5% global, window 512, sink 64) decodes one token per
-// step. The incremental AttentionPlan should cost the same per sequence at 1K and at 32K context; a plan rebuilt
-// from scratch grows with the pages a global head holds. Pages are bookkeeping only (NullAllocator).
+// step. The incremental AttentionPlan should cost the same per sequence at 1K and at 32K context; a plan
+// rebuilt from scratch grows with the pages a global head holds. Pages are bookkeeping only (NullAllocator).
 #include <benchmark/benchmark.h>
 
 #include <vector>
@@ -41,7 +41,8 @@ struct Batch {
     next = ctx;
   }
   void decode_append() {
-    for (SeqId s : seqs) store.append(s, 0, std::span<const BFloat16>(token), std::span<const BFloat16>(token), {&next, 1});
+    for (SeqId s : seqs)
+      store.append(s, 0, std::span<const BFloat16>(token), std::span<const BFloat16>(token), {&next, 1});
     for (auto& p : q_pos) p = next;
     ++next;
   }
@@ -86,6 +87,18 @@ void BM_plan_rebuild(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(BM_plan_update_incremental)->Iterations(kSteps)->Arg(1024)->Arg(8192)->Arg(32768)->ArgName("ctx")->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_plan_rebuild)->Iterations(kSteps / 8)->Arg(1024)->Arg(8192)->Arg(32768)->ArgName("ctx")->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_plan_update_incremental)
+    ->Iterations(kSteps)
+    ->Arg(1024)
+    ->Arg(8192)
+    ->Arg(32768)
+    ->ArgName("ctx")
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_plan_rebuild)
+    ->Iterations(kSteps / 8)
+    ->Arg(1024)
+    ->Arg(8192)
+    ->Arg(32768)
+    ->ArgName("ctx")
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK_MAIN();

@@ -1,10 +1,11 @@
 // Live capacity: how many sequences of N tokens fit in one fixed pool, dense vs head-aware.
 //
-// Both runs use the real KVHeadStore append path (chunked prefill, per-layer retirement of the chunk's queries
-// as an engine does after running the layer's attention, one decode token to reach the steady state) until
-// the pool is exhausted; the sequence that hit exhaustion is freed, as an engine would preempt it. The pool is
-// sized to hold `--dense-seqs` dense sequences. Pools far beyond host RAM use the NullAllocator (bookkeeping
-// only: identical page accounting, no bytes), and one host-backed run shows the accounting is the same.
+// Both runs use the real KVHeadStore append path (chunked prefill, per-layer retirement of the chunk's
+// queries as an engine does after running the layer's attention, one decode token to reach the steady state)
+// until the pool is exhausted; the sequence that hit exhaustion is freed, as an engine would preempt it. The
+// pool is sized to hold `--dense-seqs` dense sequences. Pools far beyond host RAM use the NullAllocator
+// (bookkeeping only: identical page accounting, no bytes), and one host-backed run shows the accounting is
+// the same.
 //
 //   redknot_capacity_demo [--contexts 8192,32768,131072] [--page-size 16] [--dense-seqs 4] [--chunk 2048]
 #include <chrono>
@@ -55,10 +56,11 @@ FillResult fill(const HeadMap& map, std::int32_t num_pages, std::int64_t ctx, co
       for (std::int64_t p0 = 0; p0 < ctx - 1; p0 += o.chunk) {
         const std::int64_t n = std::min<std::int64_t>(o.chunk, ctx - 1 - p0);
         pos.resize(static_cast<std::size_t>(n));
-        for (std::int64_t i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(p0 + i);
+        for (std::int64_t i = 0; i < n; ++i)
+          pos[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(p0 + i);
         for (int l = 0; l < kShape.num_layers; ++l) {
-          store.append(s, l, k.first(static_cast<std::size_t>(n) * row), v.first(static_cast<std::size_t>(n) * row),
-                       std::span<const std::int32_t>(pos));
+          store.append(s, l, k.first(static_cast<std::size_t>(n) * row),
+                       v.first(static_cast<std::size_t>(n) * row), std::span<const std::int32_t>(pos));
           store.retire_queries(s, static_cast<std::int32_t>(p0 + n), l);  // the layer's attention has run
         }
       }
@@ -100,39 +102,51 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--contexts") o.contexts = parse_list(next());
-    else if (a == "--page-size") o.page_size = std::atoi(next());
-    else if (a == "--dense-seqs") o.dense_seqs = std::atoi(next());
-    else if (a == "--chunk") o.chunk = std::atoi(next());
-    else if (a == "--global-ratio") o.global_ratio = std::atof(next());
-    else if (a == "--window") o.window = std::atoi(next());
-    else if (a == "--sink") o.sink = std::atoi(next());
-    else if (a == "--no-host-check") o.host_check = false;
+    if (a == "--contexts")
+      o.contexts = parse_list(next());
+    else if (a == "--page-size")
+      o.page_size = std::atoi(next());
+    else if (a == "--dense-seqs")
+      o.dense_seqs = std::atoi(next());
+    else if (a == "--chunk")
+      o.chunk = std::atoi(next());
+    else if (a == "--global-ratio")
+      o.global_ratio = std::atof(next());
+    else if (a == "--window")
+      o.window = std::atoi(next());
+    else if (a == "--sink")
+      o.sink = std::atoi(next());
+    else if (a == "--no-host-check")
+      o.host_check = false;
     else {
-      std::fprintf(stderr,
-                   "usage: %s [--contexts 8192,32768,131072] [--page-size 16] [--dense-seqs 4] [--chunk 2048]\n"
-                   "          [--global-ratio 0.125] [--window 512] [--sink 64] [--no-host-check]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--contexts 8192,32768,131072] [--page-size 16] [--dense-seqs 4] [--chunk 2048]\n"
+          "          [--global-ratio 0.125] [--window 512] [--sink 64] [--no-host-check]\n",
+          argv[0]);
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
   try {
     const HeadMap dense = HeadMap::all_global(kShape.num_layers, kShape.num_kv_heads);
-    const HeadMap aware = HeadMap::with_global_ratio(kShape.num_layers, kShape.num_kv_heads, o.global_ratio,
-                                                     o.window, o.sink);
+    const HeadMap aware =
+        HeadMap::with_global_ratio(kShape.num_layers, kShape.num_kv_heads, o.global_ratio, o.window, o.sink);
     std::vector<BFloat16> kv(static_cast<std::size_t>(o.chunk) * kShape.num_kv_heads * kShape.head_dim,
                              BFloat16(0.5f));
     const double page_mib = 2.0 * o.page_size * kShape.head_dim * 2 / (1024.0 * 1024.0);
-    std::printf("redknot live capacity: Llama-3-8B attention shape (32 layers, 32 q / 8 kv heads, head_dim 128, bf16)\n");
-    std::printf("head-aware map: %d of %d heads global (%.1f%%), local window %d, sink %d; page size %d; "
-                "prefill chunk %d\n\n",
-                aware.count_global_like(), 256, 100.0 * aware.global_ratio(), o.window, o.sink, o.page_size, o.chunk);
-    std::printf("%8s %9s %8s %6s %6s %8s %8s %10s %9s %7s\n", "context", "pool GiB", "backing", "dense", "aware",
-                "ratio", "bound", "aware max", "of max", "fill s");
+    std::printf(
+        "redknot live capacity: Llama-3-8B attention shape (32 layers, 32 q / 8 kv heads, head_dim 128, "
+        "bf16)\n");
+    std::printf(
+        "head-aware map: %d of %d heads global (%.1f%%), local window %d, sink %d; page size %d; "
+        "prefill chunk %d\n\n",
+        aware.count_global_like(), 256, 100.0 * aware.global_ratio(), o.window, o.sink, o.page_size, o.chunk);
+    std::printf("%8s %9s %8s %6s %6s %8s %8s %10s %9s %7s\n", "context", "pool GiB", "backing", "dense",
+                "aware", "ratio", "bound", "aware max", "of max", "fill s");
     bool within = true;
     auto row = [&](std::int64_t ctx, bool host) {
-      const std::int64_t dense_pages = KVHeadStore<BFloat16, NullAllocator>(kShape, dense, {o.page_size, 1})
-                                           .pages_per_sequence(ctx);
+      const std::int64_t dense_pages =
+          KVHeadStore<BFloat16, NullAllocator>(kShape, dense, {o.page_size, 1}).pages_per_sequence(ctx);
       const auto num_pages = static_cast<std::int32_t>(dense_pages * o.dense_seqs);
       const FillResult d = host ? fill<HostAllocator>(dense, num_pages, ctx, o, kv)
                                 : fill<NullAllocator>(dense, num_pages, ctx, o, kv);
@@ -146,10 +160,10 @@ int main(int argc, char** argv) {
       const std::int64_t aware_max = num_pages / aware_pages;
       const double of_max = static_cast<double>(a.sequences) / static_cast<double>(aware_max);
       within = within && of_max >= 0.95 && d.sequences == o.dense_seqs;
-      std::printf("%8lld %9.2f %8s %6lld %6lld %7.2fx %7.2fx %10lld %8.1f%% %7.2f\n", static_cast<long long>(ctx),
-                  num_pages * page_mib / 1024.0, host ? "host" : "null", static_cast<long long>(d.sequences),
-                  static_cast<long long>(a.sequences), ratio, bound, static_cast<long long>(aware_max),
-                  100.0 * of_max, d.seconds + a.seconds);
+      std::printf("%8lld %9.2f %8s %6lld %6lld %7.2fx %7.2fx %10lld %8.1f%% %7.2f\n",
+                  static_cast<long long>(ctx), num_pages * page_mib / 1024.0, host ? "host" : "null",
+                  static_cast<long long>(d.sequences), static_cast<long long>(a.sequences), ratio, bound,
+                  static_cast<long long>(aware_max), 100.0 * of_max, d.seconds + a.seconds);
       std::fflush(stdout);
     };
     for (std::int64_t ctx : o.contexts) row(ctx, false);
@@ -161,11 +175,13 @@ int main(int argc, char** argv) {
       row(8192, true);
       std::swap(o, small);
     }
-    std::printf("\nratio     = measured head-aware sequences / measured dense sequences in the same pool\n"
-                "bound     = dense pages / head-aware pages per sequence at steady state (page-granular retention)\n"
-                "aware max = floor(pool pages / head-aware pages per sequence): the analytic bound for this pool\n");
-    std::printf("%s\n", within ? "every measured head-aware count is within 5% of its analytic bound"
-                               : "WARNING: a measured head-aware count is more than 5% below its analytic bound");
+    std::printf(
+        "\nratio     = measured head-aware sequences / measured dense sequences in the same pool\n"
+        "bound     = dense pages / head-aware pages per sequence at steady state (page-granular retention)\n"
+        "aware max = floor(pool pages / head-aware pages per sequence): the analytic bound for this pool\n");
+    std::printf("%s\n",
+                within ? "every measured head-aware count is within 5% of its analytic bound"
+                       : "WARNING: a measured head-aware count is more than 5% below its analytic bound");
     return within ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -34,7 +34,8 @@ void* CudaAllocator::allocate(std::size_t bytes) {
   const cudaError_t e = cudaMalloc(&p, bytes);
   if (e == cudaErrorMemoryAllocation) {
     cudaGetLastError();
-    throw PoolExhausted(detail::concat("cudaMalloc of ", bytes, " bytes on device ", device, " failed: out of memory"));
+    throw PoolExhausted(
+        detail::concat("cudaMalloc of ", bytes, " bytes on device ", device, " failed: out of memory"));
   }
   check(e, "cudaMalloc");
   return p;

@@ -8,15 +8,19 @@
 
 namespace redknot {
 
-using nlohmann::json;
 using detail::concat;
+using nlohmann::json;
 
 std::string_view head_class_name(HeadClass c) {
   switch (c) {
-    case HeadClass::kLocal: return "local";
-    case HeadClass::kGlobal: return "global";
-    case HeadClass::kRetrieval: return "retrieval";
-    case HeadClass::kDense: return "dense";
+    case HeadClass::kLocal:
+      return "local";
+    case HeadClass::kGlobal:
+      return "global";
+    case HeadClass::kRetrieval:
+      return "retrieval";
+    case HeadClass::kDense:
+      return "dense";
   }
   return "?";
 }
@@ -42,19 +46,22 @@ HeadMap HeadMap::all_global(int num_layers, int num_kv_heads) { return HeadMap(n
 
 HeadMap HeadMap::uniform(int num_layers, int num_kv_heads, HeadClass cls, int window, int sink) {
   HeadMap m(num_layers, num_kv_heads);
-  for (auto& h : m.heads_) h = cls == HeadClass::kLocal ? HeadPolicy{cls, window, sink} : HeadPolicy{cls, -1, sink};
+  for (auto& h : m.heads_)
+    h = cls == HeadClass::kLocal ? HeadPolicy{cls, window, sink} : HeadPolicy{cls, -1, sink};
   m.validate();
   return m;
 }
 
-HeadMap HeadMap::with_global_ratio(int num_layers, int num_kv_heads, double global_ratio, int window, int sink) {
+HeadMap HeadMap::with_global_ratio(int num_layers, int num_kv_heads, double global_ratio, int window,
+                                   int sink) {
   require(global_ratio >= 0.0 && global_ratio <= 1.0, "global_ratio=", global_ratio, " must be in [0, 1]");
   HeadMap m = uniform(num_layers, num_kv_heads, HeadClass::kLocal, window, sink);
   const std::size_t total = m.heads_.size();
   std::size_t n_global = static_cast<std::size_t>(std::llround(global_ratio * static_cast<double>(total)));
   if (global_ratio > 0.0 && n_global == 0) n_global = 1;
   // Evenly spaced indices i * total / n_global: deterministic, and spreads globals over layers and heads.
-  for (std::size_t i = 0; i < n_global; ++i) m.heads_[i * total / n_global] = HeadPolicy{HeadClass::kGlobal, -1, sink};
+  for (std::size_t i = 0; i < n_global; ++i)
+    m.heads_[i * total / n_global] = HeadPolicy{HeadClass::kGlobal, -1, sink};
   return m;
 }
 
@@ -64,7 +71,8 @@ std::size_t HeadMap::index(int layer, int kv_head) const {
 
 void HeadMap::check_index(int layer, int kv_head) const {
   require(layer >= 0 && layer < num_layers_, "layer=", layer, " out of range [0, ", num_layers_, ")");
-  require(kv_head >= 0 && kv_head < num_kv_heads_, "kv_head=", kv_head, " out of range [0, ", num_kv_heads_, ")");
+  require(kv_head >= 0 && kv_head < num_kv_heads_, "kv_head=", kv_head, " out of range [0, ", num_kv_heads_,
+          ")");
 }
 
 HeadPolicy HeadMap::raw(int layer, int kv_head) const {
@@ -74,7 +82,8 @@ HeadPolicy HeadMap::raw(int layer, int kv_head) const {
 
 HeadPolicy HeadMap::policy(int layer, int kv_head) const {
   check_index(layer, kv_head);
-  if (layer < dense_prefix_layers_) return HeadPolicy{HeadClass::kDense, -1, heads_[index(layer, kv_head)].sink};
+  if (layer < dense_prefix_layers_)
+    return HeadPolicy{HeadClass::kDense, -1, heads_[index(layer, kv_head)].sink};
   return heads_[index(layer, kv_head)];
 }
 
@@ -83,13 +92,15 @@ void HeadMap::set(int layer, int kv_head, HeadPolicy p) {
   if (p.is_local()) {
     require(p.window >= 1, "window=", p.window, " for local head (layer ", layer, ", kv_head ", kv_head,
             ") must be >= 1");
-    require(p.sink >= 0, "sink=", p.sink, " for head (layer ", layer, ", kv_head ", kv_head, ") must be >= 0");
+    require(p.sink >= 0, "sink=", p.sink, " for head (layer ", layer, ", kv_head ", kv_head,
+            ") must be >= 0");
   }
   heads_[index(layer, kv_head)] = p;
 }
 
 void HeadMap::set_dense_prefix_layers(int n) {
-  require(n >= 0 && n <= num_layers_, "dense_prefix_layers=", n, " must be in [0, num_layers=", num_layers_, "]");
+  require(n >= 0 && n <= num_layers_, "dense_prefix_layers=", n, " must be in [0, num_layers=", num_layers_,
+          "]");
   dense_prefix_layers_ = n;
 }
 
@@ -108,25 +119,27 @@ double HeadMap::global_ratio() const {
 void HeadMap::validate() const {
   require(num_layers_ > 0 && num_kv_heads_ > 0, "head map is empty (num_layers=", num_layers_,
           ", num_kv_heads=", num_kv_heads_, ")");
-  require(heads_.size() == static_cast<std::size_t>(num_layers_) * num_kv_heads_, "head map has ", heads_.size(),
-          " entries, expected num_layers*num_kv_heads=", num_layers_ * num_kv_heads_);
+  require(heads_.size() == static_cast<std::size_t>(num_layers_) * num_kv_heads_, "head map has ",
+          heads_.size(), " entries, expected num_layers*num_kv_heads=", num_layers_ * num_kv_heads_);
   for (int l = 0; l < num_layers_; ++l)
     for (int h = 0; h < num_kv_heads_; ++h) {
       const HeadPolicy& p = heads_[index(l, h)];
       if (p.is_local())
-        require(p.window >= 1, "kv_head_max_distance[", l, "][", h, "]=", p.window, " must be >= 1 for a local head");
+        require(p.window >= 1, "kv_head_max_distance[", l, "][", h, "]=", p.window,
+                " must be >= 1 for a local head");
       require(p.sink >= 0, "kv_head_sink_size[", l, "][", h, "]=", p.sink, " must be >= 0");
     }
-  require(dense_prefix_layers_ >= 0 && dense_prefix_layers_ <= num_layers_, "dense_prefix_layers=",
-          dense_prefix_layers_, " must be in [0, ", num_layers_, "]");
+  require(dense_prefix_layers_ >= 0 && dense_prefix_layers_ <= num_layers_,
+          "dense_prefix_layers=", dense_prefix_layers_, " must be in [0, ", num_layers_, "]");
   require(retrieval_top_p_ > 0.0 && retrieval_top_p_ <= 1.0, "retrieval_top_p=", retrieval_top_p_,
           " must be in (0, 1]");
 }
 
 void HeadMap::validate_shape(int num_layers, int num_kv_heads) const {
-  require(num_layers_ == num_layers, "head map num_layers=", num_layers_, " does not match the model's ", num_layers);
-  require(num_kv_heads_ == num_kv_heads, "head map num_kv_heads=", num_kv_heads_, " does not match the model's ",
-          num_kv_heads);
+  require(num_layers_ == num_layers, "head map num_layers=", num_layers_, " does not match the model's ",
+          num_layers);
+  require(num_kv_heads_ == num_kv_heads, "head map num_kv_heads=", num_kv_heads_,
+          " does not match the model's ", num_kv_heads);
 }
 
 namespace {
@@ -202,15 +215,16 @@ HeadMap HeadMap::from_json(std::string_view text) {
     }
   if (j.contains("dense_prefix_layers")) {
     const int n = int_field(j, "dense_prefix_layers");
-    require(n >= 0 && n <= L, "head map JSON: dense_prefix_layers=", n, " must be in [0, num_layers=", L, "]");
+    require(n >= 0 && n <= L, "head map JSON: dense_prefix_layers=", n, " must be in [0, num_layers=", L,
+            "]");
     m.dense_prefix_layers_ = n;
   }
   if (j.contains("retrieval_top_p")) {
     const json& p = j["retrieval_top_p"];
     require(p.is_number(), "head map JSON: retrieval_top_p must be a number, got ", p.dump());
     m.retrieval_top_p_ = p.get<double>();
-    require(m.retrieval_top_p_ > 0.0 && m.retrieval_top_p_ <= 1.0, "head map JSON: retrieval_top_p=",
-            m.retrieval_top_p_, " must be in (0, 1]");
+    require(m.retrieval_top_p_ > 0.0 && m.retrieval_top_p_ <= 1.0,
+            "head map JSON: retrieval_top_p=", m.retrieval_top_p_, " must be in (0, 1]");
   }
   m.validate();
   return m;

@@ -91,8 +91,8 @@ struct Snapshot {
   }
   bool operator==(const Snapshot& o) const {
     return seqs == o.seqs && tables == o.tables && next_pos == o.next_pos && refcounts == o.refcounts &&
-           used == o.used && stats.pages_global == o.stats.pages_global && stats.pages_local == o.stats.pages_local &&
-           stats.num_sequences == o.stats.num_sequences;
+           used == o.used && stats.pages_global == o.stats.pages_global &&
+           stats.pages_local == o.stats.pages_local && stats.num_sequences == o.stats.num_sequences;
   }
 };
 
@@ -104,7 +104,8 @@ void check_plan_mirrors_store(const AttentionPlan& plan, const Store& store) {
       const HeadTable& t = store.table(plan.items()[i].seq, plan.layer(), h);
       const PlanSlot& s = plan.slot(i, h);
       REQUIRE(static_cast<std::size_t>(s.num_entries()) == t.size());
-      for (std::int32_t e = 0; e < s.num_entries(); ++e) REQUIRE(plan.entry(s, e) == t[static_cast<std::size_t>(e)]);
+      for (std::int32_t e = 0; e < s.num_entries(); ++e)
+        REQUIRE(plan.entry(s, e) == t[static_cast<std::size_t>(e)]);
     }
 }
 

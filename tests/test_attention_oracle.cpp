@@ -4,7 +4,8 @@
 // (a spliced chunk), a fork and divergent continuation of parent and child, and compares every attention
 // output and LSE. The head map mixes global heads, a dense prefix layer and local heads whose windows are
 // smaller and larger than the context, with sinks 0, 4 and 64, so each scenario covers all of them.
-// Parameters: storage dtype x activation dtype x head_dim {64, 128} x GQA ratio {1, 4, 8} x page size {16, 64}.
+// Parameters: storage dtype x activation dtype x head_dim {64, 128} x GQA ratio {1, 4, 8} x page size {16,
+// 64}.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 
@@ -14,18 +15,22 @@ using namespace rktest;
 
 namespace {
 
-// Tolerances on |out - oracle| and |lse - oracle| by activation dtype: K/V rounding is mirrored by the oracle,
-// so what remains is fp32 accumulation (f32) or rounding of q and the output to 16 bits.
+// Tolerances on |out - oracle| and |lse - oracle| by activation dtype: K/V rounding is mirrored by the
+// oracle, so what remains is fp32 accumulation (f32) or rounding of q and the output to 16 bits.
 template <class QT>
 constexpr double tolerance() {
-  if constexpr (std::is_same_v<QT, float>) return 2e-5;
-  else if constexpr (std::is_same_v<QT, Half>) return 2e-3;
-  else return 1.6e-2;
+  if constexpr (std::is_same_v<QT, float>)
+    return 2e-5;
+  else if constexpr (std::is_same_v<QT, Half>)
+    return 2e-3;
+  else
+    return 1.6e-2;
 }
 
 HeadMap mixed_map(int layers, int kv_heads) {
   // (window, sink) pairs for local heads, cycled over the grid; every 5th head is global.
-  const std::pair<int, int> local[] = {{8, 0}, {8, 4}, {24, 64}, {1000, 0}, {1, 4}, {40, 4}, {16, 64}, {3, 0}};
+  const std::pair<int, int> local[] = {{8, 0}, {8, 4},  {24, 64}, {1000, 0},
+                                       {1, 4}, {40, 4}, {16, 64}, {3, 0}};
   HeadMap m = HeadMap::all_global(layers, kv_heads);
   int i = 0;
   for (int l = 0; l < layers; ++l)
@@ -62,7 +67,8 @@ void run_scenario(int head_dim, int gqa, int page_size) {
       for (std::size_t b = 0; b < seqs.size(); ++b) {
         const auto k = random_tensor<T>(rng, pos[b].size() * kv_row);
         const auto v = random_tensor<T>(rng, pos[b].size() * kv_row);
-        store.append(seqs[b], l, std::span<const T>(k), std::span<const T>(v), std::span<const std::int32_t>(pos[b]));
+        store.append(seqs[b], l, std::span<const T>(k), std::span<const T>(v),
+                     std::span<const std::int32_t>(pos[b]));
         oracle.append<T>(seqs[b], l, std::span<const T>(k), std::span<const T>(v), pos[b]);
       }
       AttentionPlan& plan = plans[static_cast<std::size_t>(l)];
@@ -80,7 +86,8 @@ void run_scenario(int head_dim, int gqa, int page_size) {
         oracle.attention<QT>(seqs[b], l, qb, pos[b], ref_out, ref_lse);
         double max_out = 0, max_lse = 0;
         for (std::size_t i = 0; i < ref_out.size(); ++i)
-          max_out = std::max(max_out, std::abs(static_cast<double>(to_float(out[row0 * q_row + i])) - ref_out[i]));
+          max_out =
+              std::max(max_out, std::abs(static_cast<double>(to_float(out[row0 * q_row + i])) - ref_out[i]));
         for (std::size_t i = 0; i < ref_lse.size(); ++i)
           max_lse = std::max(max_lse, std::abs(lse[row0 * shape.num_q_heads + i] - ref_lse[i]));
         INFO("layer " << l << " item " << b << " positions " << pos[b].front() << ".." << pos[b].back());
@@ -131,10 +138,18 @@ void run_grid() {
 
 }  // namespace
 
-TEST_CASE("cpu attention matches oracle: f32 storage, f32 activations", "[oracle]") { run_grid<float, float>(); }
-TEST_CASE("cpu attention matches oracle: f16 storage, f32 activations", "[oracle]") { run_grid<Half, float>(); }
-TEST_CASE("cpu attention matches oracle: bf16 storage, f32 activations", "[oracle]") { run_grid<BFloat16, float>(); }
-TEST_CASE("cpu attention matches oracle: f16 storage, f16 activations", "[oracle]") { run_grid<Half, Half>(); }
+TEST_CASE("cpu attention matches oracle: f32 storage, f32 activations", "[oracle]") {
+  run_grid<float, float>();
+}
+TEST_CASE("cpu attention matches oracle: f16 storage, f32 activations", "[oracle]") {
+  run_grid<Half, float>();
+}
+TEST_CASE("cpu attention matches oracle: bf16 storage, f32 activations", "[oracle]") {
+  run_grid<BFloat16, float>();
+}
+TEST_CASE("cpu attention matches oracle: f16 storage, f16 activations", "[oracle]") {
+  run_grid<Half, Half>();
+}
 TEST_CASE("cpu attention matches oracle: bf16 storage, bf16 activations", "[oracle]") {
   run_grid<BFloat16, BFloat16>();
 }
@@ -149,7 +164,8 @@ TEST_CASE("oracle harness detects a wrong visibility rule", "[oracle]") {
   const SeqId s = store.create_sequence();
   const auto pos = iota_positions(0, 40);
   const auto k = random_tensor<float>(rng, 40 * 64), v = random_tensor<float>(rng, 40 * 64);
-  store.append(s, 0, std::span<const float>(k), std::span<const float>(v), std::span<const std::int32_t>(pos));
+  store.append(s, 0, std::span<const float>(k), std::span<const float>(v),
+               std::span<const std::int32_t>(pos));
   oracle.append<float>(s, 0, std::span<const float>(k), std::span<const float>(v), pos);
   AttentionPlan plan;
   const std::vector<SeqId> seqs{s};

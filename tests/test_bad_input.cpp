@@ -30,7 +30,8 @@ struct Fixture {
     const auto k = random_tensor<BFloat16>(rng, static_cast<std::size_t>(n) * 2 * 16);
     const auto v = random_tensor<BFloat16>(rng, static_cast<std::size_t>(n) * 2 * 16);
     const auto pos = iota_positions(p0, n);
-    store.append(s, l, std::span<const BFloat16>(k), std::span<const BFloat16>(v), std::span<const std::int32_t>(pos));
+    store.append(s, l, std::span<const BFloat16>(k), std::span<const BFloat16>(v),
+                 std::span<const std::int32_t>(pos));
   }
 };
 
@@ -53,14 +54,21 @@ TEST_CASE("append rejects bad shapes, ids, layers and positions", "[bad_input]")
   const std::span<const BFloat16> K(k), V(v), KS(k_short);
   const std::span<const std::int32_t> P(pos);
 
-  expect_rejected<InvalidArgument>(fx, [&] { fx.store.append(fx.a, 0, KS, V, P); }, "k has 95 elements");
-  expect_rejected<InvalidArgument>(fx, [&] { fx.store.append(fx.a, 0, K, KS, P); }, "v has 95 elements");
-  expect_rejected<InvalidArgument>(fx, [&] { fx.store.append(fx.a, 0, K, V, {}); }, "positions is empty");
-  expect_rejected<NotFound>(fx, [&] { fx.store.append(12345, 0, K, V, P); }, "sequence id=12345");
-  expect_rejected<InvalidArgument>(fx, [&] { fx.store.append(fx.a, 2, K, V, P); }, "layer=2 out of range [0, 2)");
-  expect_rejected<InvalidArgument>(fx, [&] { fx.store.append(fx.a, -1, K, V, P); }, "layer=-1");
   expect_rejected<InvalidArgument>(
-      fx, [&] { fx.store.append(fx.a, 0, K, V, std::span<const std::int32_t>(back)); }, "positions[0]=9 must be >= 10");
+      fx, [&] { fx.store.append(fx.a, 0, KS, V, P); }, "k has 95 elements");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { fx.store.append(fx.a, 0, K, KS, P); }, "v has 95 elements");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { fx.store.append(fx.a, 0, K, V, {}); }, "positions is empty");
+  expect_rejected<NotFound>(
+      fx, [&] { fx.store.append(12345, 0, K, V, P); }, "sequence id=12345");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { fx.store.append(fx.a, 2, K, V, P); }, "layer=2 out of range [0, 2)");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { fx.store.append(fx.a, -1, K, V, P); }, "layer=-1");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { fx.store.append(fx.a, 0, K, V, std::span<const std::int32_t>(back)); },
+      "positions[0]=9 must be >= 10");
   expect_rejected<InvalidArgument>(
       fx, [&] { fx.store.append(fx.a, 0, K, V, std::span<const std::int32_t>(dup)); }, "positions[1]=10");
   expect_rejected<InvalidArgument>(
@@ -80,19 +88,26 @@ TEST_CASE("freed sequences are unknown to every entry point", "[bad_input]") {
                         std::span<const std::int32_t>(pos));
       },
       "is not live");
-  expect_rejected<NotFound>(fx, [&] { fx.store.free_sequence(gone); }, "free_sequence: sequence id=");
-  expect_rejected<NotFound>(fx, [&] { fx.store.fork(gone); }, "fork: sequence id=");
-  expect_rejected<NotFound>(fx, [&] { fx.store.retire_queries(gone, 0); }, "retire_queries");
-  expect_rejected<NotFound>(fx, [&] { (void)fx.store.sequence_stats(gone); }, "sequence_stats");
-  expect_rejected<NotFound>(fx, [&] { (void)fx.store.table(gone, 0, 0); }, "table");
-  expect_rejected<InvalidArgument>(fx, [&] { (void)fx.store.table(fx.a, 0, 2); }, "kv_head=2 out of range [0, 2)");
+  expect_rejected<NotFound>(
+      fx, [&] { fx.store.free_sequence(gone); }, "free_sequence: sequence id=");
+  expect_rejected<NotFound>(
+      fx, [&] { fx.store.fork(gone); }, "fork: sequence id=");
+  expect_rejected<NotFound>(
+      fx, [&] { fx.store.retire_queries(gone, 0); }, "retire_queries");
+  expect_rejected<NotFound>(
+      fx, [&] { (void)fx.store.sequence_stats(gone); }, "sequence_stats");
+  expect_rejected<NotFound>(
+      fx, [&] { (void)fx.store.table(gone, 0, 0); }, "table");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { (void)fx.store.table(fx.a, 0, 2); }, "kv_head=2 out of range [0, 2)");
 }
 
 TEST_CASE("pool exhaustion mid-append leaves the store intact and the caller can recover", "[bad_input]") {
   Fixture fx;  // 40 pages of 4 slots; a and b use 2 layers x 2 heads x (3 or 2) pages = 20
   REQUIRE(fx.store.pool().used_pages() == 20);
   // 50 more tokens need 2 slots of the tail page + 12 pages for each of the 2 heads of layer 0: 24 > 20 free.
-  expect_rejected<PoolExhausted>(fx, [&] { fx.append(fx.a, 0, 10, 50); }, "needs 24 pages, pool has 20 free");
+  expect_rejected<PoolExhausted>(
+      fx, [&] { fx.append(fx.a, 0, 10, 50); }, "needs 24 pages, pool has 20 free");
   // Freeing a sequence makes room; the same append now succeeds.
   fx.store.free_sequence(fx.b);
   check_accounting(fx.store);
@@ -107,7 +122,8 @@ TEST_CASE("pool exhaustion mid-append leaves the store intact and the caller can
   }
   REQUIRE(fy.store.pool().free_pages() <= 1);
   // One token into c's shared partial tails needs a private copy of the tail page of each head.
-  expect_rejected<PoolExhausted>(fy, [&] { fy.append(c, 0, 10, 1); }, "needs 2 pages, pool has");
+  expect_rejected<PoolExhausted>(
+      fy, [&] { fy.append(c, 0, 10, 1); }, "needs 2 pages, pool has");
 }
 
 TEST_CASE("plan and attention reject bad batches and tensors", "[bad_input]") {
@@ -120,15 +136,22 @@ TEST_CASE("plan and attention reject bad batches and tensors", "[bad_input]") {
     plan.update(fx.store, layer, std::span<const SeqId>(s), std::span<const std::int32_t>(l),
                 std::span<const std::int32_t>(p));
   };
-  expect_rejected<InvalidArgument>(fx, [&] { update(twice, ql, qp); }, "appears twice");
-  expect_rejected<NotFound>(fx, [&] { update(unknown, ql, qp); }, "sequence id=999");
-  expect_rejected<InvalidArgument>(fx, [&] { update(seqs, ql, qp_future); }, "query position 10");
-  expect_rejected<InvalidArgument>(fx, [&] { update(seqs, ql_bad, qp); }, "q_lens[1]=-1");
-  expect_rejected<InvalidArgument>(fx, [&] { update(seqs, ql, qp_short); }, "q_positions has 1 entries");
-  expect_rejected<InvalidArgument>(fx, [&] { update(seqs, ql, qp, 5); }, "layer=5");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { update(twice, ql, qp); }, "appears twice");
+  expect_rejected<NotFound>(
+      fx, [&] { update(unknown, ql, qp); }, "sequence id=999");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { update(seqs, ql, qp_future); }, "query position 10");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { update(seqs, ql_bad, qp); }, "q_lens[1]=-1");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { update(seqs, ql, qp_short); }, "q_positions has 1 entries");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { update(seqs, ql, qp, 5); }, "layer=5");
   // After a decode append, earlier queries were declared done: they may no longer attend.
   fx.append(fx.a, 0, 10, 1);
-  expect_rejected<InvalidArgument>(fx, [&] { update(seqs, ql, qp); }, "query position 9 of sequence");
+  expect_rejected<InvalidArgument>(
+      fx, [&] { update(seqs, ql, qp); }, "query position 9 of sequence");
 
   const std::vector<std::int32_t> qp_ok{10, 5};
   update(seqs, ql, qp_ok);
@@ -137,8 +160,7 @@ TEST_CASE("plan and attention reject bad batches and tensors", "[bad_input]") {
       fx, [&] { cpu_attention<float>(fx.store, plan, std::span<const float>(q_bad), std::span<float>(out)); },
       "q has 127 elements");
   expect_rejected<InvalidArgument>(
-      fx,
-      [&] { cpu_attention<float>(fx.store, plan, std::span<const float>(q), std::span<float>(q_bad)); },
+      fx, [&] { cpu_attention<float>(fx.store, plan, std::span<const float>(q), std::span<float>(q_bad)); },
       "out has 127 elements");
   expect_rejected<InvalidArgument>(
       fx,
@@ -154,7 +176,8 @@ TEST_CASE("plan and attention reject bad batches and tensors", "[bad_input]") {
                              AttentionParams{-1.f});
       },
       "scale=-1");
-  cpu_attention<float>(fx.store, plan, std::span<const float>(q), std::span<float>(out), std::span<float>(lse));
+  cpu_attention<float>(fx.store, plan, std::span<const float>(q), std::span<float>(out),
+                       std::span<float>(lse));
 }
 
 TEST_CASE("store construction rejects inconsistent shapes, maps and configs", "[bad_input]") {

@@ -21,11 +21,12 @@ TEST_CASE("fp16 conversion is exact on representable values and rounds to neares
     REQUIRE(Half::from_float(f) == bits);
   }
   REQUIRE(Half::from_float(1.0f + std::ldexp(1.0f, -11)) == Half::from_float(1.0f));  // tie -> even
-  REQUIRE(Half::from_float(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);               // tie -> even (up)
-  REQUIRE(Half::from_float(65520.f) == 0x7c00);                                        // overflow -> inf
+  REQUIRE(Half::from_float(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);              // tie -> even (up)
+  REQUIRE(Half::from_float(65520.f) == 0x7c00);                                       // overflow -> inf
   REQUIRE(Half::from_float(65519.f) == 0x7bff);
   REQUIRE(std::isnan(Half::to_float(Half::from_float(std::numeric_limits<float>::quiet_NaN()))));
-  REQUIRE(Half::to_float(Half::from_float(std::ldexp(1.0f, -24))) == std::ldexp(1.0f, -24));  // smallest subnormal
+  REQUIRE(Half::to_float(Half::from_float(std::ldexp(1.0f, -24))) ==
+          std::ldexp(1.0f, -24));  // smallest subnormal
 }
 
 TEST_CASE("bf16 conversion rounds to nearest even", "[dtype]") {

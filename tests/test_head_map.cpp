@@ -33,7 +33,7 @@ TEST_CASE("loads the published schema with aliases and the dense prefix", "[head
   REQUIRE(m.policy(0, 0).cls == HeadClass::kDense);  // layer 0 is inside the dense prefix
   REQUIRE(m.policy(1, 2).cls == HeadClass::kRetrieval);
   REQUIRE(m.policy(2, 0) == HeadPolicy{HeadClass::kLocal, 4096, 4});  // local_full is an alias of local
-  REQUIRE(m.count_local() == 4);  // layers 1 and 2: two local heads each
+  REQUIRE(m.count_local() == 4);                                      // layers 1 and 2: two local heads each
   REQUIRE(m.count_global_like() == 8);
 }
 
@@ -45,7 +45,8 @@ TEST_CASE("JSON round trip and file IO", "[head_map]") {
   m.save(path);
   REQUIRE(HeadMap::load(path) == m);
   std::remove(path.c_str());
-  REQUIRE_THROWS_WITH(HeadMap::load("/nonexistent/map.json"), ContainsSubstring("'/nonexistent/map.json' cannot be opened"));
+  REQUIRE_THROWS_WITH(HeadMap::load("/nonexistent/map.json"),
+                      ContainsSubstring("'/nonexistent/map.json' cannot be opened"));
 }
 
 TEST_CASE("defaults: sink 4 when absent", "[head_map]") {
@@ -97,7 +98,8 @@ TEST_CASE("malformed or inconsistent JSON names the field, layer and head", "[he
       "kv_head_max_distance[1][1]=-1 must be >= 1 for a local head");
   bad("{" + head + cls + R"(,"kv_head_max_distance":[[64,-1],[64,"x"]]})",
       "kv_head_max_distance[1][1] must be an integer");
-  bad("{" + head + cls + "," + dist + R"(,"kv_head_sink_size":[[4,4],[4,-2]]})", "kv_head_sink_size[1][1]=-2");
+  bad("{" + head + cls + "," + dist + R"(,"kv_head_sink_size":[[4,4],[4,-2]]})",
+      "kv_head_sink_size[1][1]=-2");
   bad("{" + head + cls + "," + dist + R"(,"dense_prefix_layers":3})", "dense_prefix_layers=3");
   bad("{" + head + cls + "," + dist + R"(,"retrieval_top_p":1.5})", "retrieval_top_p=1.5");
 }
@@ -111,5 +113,6 @@ TEST_CASE("programmatic edits are validated", "[head_map][bad_input]") {
   REQUIRE_THROWS_WITH(m.set_dense_prefix_layers(-1), ContainsSubstring("dense_prefix_layers=-1"));
   REQUIRE(m == HeadMap::all_global(2, 2));
   REQUIRE_THROWS_WITH(HeadMap::with_global_ratio(2, 2, 1.5, 8, 0), ContainsSubstring("global_ratio=1.5"));
-  REQUIRE_THROWS_WITH(m.validate_shape(2, 3), ContainsSubstring("num_kv_heads=2 does not match the model's 3"));
+  REQUIRE_THROWS_WITH(m.validate_shape(2, 3),
+                      ContainsSubstring("num_kv_heads=2 does not match the model's 3"));
 }

@@ -27,7 +27,8 @@ TEST_CASE("append fills pages contiguously and stores the values", "[store]") {
   std::vector<float> k(10 * 2 * 8), v(10 * 2 * 8);
   for (std::size_t i = 0; i < k.size(); ++i) k[i] = static_cast<float>(i), v[i] = -static_cast<float>(i);
   const auto pos = iota_positions(0, 10);
-  store.append(s, 0, std::span<const float>(k), std::span<const float>(v), std::span<const std::int32_t>(pos));
+  store.append(s, 0, std::span<const float>(k), std::span<const float>(v),
+               std::span<const std::int32_t>(pos));
   for (int h = 0; h < 2; ++h) {
     const HeadTable& t = store.table(s, 0, h);
     REQUIRE(t.size() == 3);  // 4 + 4 + 2 slots
@@ -102,7 +103,8 @@ TEST_CASE("local heads keep sink + window pages; global heads keep everything", 
   check_accounting(store);
 }
 
-TEST_CASE("retire_queries releases the prefill chunk's window and checks its argument", "[store][retention]") {
+TEST_CASE("retire_queries releases the prefill chunk's window and checks its argument",
+          "[store][retention]") {
   const ModelShape shape{2, 2, 1, 8, DType::kF32};
   KVHeadStore<float> store(shape, HeadMap::uniform(2, 1, HeadClass::kLocal, 16, 4), StoreConfig{16, 256});
   const SeqId s = store.create_sequence();
@@ -246,7 +248,8 @@ TEST_CASE("default policies", "[policies]") {
   REQUIRE(r.window_begin(local, 100) == 93);  // a query at 100 sees 93..100: 8 positions
   REQUIRE(r.window_begin(global, 100) == std::numeric_limits<std::int64_t>::min());
   // Consistency with the visibility rule: window_begin is the first window position the query sees.
-  for (std::int64_t k = 80; k <= 100; ++k) REQUIRE(is_visible(local, 100, k) == (k >= r.window_begin(local, 100)));
+  for (std::int64_t k = 80; k <= 100; ++k)
+    REQUIRE(is_visible(local, 100, k) == (k >= r.window_begin(local, 100)));
 
   const HeadClassRecomputeSelector sel;
   REQUIRE(sel.select(0, 0, local) == ReuseAction::kRelocate);

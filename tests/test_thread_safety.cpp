@@ -20,8 +20,8 @@ TEST_CASE("stats can be read while a writer appends", "[threads]") {
       while (!done.load()) {
         const StoreStats st = store.stats();
         // Counters are individually atomic: each is always within its bounds.
-        if (st.pages_in_use < 0 || st.pages_in_use > st.pages_total || st.pages_global < 0 || st.pages_local < 0 ||
-            st.num_sequences < 0)
+        if (st.pages_in_use < 0 || st.pages_in_use > st.pages_total || st.pages_global < 0 ||
+            st.pages_local < 0 || st.num_sequences < 0)
           FAIL("inconsistent stats read");
         reads.fetch_add(1);
       }
@@ -62,7 +62,8 @@ TEST_CASE("independent stores on independent threads", "[threads]") {
       for (std::int32_t p = 0; p < 120; p += 30) {
         const auto k = random_tensor<float>(rng, 30 * 2 * 32), v = random_tensor<float>(rng, 30 * 2 * 32);
         const auto pos = iota_positions(p, 30);
-        store.append(s, 0, std::span<const float>(k), std::span<const float>(v), std::span<const std::int32_t>(pos));
+        store.append(s, 0, std::span<const float>(k), std::span<const float>(v),
+                     std::span<const std::int32_t>(pos));
         oracle.append<float>(s, 0, std::span<const float>(k), std::span<const float>(v), pos);
         const std::vector<SeqId> seqs{s};
         const std::vector<std::int32_t> ql{30};
@@ -89,7 +90,8 @@ TEST_CASE("concurrent attention readers of one store agree", "[threads]") {
   const SeqId s = store.create_sequence();
   const auto k = random_tensor<BFloat16>(rng, 500 * 2 * 64), v = random_tensor<BFloat16>(rng, 500 * 2 * 64);
   const auto pos = iota_positions(0, 500);
-  store.append(s, 0, std::span<const BFloat16>(k), std::span<const BFloat16>(v), std::span<const std::int32_t>(pos));
+  store.append(s, 0, std::span<const BFloat16>(k), std::span<const BFloat16>(v),
+               std::span<const std::int32_t>(pos));
   AttentionPlan plan;
   const std::vector<SeqId> seqs{s};
   const std::vector<std::int32_t> ql{500};
@@ -102,7 +104,8 @@ TEST_CASE("concurrent attention readers of one store agree", "[threads]") {
   std::vector<std::thread> threads;
   for (auto& o : outs)
     threads.emplace_back([&, po = &o] {
-      cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(*po), {}, AttentionParams{0.f, 1});
+      cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(*po), {},
+                           AttentionParams{0.f, 1});
     });
   for (auto& t : threads) t.join();
   for (const auto& o : outs) REQUIRE(o == first);  // same work split per tile: bitwise identical

@@ -35,19 +35,20 @@ struct HostAllocator {
   void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
     try {
-      return ::operator new(bytes, std::align_val_t{kAlignment});
+      return ::operator new (bytes, std::align_val_t{kAlignment});
     } catch (const std::bad_alloc&) {
       throw PoolExhausted(detail::concat("host allocation of ", bytes, " bytes failed"));
     }
   }
   void deallocate(void* p, std::size_t) {
-    if (p) ::operator delete(p, std::align_val_t{kAlignment});
+    if (p) ::operator delete (p, std::align_val_t{kAlignment});
   }
   void copy_rows_from_host(void* dst, const void* src, std::size_t rows, std::size_t row_bytes,
                            std::size_t src_stride_bytes) {
     auto* d = static_cast<char*>(dst);
     const auto* s = static_cast<const char*>(src);
-    for (std::size_t r = 0; r < rows; ++r) std::memcpy(d + r * row_bytes, s + r * src_stride_bytes, row_bytes);
+    for (std::size_t r = 0; r < rows; ++r)
+      std::memcpy(d + r * row_bytes, s + r * src_stride_bytes, row_bytes);
   }
   void copy(void* dst, const void* src, std::size_t bytes) { std::memmove(dst, src, bytes); }
 };

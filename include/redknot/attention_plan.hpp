@@ -45,8 +45,8 @@ struct PlanItem {
 class AttentionPlan {
  public:
   struct UpdateStats {
-    std::int64_t slots_rebuilt = 0;     // slots copied in full (new sequence, layout change, growth)
-    std::int64_t entries_written = 0;   // arena entries written by the last update
+    std::int64_t slots_rebuilt = 0;    // slots copied in full (new sequence, layout change, growth)
+    std::int64_t entries_written = 0;  // arena entries written by the last update
   };
 
   int layer() const { return layer_; }
@@ -69,35 +69,38 @@ class AttentionPlan {
     return arena_[static_cast<std::size_t>(s.ring_offset + r)];
   }
 
-  // Rebinds the plan to (layer, batch) and brings every slot up to date with the store. `seqs` are the batch's
-  // sequences in order, `q_lens` their query counts and `q_positions` the flattened query positions.
+  // Rebinds the plan to (layer, batch) and brings every slot up to date with the store. `seqs` are the
+  // batch's sequences in order, `q_lens` their query counts and `q_positions` the flattened query positions.
   // Store must provide table(seq, layer, h), check_query_position(seq, layer, p) and shape().
   template <class Store>
-  void update(const Store& store, int layer, std::span<const std::int64_t> seqs, std::span<const std::int32_t> q_lens,
-              std::span<const std::int32_t> q_positions) {
+  void update(const Store& store, int layer, std::span<const std::int64_t> seqs,
+              std::span<const std::int32_t> q_lens, std::span<const std::int32_t> q_positions) {
     const int H = store.shape().num_kv_heads;
     require(layer >= 0 && layer < store.shape().num_layers, "plan: layer=", layer, " out of range [0, ",
             store.shape().num_layers, ")");
-    require(q_lens.size() == seqs.size(), "plan: q_lens has ", q_lens.size(), " entries, expected one per sequence (",
-            seqs.size(), ")");
+    require(q_lens.size() == seqs.size(), "plan: q_lens has ", q_lens.size(),
+            " entries, expected one per sequence (", seqs.size(), ")");
     std::int64_t total = 0;
     for (std::size_t i = 0; i < seqs.size(); ++i) {
       require(q_lens[i] >= 0, "plan: q_lens[", i, "]=", q_lens[i], " must be >= 0");
       total += q_lens[i];
     }
-    require(static_cast<std::int64_t>(q_positions.size()) == total, "plan: q_positions has ", q_positions.size(),
-            " entries, expected sum(q_lens)=", total);
+    require(static_cast<std::int64_t>(q_positions.size()) == total, "plan: q_positions has ",
+            q_positions.size(), " entries, expected sum(q_lens)=", total);
     {
       std::unordered_map<std::int64_t, std::size_t> seen;
       std::int64_t row = 0;
       for (std::size_t i = 0; i < seqs.size(); ++i) {
-        require(seen.emplace(seqs[i], i).second, "plan: sequence id=", seqs[i], " appears twice in the batch");
-        for (std::int32_t j = 0; j < q_lens[i]; ++j) store.check_query_position(seqs[i], layer, q_positions[row + j]);
+        require(seen.emplace(seqs[i], i).second, "plan: sequence id=", seqs[i],
+                " appears twice in the batch");
+        for (std::int32_t j = 0; j < q_lens[i]; ++j)
+          store.check_query_position(seqs[i], layer, q_positions[row + j]);
         row += q_lens[i];
       }
     }
 
-    // A different layer means different tables: start over (engines keep one plan per layer to stay incremental).
+    // A different layer means different tables: start over (engines keep one plan per layer to stay
+    // incremental).
     if (layer != layer_ || H != num_kv_heads_) reset(layer, H);
     last_ = {};
     dirty_.clear();
@@ -125,8 +128,10 @@ class AttentionPlan {
       row += q_lens[i];
       Group& g = groups_.at(seqs[i]);
       for (int h = 0; h < H; ++h) {
-        sync(g.slots[static_cast<std::size_t>(h)], g.seen[static_cast<std::size_t>(h)], store.table(seqs[i], layer, h));
-        slots_[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)] = g.slots[static_cast<std::size_t>(h)];
+        sync(g.slots[static_cast<std::size_t>(h)], g.seen[static_cast<std::size_t>(h)],
+             store.table(seqs[i], layer, h));
+        slots_[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)] =
+            g.slots[static_cast<std::size_t>(h)];
       }
     }
     q_positions_.assign(q_positions.begin(), q_positions.end());
@@ -181,8 +186,10 @@ class AttentionPlan {
   void write(std::int32_t off, const PageEntry& e) {
     arena_[static_cast<std::size_t>(off)] = e;
     ++last_.entries_written;
-    if (!dirty_.empty() && dirty_.back().first + dirty_.back().second == off) ++dirty_.back().second;
-    else dirty_.emplace_back(off, 1);
+    if (!dirty_.empty() && dirty_.back().first + dirty_.back().second == off)
+      ++dirty_.back().second;
+    else
+      dirty_.emplace_back(off, 1);
   }
   void write_ring(PlanSlot& s, std::int32_t i, const PageEntry& e) {
     write(s.ring_offset + ((s.ring_start + i) & (s.ring_cap - 1)), e);
@@ -207,7 +214,8 @@ class AttentionPlan {
       s.ring_offset = alloc_region(s.ring_cap);
     }
     s.sink_len = static_cast<std::int32_t>(t.sink.size());
-    for (std::int32_t i = 0; i < s.sink_len; ++i) write(s.sink_offset + i, t.sink[static_cast<std::size_t>(i)]);
+    for (std::int32_t i = 0; i < s.sink_len; ++i)
+      write(s.sink_offset + i, t.sink[static_cast<std::size_t>(i)]);
     s.ring_start = 0;
     s.ring_len = static_cast<std::int32_t>(t.body.size());
     for (std::int32_t i = 0; i < s.ring_len; ++i) write_ring(s, i, t.body[static_cast<std::size_t>(i)]);
@@ -215,8 +223,9 @@ class AttentionPlan {
   }
 
   void sync(PlanSlot& s, Seen& seen, const HeadTable& t) {
-    const bool stale = !seen.valid || t.layout_version != seen.layout_version || t.sink_pushed < seen.sink_pushed ||
-                       t.body_popped < seen.body_popped || t.body_pushed < seen.body_pushed;
+    const bool stale = !seen.valid || t.layout_version != seen.layout_version ||
+                       t.sink_pushed < seen.sink_pushed || t.body_popped < seen.body_popped ||
+                       t.body_pushed < seen.body_pushed;
     if (stale) return rebuild(s, seen, t);
     const auto new_sink = static_cast<std::int32_t>(t.sink_pushed - seen.sink_pushed);
     const auto popped = static_cast<std::int32_t>(t.body_popped - seen.body_popped);
@@ -231,7 +240,8 @@ class AttentionPlan {
     for (std::int32_t i = 0; i < pushed; ++i)
       write_ring(s, s.ring_len + i, t.body[t.body.size() - static_cast<std::size_t>(pushed - i)]);
     s.ring_len += pushed;
-    // The ring mirrors body index for index. A grown tail is the entry that was last before this sync's pushes.
+    // The ring mirrors body index for index. A grown tail is the entry that was last before this sync's
+    // pushes.
     const std::int32_t old_back = s.ring_len - pushed - 1;
     if (t.tail_version != seen.tail_version && old_back >= 0)
       write_ring(s, old_back, t.body[static_cast<std::size_t>(old_back)]);

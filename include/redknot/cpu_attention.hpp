@@ -1,10 +1,10 @@
 // CPU SegPagedAttention: prefill (a chunk of queries) and decode (one query) over a head-aware store.
 //
-// Work item = (batch item, kv_head, tile of up to kQueryTile queries). The g = Hq / Hk query heads of a kv head
-// are processed together, so every K/V row is read (and converted to fp32) once per tile for all of them: GQA
-// without duplication. Keys are visited through the plan's page entries; per entry, only the slots some query
-// of the tile can see (canonical rule, visibility.hpp) are touched, so local heads cost O(sink + window).
-// Accumulation is fp32 with an online (streaming) softmax; storage may be fp32, fp16 or bf16.
+// Work item = (batch item, kv_head, tile of up to kQueryTile queries). The g = Hq / Hk query heads of a kv
+// head are processed together, so every K/V row is read (and converted to fp32) once per tile for all of
+// them: GQA without duplication. Keys are visited through the plan's page entries; per entry, only the slots
+// some query of the tile can see (canonical rule, visibility.hpp) are touched, so local heads cost O(sink +
+// window). Accumulation is fp32 with an online (streaming) softmax; storage may be fp32, fp16 or bf16.
 #pragma once
 
 #include <algorithm>
@@ -27,8 +27,8 @@
 namespace redknot {
 
 struct AttentionParams {
-  float scale = 0.f;     // softmax scale; 0 means 1 / sqrt(head_dim)
-  int num_threads = 0;   // 0: OpenMP default
+  float scale = 0.f;    // softmax scale; 0 means 1 / sqrt(head_dim)
+  int num_threads = 0;  // 0: OpenMP default
 };
 
 namespace detail {
@@ -123,7 +123,8 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
     pmin = std::min(pmin, qpos[i]);
     pmax = std::max(pmax, qpos[i]);
     for (int j = 0; j < g; ++j) {
-      const QT* src = q + (static_cast<std::size_t>(q0 + i) * Hq + static_cast<std::size_t>(kv_head) * g + j) * D;
+      const QT* src =
+          q + (static_cast<std::size_t>(q0 + i) * Hq + static_cast<std::size_t>(kv_head) * g + j) * D;
       float* dst = &qf[(static_cast<std::size_t>(i) * g + j) * D];
       for (int d = 0; d < D; ++d) dst[d] = load_f(src, d) * scale;
     }
@@ -147,7 +148,8 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
       std::fill(vb.begin() + static_cast<std::ptrdiff_t>(nk) * D, vb.end(), 0.f);
     }
     for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
-      score_block(&qf[static_cast<std::size_t>(r0) * D], kt.data(), D, &sc[static_cast<std::size_t>(r0) * kKeyBlock]);
+      score_block(&qf[static_cast<std::size_t>(r0) * D], kt.data(), D,
+                  &sc[static_cast<std::size_t>(r0) * kKeyBlock]);
     // Online softmax per row over the keys it sees (canonical rule); hidden keys get probability 0.
     for (int r = 0; r < rows; ++r) {
       float* s = &sc[static_cast<std::size_t>(r) * kKeyBlock];
@@ -179,7 +181,8 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
       m[r] = m_new;
     }
     for (int r = rows; r < rows_padded; ++r)
-      std::fill(&sc[static_cast<std::size_t>(r) * kKeyBlock], &sc[static_cast<std::size_t>(r + 1) * kKeyBlock], 0.f);
+      std::fill(&sc[static_cast<std::size_t>(r) * kKeyBlock],
+                &sc[static_cast<std::size_t>(r + 1) * kKeyBlock], 0.f);
     for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
       accumulate_block(&sc[static_cast<std::size_t>(r0) * kKeyBlock], vb.data(), nk, D,
                        &acc[static_cast<std::size_t>(r0) * D]);
@@ -223,8 +226,10 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
     const float* ar = &acc[static_cast<std::size_t>(r) * D];
     for (int d = 0; d < D; ++d) {
-      if constexpr (std::is_same_v<QT, float>) dst[d] = ar[d] * inv;
-      else dst[d] = from_float<QT>(ar[d] * inv);
+      if constexpr (std::is_same_v<QT, float>)
+        dst[d] = ar[d] * inv;
+      else
+        dst[d] = from_float<QT>(ar[d] * inv);
     }
     if (lse) lse[row] = l[r] > 0.f ? m[r] + std::log(l[r]) : kNegInf;
   }
@@ -241,11 +246,12 @@ void cpu_attention(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan,
   static_assert(A::kHostAccessible, "cpu_attention needs a store whose pages live in host memory");
   const ModelShape& sh = store.shape();
   const std::size_t rows = static_cast<std::size_t>(plan.total_queries()) * sh.num_q_heads;
-  require(plan.num_kv_heads() == sh.num_kv_heads, "cpu_attention: plan has num_kv_heads=", plan.num_kv_heads(),
-          ", store has ", sh.num_kv_heads, " (plan built for another store?)");
+  require(plan.num_kv_heads() == sh.num_kv_heads,
+          "cpu_attention: plan has num_kv_heads=", plan.num_kv_heads(), ", store has ", sh.num_kv_heads,
+          " (plan built for another store?)");
   require(q.size() == rows * sh.head_dim, "cpu_attention: q has ", q.size(),
-          " elements, expected total_queries*num_q_heads*head_dim = ", plan.total_queries(), "*", sh.num_q_heads,
-          "*", sh.head_dim);
+          " elements, expected total_queries*num_q_heads*head_dim = ", plan.total_queries(), "*",
+          sh.num_q_heads, "*", sh.head_dim);
   require(out.size() == q.size(), "cpu_attention: out has ", out.size(), " elements, expected ", q.size());
   require(lse.empty() || lse.size() == rows, "cpu_attention: lse has ", lse.size(),
           " elements, expected total_queries*num_q_heads = ", rows, " (or none)");
@@ -273,7 +279,8 @@ void cpu_attention(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan,
 #endif
   for (std::int64_t w = 0; w < n_work; ++w) {
     const Work& wk = work[static_cast<std::size_t>(w)];
-    detail::attend_tile<QT>(store, plan, wk.item, wk.head, wk.q0, wk.nq, q.data(), out.data(), lse_ptr, scale);
+    detail::attend_tile<QT>(store, plan, wk.item, wk.head, wk.q0, wk.nq, q.data(), out.data(), lse_ptr,
+                            scale);
   }
 }
 

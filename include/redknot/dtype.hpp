@@ -19,9 +19,12 @@ constexpr std::size_t dtype_size(DType t) { return t == DType::kF32 ? 4 : 2; }
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::kF32: return "f32";
-    case DType::kF16: return "f16";
-    case DType::kBF16: return "bf16";
+    case DType::kF32:
+      return "f32";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      return "bf16";
   }
   return "?";
 }
@@ -90,21 +93,28 @@ concept StorageType = std::is_same_v<T, float> || std::is_same_v<T, Half> || std
 
 template <StorageType T>
 constexpr DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DType::kF32;
-  else if constexpr (std::is_same_v<T, Half>) return DType::kF16;
-  else return DType::kBF16;
+  if constexpr (std::is_same_v<T, float>)
+    return DType::kF32;
+  else if constexpr (std::is_same_v<T, Half>)
+    return DType::kF16;
+  else
+    return DType::kBF16;
 }
 
 template <StorageType T>
 inline float to_float(T x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else return static_cast<float>(x);
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else
+    return static_cast<float>(x);
 }
 
 template <StorageType T>
 inline T from_float(float x) {
-  if constexpr (std::is_same_v<T, float>) return x;
-  else return T(x);
+  if constexpr (std::is_same_v<T, float>)
+    return x;
+  else
+    return T(x);
 }
 
 }  // namespace redknot

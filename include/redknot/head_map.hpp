@@ -17,7 +17,8 @@ namespace redknot {
 enum class HeadClass : std::uint8_t { kLocal = 0, kGlobal = 1, kRetrieval = 2, kDense = 3 };
 
 std::string_view head_class_name(HeadClass c);
-// Accepts the canonical names and the published aliases (local_full, limited, streaming, sink_dominant -> local).
+// Accepts the canonical names and the published aliases (local_full, limited, streaming, sink_dominant ->
+// local).
 HeadClass parse_head_class(std::string_view s);
 
 // What one (layer, kv_head) keeps and sees. Only local heads use window and sink; every other class keeps and
@@ -41,7 +42,8 @@ class HeadMap {
   static HeadMap uniform(int num_layers, int num_kv_heads, HeadClass cls, int window = -1, int sink = 0);
   // round(ratio * L * H) heads global (at least one if ratio > 0), spread evenly over the (layer, head) grid
   // by a deterministic stride, the rest local with the given window and sink. Used by benchmarks and tests.
-  static HeadMap with_global_ratio(int num_layers, int num_kv_heads, double global_ratio, int window, int sink);
+  static HeadMap with_global_ratio(int num_layers, int num_kv_heads, double global_ratio, int window,
+                                   int sink);
 
   // The published RedKnot schema (DESIGN §2). Errors name the field, layer and head at fault.
   static HeadMap from_json(std::string_view json_text);

@@ -23,9 +23,9 @@ struct PageEntry {
 };
 static_assert(sizeof(PageEntry) == 16, "PageEntry is shared with device kernels; keep it 16 bytes");
 
-// One head's entries, in position order: sink entries (frozen once the window has passed them) followed by the
-// body (appended at the back, evicted at the front for local heads). Entries on one page are always adjacent
-// in sink ++ body; the table holds one pool reference per distinct page.
+// One head's entries, in position order: sink entries (frozen once the window has passed them) followed by
+// the body (appended at the back, evicted at the front for local heads). Entries on one page are always
+// adjacent in sink ++ body; the table holds one pool reference per distinct page.
 //
 // The counters let an AttentionPlan mirror the table incrementally: what changed since it last looked is
 // (sink_pushed, body_popped, body_pushed, tail_version) deltas, or a full refresh when layout_version moved.
@@ -40,7 +40,9 @@ struct HeadTable {
   std::uint64_t layout_version = 0;  // bumps on changes the counters cannot describe (copy-on-write)
 
   std::size_t size() const { return sink.size() + body.size(); }
-  const PageEntry& operator[](std::size_t i) const { return i < sink.size() ? sink[i] : body[i - sink.size()]; }
+  const PageEntry& operator[](std::size_t i) const {
+    return i < sink.size() ? sink[i] : body[i - sink.size()];
+  }
   bool empty() const { return sink.empty() && body.empty(); }
 
   // Number of stored positions (sum of entry counts).

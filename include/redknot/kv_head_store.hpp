@@ -1,7 +1,7 @@
 // KVHeadStore: the head-aware paged KV cache (DESIGN §3).
 //
-// Every (sequence, layer, kv_head) owns its own HeadTable of page entries in one shared PagePool. Global heads
-// append forever; local heads drop whole pages once no future query can see them (sink + window rule).
+// Every (sequence, layer, kv_head) owns its own HeadTable of page entries in one shared PagePool. Global
+// heads append forever; local heads drop whole pages once no future query can see them (sink + window rule).
 //
 // Contract with the engine (how queries and appends interleave):
 //   * Positions of one (sequence, layer) are strictly increasing across appends.
@@ -98,7 +98,8 @@ class KVHeadStore {
     return policies_[static_cast<std::size_t>(layer) * shape_.num_kv_heads + kv_head];
   }
 
-  // ---- sequences -------------------------------------------------------------------------------------------
+  // ---- sequences
+  // -------------------------------------------------------------------------------------------
 
   SeqId create_sequence() {
     const SeqId id = next_id_++;
@@ -147,8 +148,8 @@ class KVHeadStore {
     return seq(id, "next_position").next_pos[static_cast<std::size_t>(layer)];
   }
 
-  // Queries of (seq, layer) may be at positions in [query_floor, next_position): below it, keys they would need
-  // may already be evicted; at or beyond next_position their own key is not appended yet.
+  // Queries of (seq, layer) may be at positions in [query_floor, next_position): below it, keys they would
+  // need may already be evicted; at or beyond next_position their own key is not appended yet.
   std::int32_t query_floor(SeqId id, int layer) const {
     check_layer(layer);
     return seq(id, "query_floor").query_floor[static_cast<std::size_t>(layer)];
@@ -170,7 +171,8 @@ class KVHeadStore {
     return seq(id, "table").table(layer, kv_head, shape_);
   }
 
-  // ---- append ----------------------------------------------------------------------------------------------
+  // ---- append
+  // ----------------------------------------------------------------------------------------------
 
   // Appends n tokens of one layer: k and v in the engine's layout [n, num_kv_heads, head_dim] (contiguous),
   // positions[n] strictly increasing and beyond everything appended to (seq, layer) so far.
@@ -182,13 +184,14 @@ class KVHeadStore {
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
     const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
     require(n > 0, "append: positions is empty (n_tokens must be > 0)");
-    require(k.size() == n * H * D, "append: k has ", k.size(), " elements, expected n_tokens*num_kv_heads*head_dim = ",
-            n, "*", H, "*", D, " = ", n * H * D);
-    require(v.size() == n * H * D, "append: v has ", v.size(), " elements, expected n_tokens*num_kv_heads*head_dim = ",
-            n, "*", H, "*", D, " = ", n * H * D);
+    require(k.size() == n * H * D, "append: k has ", k.size(),
+            " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ", n * H * D);
+    require(v.size() == n * H * D, "append: v has ", v.size(),
+            " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ", n * H * D);
     const std::int32_t next = s.next_pos[static_cast<std::size_t>(layer)];
     require(positions[0] >= next, "append: positions[0]=", positions[0], " must be >= ", next,
-            " (positions of sequence ", id, " layer ", layer, " must increase; last appended was ", next - 1, ")");
+            " (positions of sequence ", id, " layer ", layer, " must increase; last appended was ", next - 1,
+            ")");
     for (std::size_t i = 1; i < n; ++i)
       require(positions[i] > positions[i - 1], "append: positions[", i, "]=", positions[i],
               " must be > positions[", i - 1, "]=", positions[i - 1], " (strictly increasing)");
@@ -245,11 +248,12 @@ class KVHeadStore {
     }
     for (int l = l0; l < l1; ++l)
       for (int h = 0; h < shape_.num_kv_heads; ++h)
-        evict(s.table(l, h, shape_), policies_[static_cast<std::size_t>(l) * shape_.num_kv_heads + h], next_query_pos,
-              l, h);
+        evict(s.table(l, h, shape_), policies_[static_cast<std::size_t>(l) * shape_.num_kv_heads + h],
+              next_query_pos, l, h);
   }
 
-  // ---- accounting ------------------------------------------------------------------------------------------
+  // ---- accounting
+  // ------------------------------------------------------------------------------------------
 
   StoreStats stats() const {
     StoreStats st;
@@ -322,8 +326,8 @@ class KVHeadStore {
     const HeadTable& table(int l, int h, const ModelShape& sh) const {
       return tables[static_cast<std::size_t>(l) * sh.num_kv_heads + h];
     }
-    std::vector<HeadTable> tables;       // [layer][kv_head]
-    std::vector<std::int32_t> next_pos;  // [layer]: last appended position + 1
+    std::vector<HeadTable> tables;          // [layer][kv_head]
+    std::vector<std::int32_t> next_pos;     // [layer]: last appended position + 1
     std::vector<std::int32_t> query_floor;  // [layer]: queries below this were declared done (may be evicted)
   };
 
@@ -347,19 +351,22 @@ class KVHeadStore {
   }
 
   void check_layer(int layer) const {
-    require(layer >= 0 && layer < shape_.num_layers, "layer=", layer, " out of range [0, ", shape_.num_layers, ")");
+    require(layer >= 0 && layer < shape_.num_layers, "layer=", layer, " out of range [0, ", shape_.num_layers,
+            ")");
   }
   void check_head(int h) const {
     require(h >= 0 && h < shape_.num_kv_heads, "kv_head=", h, " out of range [0, ", shape_.num_kv_heads, ")");
   }
   Sequence& seq(SeqId id, const char* op) {
     auto it = seqs_.find(id);
-    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id, " is not live (never created or already freed)");
+    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id,
+                      " is not live (never created or already freed)");
     return it->second;
   }
   const Sequence& seq(SeqId id, const char* op) const {
     auto it = seqs_.find(id);
-    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id, " is not live (never created or already freed)");
+    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id,
+                      " is not live (never created or already freed)");
     return it->second;
   }
 
@@ -376,7 +383,8 @@ class KVHeadStore {
     (is_local_head(l, h) ? pages_local_ : pages_global_).fetch_add(n, std::memory_order_relaxed);
   }
   void release_page(PageId p, int l, int h) {
-    if (pool_.decref(p)) (is_local_head(l, h) ? pages_local_ : pages_global_).fetch_sub(1, std::memory_order_relaxed);
+    if (pool_.decref(p))
+      (is_local_head(l, h) ? pages_local_ : pages_global_).fetch_sub(1, std::memory_order_relaxed);
   }
 
   // The entry new tokens continue from: the last of sink ++ body (sink entries are frozen, but their page's
@@ -387,7 +395,8 @@ class KVHeadStore {
     return nullptr;
   }
 
-  // Which body entries leave under the retention rule for queries at >= q_earliest, without changing anything.
+  // Which body entries leave under the retention rule for queries at >= q_earliest, without changing
+  // anything.
   EvictionPlan plan_eviction(const HeadTable& t, const HeadPolicy& p, std::int64_t q_earliest) const {
     EvictionPlan ev;
     if (const PageEntry* tail = tail_entry(t)) {
@@ -397,7 +406,8 @@ class KVHeadStore {
     if (!p.is_local()) return ev;
     const std::int64_t wb = retention_.window_begin(p, q_earliest);
     const std::int64_t se = retention_.sink_end(p);
-    PageId kept_before = t.sink.empty() ? -1 : t.sink.back().page_id;  // page of the entry before body.front()
+    PageId kept_before =
+        t.sink.empty() ? -1 : t.sink.back().page_id;  // page of the entry before body.front()
     while (ev.pops < t.body.size() && t.body[ev.pops].last_pos() < wb) {
       const PageEntry& e = t.body[ev.pops];
       if (e.pos0 < se) {
@@ -465,7 +475,8 @@ class KVHeadStore {
       room = ps - ev.tail.end_slot();
       if (room > 0 && pool_.refcount(ev.tail.page_id) > 1) cow = 1;
     }
-    const std::int64_t rest = static_cast<std::int64_t>(n) - std::min<std::int64_t>(room, static_cast<std::int64_t>(n));
+    const std::int64_t rest =
+        static_cast<std::int64_t>(n) - std::min<std::int64_t>(room, static_cast<std::int64_t>(n));
     return cow + (rest + ps - 1) / ps;
   }
 

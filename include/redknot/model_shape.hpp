@@ -28,7 +28,9 @@ struct ModelShape {
   }
 
   // Bytes of K plus V for one token of one kv head.
-  std::size_t token_bytes_per_head() const { return 2 * static_cast<std::size_t>(head_dim) * dtype_size(dtype); }
+  std::size_t token_bytes_per_head() const {
+    return 2 * static_cast<std::size_t>(head_dim) * dtype_size(dtype);
+  }
 };
 
 }  // namespace redknot

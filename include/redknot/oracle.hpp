@@ -1,6 +1,7 @@
 // The oracle: naive dense attention over a shadow copy of everything ever appended, masked by the canonical
 // rule (DESIGN §2) and accumulated in fp64. It shares nothing with the store but HeadMap and is_visible(), so
-// eviction, paging, forks and the fast paths are all checked against it. It keeps every token: test sizes only.
+// eviction, paging, forks and the fast paths are all checked against it. It keeps every token: test sizes
+// only.
 #pragma once
 
 #include <cmath>
@@ -47,8 +48,9 @@ class DenseOracle {
 
   // out[nq, Hq, D] and lse[nq, Hq] (natural log) for queries q[nq, Hq, D] at q_positions in (seq, layer).
   template <class QT>
-  void attention(std::int64_t seq, int layer, std::span<const QT> q, std::span<const std::int32_t> q_positions,
-                 std::vector<double>& out, std::vector<double>& lse, double scale = 0.0) const {
+  void attention(std::int64_t seq, int layer, std::span<const QT> q,
+                 std::span<const std::int32_t> q_positions, std::vector<double>& out,
+                 std::vector<double>& lse, double scale = 0.0) const {
     const Layer& L = seqs_.at(seq).at(static_cast<std::size_t>(layer));
     const std::size_t Hq = shape_.num_q_heads, H = shape_.num_kv_heads, D = shape_.head_dim;
     const std::size_t g = Hq / H, nq = q_positions.size();
@@ -89,8 +91,10 @@ class DenseOracle {
  private:
   template <class X>
   static float to_float(X x) {
-    if constexpr (std::is_same_v<X, float>) return x;
-    else return static_cast<float>(x);
+    if constexpr (std::is_same_v<X, float>)
+      return x;
+    else
+      return static_cast<float>(x);
   }
   struct Layer {
     std::vector<std::int32_t> pos;

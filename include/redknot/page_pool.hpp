@@ -1,9 +1,9 @@
 // PagePool: a fixed-capacity, refcounted pool of KV pages for one (dtype, head_dim).
 //
 // Layout: [num_pages][2][page_size][head_dim] — page p holds K rows at k_ptr(p) and V rows at v_ptr(p).
-// One pool serves every layer, head and sequence of a store. Capacity is fixed at creation, as engines reserve
-// memory up front; alloc is O(1) from a free stack and all-or-nothing for batches, so exhaustion is an
-// exception the caller can handle and never leaves a half-done allocation behind.
+// One pool serves every layer, head and sequence of a store. Capacity is fixed at creation, as engines
+// reserve memory up front; alloc is O(1) from a free stack and all-or-nothing for batches, so exhaustion is
+// an exception the caller can handle and never leaves a half-done allocation behind.
 #pragma once
 
 #include <atomic>
@@ -88,7 +88,9 @@ class PagePool {
   // Page storage. Host-dereferenceable only when Alloc::kHostAccessible.
   T* k_ptr(PageId p) { return data_ ? data_ + static_cast<std::size_t>(p) * page_elems() : nullptr; }
   T* v_ptr(PageId p) { return data_ ? k_ptr(p) + static_cast<std::size_t>(page_size_) * head_dim_ : nullptr; }
-  const T* k_ptr(PageId p) const { return data_ ? data_ + static_cast<std::size_t>(p) * page_elems() : nullptr; }
+  const T* k_ptr(PageId p) const {
+    return data_ ? data_ + static_cast<std::size_t>(p) * page_elems() : nullptr;
+  }
   const T* v_ptr(PageId p) const {
     return data_ ? k_ptr(p) + static_cast<std::size_t>(page_size_) * head_dim_ : nullptr;
   }

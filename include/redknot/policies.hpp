@@ -18,7 +18,8 @@
 namespace redknot {
 
 // A head keeps key position k iff k < sink_end(p) or k >= window_begin(p, q), where q is the earliest
-// position any future query of that head can have. Pages are dropped only when none of their positions is kept.
+// position any future query of that head can have. Pages are dropped only when none of their positions is
+// kept.
 template <class R>
 concept RetentionPolicy = requires(const R r, const HeadPolicy& p, std::int64_t q) {
   { r.sink_end(p) } -> std::same_as<std::int64_t>;

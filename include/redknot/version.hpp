@@ -10,7 +10,8 @@ inline constexpr int kVersionMinor = 1;
 inline constexpr int kVersionPatch = 0;
 
 inline std::string version_string() {
-  return std::to_string(kVersionMajor) + "." + std::to_string(kVersionMinor) + "." + std::to_string(kVersionPatch);
+  return std::to_string(kVersionMajor) + "." + std::to_string(kVersionMinor) + "." +
+         std::to_string(kVersionPatch);
 }
 
 }  // namespace redknot

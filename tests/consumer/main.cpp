@@ -1,5 +1,5 @@
-// Downstream smoke test: compiled against an *installed* redknot. Loads a head map from JSON (compiled code in
-// libredknot), builds a store, prefills and decodes one sequence, and checks attention against a hand
+// Downstream smoke test: compiled against an *installed* redknot. Loads a head map from JSON (compiled code
+// in libredknot), builds a store, prefills and decodes one sequence, and checks attention against a hand
 // computation: with a window of 1 and no sink, a local head sees only its own token, so its output is that
 // token's V row exactly.
 #include <redknot/redknot.hpp>
@@ -11,9 +11,9 @@
 int main() {
   using namespace redknot;
   std::cout << "redknot " << version_string() << '\n';
-  const HeadMap map = HeadMap::from_json(
-      R"({"num_layers":1,"num_kv_heads":2,"kv_head_classification":[["local","global"]],)"
-      R"("kv_head_max_distance":[[1,-1]],"kv_head_sink_size":[[0,0]]})");
+  const HeadMap map =
+      HeadMap::from_json(R"({"num_layers":1,"num_kv_heads":2,"kv_head_classification":[["local","global"]],)"
+                         R"("kv_head_max_distance":[[1,-1]],"kv_head_sink_size":[[0,0]]})");
   const ModelShape shape{1, 2, 2, 8, DType::kF32};
   KVHeadStore<float> store(shape, map, StoreConfig{4, 16});
   const SeqId s = store.create_sequence();
