@@ -1,13 +1,44 @@
 #!/usr/bin/env bash
-# Build and run the capacity demo (benchmarks/capacity_demo.cpp) with its
-# defaults. Arguments are passed on to the demo. See scripts/common.sh for knobs.
+# The main demo: a real model (SmolLM2-135M-Instruct) answers one long prompt twice, with a dense KV cache and
+# with redknot's head-aware cache (the profiled head map shipped in examples/decoder/head_maps), and prints
+# TTFT, decode speed, KV bytes, agreement and both outputs side by side.
+#
+#   scripts/demo.sh [redknot-demo options]     e.g. --tokens 8192 --depth 0.5 --max-new 24
+#   scripts/demo.sh --capacity [options]       the capacity demo (benchmarks/capacity_demo.cpp) instead
+#
+# Fresh machine: installs dependencies, downloads the model (scripts/get-model.sh), builds, and profiles the
+# model first if the shipped head map is missing. See scripts/common.sh for build knobs.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-install_deps
-configure
-build redknot_capacity_demo
+if [[ "${1:-}" == "--capacity" ]]; then
+  shift
+  install_deps
+  configure
+  build redknot_capacity_demo
+  section "redknot_capacity_demo"
+  exec "$BUILD_DIR/benchmarks/redknot_capacity_demo" "$@"
+fi
 
-section "redknot_capacity_demo"
-exec "$BUILD_DIR/benchmarks/redknot_capacity_demo" "$@"
+install_deps
+section "model"
+MODEL="$(bash "$REDKNOT_ROOT/scripts/get-model.sh")"
+echo "$MODEL"
+configure
+build redknot-demo
+
+TOOLS="$BUILD_DIR/examples/decoder"
+MAP="$REDKNOT_ROOT/examples/decoder/head_maps/smollm2-135m.json"
+if [[ ! -f "$MAP" ]]; then
+  # Same command as examples/decoder/head_maps/README.md, written into the build directory.
+  build redknot-profile
+  MAP="$REDKNOT_ROOT/$BUILD_DIR/smollm2-135m.json"
+  section "profiling heads (no shipped head map)"
+  "$TOOLS/redknot-profile" --model "$MODEL" --out "$MAP" --score output --refine 45 --refine-tokens 1024 \
+    --global-ratio 0.15 --window 512 \
+    --sink 16 --tokens 2048 --docs 3 --synthetic 1 --rows 48
+fi
+
+section "redknot-demo: dense vs redknot ($(basename "$MAP"))"
+exec "$TOOLS/redknot-demo" --model "$MODEL" --head-map "$MAP" "$@"

@@ -22,7 +22,7 @@ fi
 
 # Debian packages (catch2 v3 comes from bookworm-backports, see below).
 APT_PACKAGES=(cmake g++ ninja-build ccache libfmt-dev nlohmann-json3-dev pybind11-dev
-              libbenchmark-dev libopenblas-dev)
+              libbenchmark-dev libopenblas-dev zlib1g-dev)
 CATCH2_PACKAGES=(catch2 libcatch2-dev)   # on bookworm-backports catch2 3.x pulls libcatch2-dev
 
 codename=""

@@ -47,7 +47,7 @@ class DenseOracle {
   void free(std::int64_t seq) { seqs_.erase(seq); }
 
   // out[nq, Hq, D] and lse[nq, Hq] (natural log) for queries q[nq, Hq, D] at q_positions in (seq, layer).
-  template <class QT>
+  template <StorageType QT>
   void attention(std::int64_t seq, int layer, std::span<const QT> q,
                  std::span<const std::int32_t> q_positions, std::vector<double>& out,
                  std::vector<double>& lse, double scale = 0.0) const {
@@ -89,13 +89,6 @@ class DenseOracle {
   }
 
  private:
-  template <class X>
-  static float to_float(X x) {
-    if constexpr (std::is_same_v<X, float>)
-      return x;
-    else
-      return static_cast<float>(x);
-  }
   struct Layer {
     std::vector<std::int32_t> pos;
     std::vector<double> k, v;  // [token][kv_head][dim]
