@@ -61,6 +61,21 @@ inline void score_block(const float* q, const float* kt, int D, float* s) {
   }
 }
 
+// Decode-sized tiles (few rows): S[r][j] = q_r . k_j with K row-major, one SIMD reduction per (row, key).
+// Cheaper than transposing K when only a handful of rows share each key.
+inline void score_rows(const float* q, int rows, const float* kb, int nk, int D, float* s) {
+  for (int r = 0; r < rows; ++r) {
+    const float* qr = q + static_cast<std::size_t>(r) * D;
+    for (int j = 0; j < nk; ++j) {
+      const float* kj = kb + static_cast<std::size_t>(j) * D;
+      float dot = 0.f;
+#pragma omp simd reduction(+ : dot)
+      for (int d = 0; d < D; ++d) dot += qr[d] * kj[d];
+      s[r * kKeyBlock + j] = dot;
+    }
+  }
+}
+
 // O[r][dc, dc + W) += sum_j P[r][j] * V[j][dc, dc + W) for kRowBlock rows over nk keys: each loaded V vector
 // serves kRowBlock rows.
 template <int W>
@@ -106,13 +121,16 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
   // Per-thread scratch: queries, accumulators, scores and one converted K (transposed) / V block.
-  thread_local std::vector<float> qf, acc, kt, vb, sc, m, l;
+  thread_local std::vector<float> qf, acc, kb, kt, vb, sc, m, l;
   thread_local std::vector<std::int32_t> qpos;
   qf.assign(static_cast<std::size_t>(rows_padded) * D, 0.f);
   acc.assign(static_cast<std::size_t>(rows_padded) * D, 0.f);
   m.assign(static_cast<std::size_t>(rows), kNegInf);
   l.assign(static_cast<std::size_t>(rows), 0.f);
+  kb.assign(static_cast<std::size_t>(kKeyBlock) * D, 0.f);
   kt.assign(static_cast<std::size_t>(kKeyBlock) * D, 0.f);
+  // Transposing K pays off only when enough rows share each key block (prefill tiles, wide GQA groups).
+  const bool transpose_k = rows_padded >= 2 * kRowBlock;
   vb.assign(static_cast<std::size_t>(kKeyBlock) * D, 0.f);
   sc.resize(static_cast<std::size_t>(rows_padded) * kKeyBlock);
   qpos.resize(static_cast<std::size_t>(nq));
@@ -142,14 +160,19 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
   int nk = 0;
   const auto flush = [&] {
     if (nk == 0) return;
-    if (nk < kKeyBlock) {  // stale keys of a previous block would score as real ones: zero them
-      for (int d = 0; d < D; ++d)
-        for (int j = nk; j < kKeyBlock; ++j) kt[static_cast<std::size_t>(d) * kKeyBlock + j] = 0.f;
+    if (nk < kKeyBlock)  // stale keys of a previous block would score as real ones: zero them
       std::fill(vb.begin() + static_cast<std::ptrdiff_t>(nk) * D, vb.end(), 0.f);
+    if (transpose_k) {
+      for (int j = 0; j < kKeyBlock; ++j)
+        for (int d = 0; d < D; ++d)
+          kt[static_cast<std::size_t>(d) * kKeyBlock + j] =
+              j < nk ? kb[static_cast<std::size_t>(j) * D + d] : 0.f;
+      for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
+        score_block(&qf[static_cast<std::size_t>(r0) * D], kt.data(), D,
+                    &sc[static_cast<std::size_t>(r0) * kKeyBlock]);
+    } else {
+      score_rows(qf.data(), rows, kb.data(), nk, D, sc.data());
     }
-    for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
-      score_block(&qf[static_cast<std::size_t>(r0) * D], kt.data(), D,
-                  &sc[static_cast<std::size_t>(r0) * kKeyBlock]);
     // Online softmax per row over the keys it sees (canonical rule); hidden keys get probability 0.
     for (int r = 0; r < rows; ++r) {
       float* s = &sc[static_cast<std::size_t>(r) * kKeyBlock];
@@ -210,8 +233,10 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
       const std::size_t slot_idx = static_cast<std::size_t>(e.first + (pos - e.pos0));
       const T* kr = kpage + slot_idx * D;
       const T* vr = vpage + slot_idx * D;
+      float* kd = &kb[static_cast<std::size_t>(nk) * D];
       float* vd = &vb[static_cast<std::size_t>(nk) * D];
-      for (int d = 0; d < D; ++d) kt[static_cast<std::size_t>(d) * kKeyBlock + nk] = to_float(kr[d]);
+#pragma omp simd
+      for (int d = 0; d < D; ++d) kd[d] = to_float(kr[d]);
 #pragma omp simd
       for (int d = 0; d < D; ++d) vd[d] = to_float(vr[d]);
       kpos[static_cast<std::size_t>(nk)] = static_cast<std::int32_t>(pos);
