@@ -1,0 +1,31 @@
+#include "model_path.hpp"
+
+#include <cstdlib>
+#include <filesystem>
+
+namespace redknot::decoder {
+
+std::string default_model_path() {
+  namespace fs = std::filesystem;
+  if (const char* env = std::getenv("REDKNOT_MODEL"); env && *env) return env;
+  fs::path root;
+  if (const char* dir = std::getenv("REDKNOT_MODEL_DIR"); dir && *dir) {
+    root = dir;
+  } else {
+    const char* home = std::getenv("HOME");
+    if (!home) return {};
+    root = fs::path(home) / ".cache" / "redknot" / "models";
+  }
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return {};
+  std::string best;
+  for (auto it = fs::recursive_directory_iterator(root, ec); !ec && it != fs::recursive_directory_iterator();
+       it.increment(ec))
+    if (it->is_regular_file() && it->path().extension() == ".gguf") {
+      const std::string p = it->path().string();
+      if (best.empty() || p < best) best = p;
+    }
+  return best;
+}
+
+}  // namespace redknot::decoder

@@ -1,0 +1,169 @@
+#include "session.hpp"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "redknot/cpu_attention.hpp"
+#include "redknot/error.hpp"
+
+namespace redknot::decoder {
+
+namespace {
+
+// y[n, out] (+)= x[n, in] * W[out, in]^T
+void matmul(const float* x, const std::vector<float>& w, float* y, int n, int in, int out, bool accumulate) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.f, x, in, w.data(), in,
+              accumulate ? 1.f : 0.f, y, out);
+}
+
+void rms_norm(const float* x, const std::vector<float>& w, float* y, int n, int d, float eps) {
+  for (int i = 0; i < n; ++i) {
+    const float* xr = x + static_cast<std::size_t>(i) * d;
+    float* yr = y + static_cast<std::size_t>(i) * d;
+    double ss = 0;
+    for (int j = 0; j < d; ++j) ss += static_cast<double>(xr[j]) * xr[j];
+    const float inv = 1.f / std::sqrt(static_cast<float>(ss / d) + eps);
+    for (int j = 0; j < d; ++j) yr[j] = xr[j] * inv * w[static_cast<std::size_t>(j)];
+  }
+}
+
+}  // namespace
+
+std::int32_t pages_needed(const HeadMap& map, int max_context, int chunk, int page_size) {
+  std::int64_t pages = 0;
+  const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
+  for (int l = 0; l < map.num_layers(); ++l)
+    for (int h = 0; h < map.num_kv_heads(); ++h) {
+      const HeadPolicy p = map.policy(l, h);
+      // A local head holds its sink, the window of the earliest query of a chunk and the chunk itself, each
+      // possibly straddling one extra page; never more than a global head would.
+      std::int64_t need = ceil_div(max_context, page_size) + 1;
+      if (p.is_local())
+        need = std::min(need, ceil_div(p.sink, page_size) + ceil_div(p.window + chunk, page_size) + 3);
+      pages += need;
+    }
+  return static_cast<std::int32_t>(pages);
+}
+
+std::int32_t argmax(std::span<const float> logits) {
+  return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+Session::Session(const LlamaModel& model, HeadMap map, SessionOptions opt) : model_(model), opt_(opt) {
+  const LlamaConfig& c = model.config();
+  require(opt_.chunk > 0 && opt_.max_context > 0, "session: chunk and max_context must be > 0");
+  map.validate_shape(c.n_layers, c.n_kv_heads);
+  const ModelShape shape{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, DType::kF32};
+  const std::int32_t pages = pages_needed(map, opt_.max_context, opt_.chunk, opt_.page_size);
+  store_ = std::make_unique<Store>(shape, std::move(map), StoreConfig{opt_.page_size, pages});
+  plans_.resize(static_cast<std::size_t>(c.n_layers));
+  seq_ = store_->create_sequence();
+}
+
+void Session::reset() {
+  store_->free_sequence(seq_);
+  seq_ = store_->create_sequence();
+  pos_ = 0;
+}
+
+void Session::rope(float* x, int n_heads, std::span<const std::int32_t> positions) const {
+  const int D = model_.config().head_dim;
+  const auto& inv = model_.inv_freq();
+  const float scale = model_.config().rope_position_scale;
+  for (std::size_t t = 0; t < positions.size(); ++t) {
+    const float p = static_cast<float>(positions[t]) * scale;
+    for (int i = 0; i < D / 2; ++i) {
+      const float a = p * inv[static_cast<std::size_t>(i)];
+      const float cs = std::cos(a), sn = std::sin(a);
+      for (int h = 0; h < n_heads; ++h) {
+        float* r = x + (t * static_cast<std::size_t>(n_heads) + static_cast<std::size_t>(h)) * D + 2 * i;
+        const float x0 = r[0], x1 = r[1];
+        r[0] = x0 * cs - x1 * sn;
+        r[1] = x0 * sn + x1 * cs;
+      }
+    }
+  }
+}
+
+void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std::vector<float>& logits,
+                      ForwardObserver* observer) {
+  const LlamaConfig& c = model_.config();
+  const int n = static_cast<int>(tokens.size());
+  require(n > 0, "forward: no tokens");
+  require(pos_ + n <= opt_.max_context, "forward: ", pos_ + n,
+          " positions exceed max_context=", opt_.max_context);
+  const int d = c.d_model, kvd = c.n_kv_heads * c.head_dim;
+  const auto N = static_cast<std::size_t>(n);
+  x_.resize(N * d);
+  h_.resize(N * d);
+  q_.resize(N * d);
+  att_.resize(N * d);
+  k_.resize(N * kvd);
+  v_.resize(N * kvd);
+  gate_.resize(N * c.d_ff);
+  up_.resize(N * c.d_ff);
+  std::vector<std::int32_t> positions(N);
+  for (int i = 0; i < n; ++i) positions[static_cast<std::size_t>(i)] = pos_ + i;
+
+  for (int i = 0; i < n; ++i) {
+    const std::int32_t t = tokens[static_cast<std::size_t>(i)];
+    require(t >= 0 && t < c.vocab, "forward: token id ", t, " out of range [0, ", c.vocab, ")");
+    std::copy_n(model_.embeddings().data() + static_cast<std::size_t>(t) * d, d,
+                x_.data() + static_cast<std::size_t>(i) * d);
+  }
+  const std::int64_t seq = seq_;
+  const std::int32_t q_len = n;
+  AttentionParams params;
+  params.num_threads = opt_.threads;
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LlamaLayer& L = model_.layers()[static_cast<std::size_t>(l)];
+    rms_norm(x_.data(), L.attn_norm, h_.data(), n, d, c.rms_eps);
+    matmul(h_.data(), L.wq, q_.data(), n, d, d, false);
+    matmul(h_.data(), L.wk, k_.data(), n, d, kvd, false);
+    matmul(h_.data(), L.wv, v_.data(), n, d, kvd, false);
+    rope(q_.data(), c.n_heads, positions);
+    rope(k_.data(), c.n_kv_heads, positions);
+    store_->append(seq_, l, k_, v_, positions);
+    if (observer) observer->on_qkv(l, positions, q_, k_, v_);
+    AttentionPlan& plan = plans_[static_cast<std::size_t>(l)];
+    plan.update(*store_, l, std::span<const std::int64_t>(&seq, 1), std::span<const std::int32_t>(&q_len, 1),
+                positions);
+    cpu_attention<float>(*store_, plan, q_, att_, {}, params);
+    matmul(att_.data(), L.wo, x_.data(), n, d, d, true);
+
+    rms_norm(x_.data(), L.ffn_norm, h_.data(), n, d, c.rms_eps);
+    matmul(h_.data(), L.w_gate, gate_.data(), n, d, c.d_ff, false);
+    matmul(h_.data(), L.w_up, up_.data(), n, d, c.d_ff, false);
+    for (std::size_t i = 0; i < gate_.size(); ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.f + std::exp(-g)) * up_[i];
+    }
+    matmul(gate_.data(), L.w_down, x_.data(), n, c.d_ff, d, true);
+  }
+  const int rows = all_logits ? n : 1;
+  const float* last = x_.data() + static_cast<std::size_t>(n - rows) * d;
+  rms_norm(last, model_.output_norm(), h_.data(), rows, d, c.rms_eps);
+  logits.resize(static_cast<std::size_t>(rows) * c.vocab);
+  matmul(h_.data(), model_.output(), logits.data(), rows, d, c.vocab, false);
+  pos_ += n;
+  // Every query before pos_ has run: local heads may drop what only those queries could see now, rather than
+  // at the next append, so KV bytes between calls are the steady state (sink + window), not window + chunk.
+  store_->retire_queries(seq_, pos_);
+}
+
+std::vector<float> Session::prefill(std::span<const std::int32_t> tokens,
+                                    const std::function<void(std::size_t, std::size_t)>& progress,
+                                    ForwardObserver* observer) {
+  std::vector<float> logits;
+  const std::size_t step = static_cast<std::size_t>(opt_.chunk);
+  for (std::size_t i = 0; i < tokens.size(); i += step) {
+    const std::size_t n = std::min(step, tokens.size() - i);
+    forward(tokens.subspan(i, n), false, logits, observer);
+    if (progress) progress(i + n, tokens.size());
+  }
+  return logits;
+}
+
+}  // namespace redknot::decoder

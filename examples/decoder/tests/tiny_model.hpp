@@ -1,0 +1,19 @@
+// A tiny random Llama written as GGUF by the tests themselves: 2 layers, GQA, every supported tensor type and
+// a byte-level BPE vocabulary (256 byte tokens, a few merges, ChatML specials).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace redknot::decoder::testing {
+
+struct TinySpec {
+  int n_layers = 2, d_model = 64, n_heads = 4, n_kv_heads = 2, d_ff = 96, context = 512;
+  std::uint32_t seed = 7;
+};
+
+// GGUF bytes of the tiny model.
+std::vector<std::uint8_t> tiny_model_gguf(const TinySpec& spec = {});
+
+}  // namespace redknot::decoder::testing
