@@ -29,6 +29,10 @@ namespace redknot {
 struct AttentionParams {
   float scale = 0.f;    // softmax scale; 0 means 1 / sqrt(head_dim)
   int num_threads = 0;  // 0: OpenMP default
+  // Split-KV: a (sequence, kv_head, query tile) that sees more than kv_chunk keys is cut into ranges of page
+  // entries of about kv_chunk keys, attended in parallel and merged by log-sum-exp, so one long global head
+  // does not serialise a batch of short local ones. 0 disables splitting.
+  int kv_chunk = 4096;
 };
 
 namespace detail {
@@ -106,11 +110,50 @@ inline void accumulate_block(const float* p, const float* v, int nk, int D, floa
   if (dc < D) accumulate_cols<8>(p, v, nk, D, dc, o);
 }
 
-// One (item, kv_head, query tile) of attention. Rows are (query, q-head-in-group) pairs, padded to a multiple
-// of kRowBlock with zero rows whose results are dropped.
+// What the queries of a tile can see: positions <= pmax, in [0, sink_end) or >= win_lo.
+struct TileHull {
+  std::int64_t pmax = -1;
+  std::int64_t sink_end = 0;
+  std::int64_t win_lo = 0;
+};
+
+inline TileHull tile_hull(const HeadPolicy& pol, std::span<const std::int32_t> qpos) {
+  std::int32_t pmin = std::numeric_limits<std::int32_t>::max(), pmax = -1;
+  for (const std::int32_t p : qpos) pmin = std::min(pmin, p), pmax = std::max(pmax, p);
+  const VisibleRanges lo = visible_ranges(pol, pmin), hi = visible_ranges(pol, pmax);
+  return TileHull{pmax, std::max(lo.sink_end, hi.sink_end), lo.win_begin};
+}
+
+// Positions [a, b) of an entry that some query of the tile may see; a >= b when none. Entries are position
+// ordered, so an entry starting after pmax ends the walk (returned as a > pmax).
+inline std::pair<std::int64_t, std::int64_t> clip_entry(const PageEntry& e, const HeadPolicy& pol,
+                                                        const TileHull& h) {
+  std::int64_t a = e.pos0,
+               b = std::min<std::int64_t>(static_cast<std::int64_t>(e.pos0) + e.count, h.pmax + 1);
+  if (a > h.pmax) return {a, a};
+  if (pol.is_local()) {
+    const bool touches_sink = a < h.sink_end;
+    const bool touches_win = b > h.win_lo;
+    if (!touches_sink && !touches_win) return {a, a};
+    if (!touches_sink) a = std::max<std::int64_t>(a, h.win_lo);
+    if (!touches_win) b = std::min<std::int64_t>(b, h.sink_end);
+  }
+  return {a, b};
+}
+
+// Unnormalised state of one split of a tile, merged by merge_splits(): running max m, sum l, sum p.v acc.
+struct SplitState {
+  float* m;
+  float* l;
+  float* acc;
+};
+
+// One (item, kv_head, query tile) of attention over entries [e_begin, e_end) of the slot. Rows are (query,
+// q-head-in-group) pairs, padded to a multiple of kRowBlock with zero rows whose results are dropped.
 template <class QT, StorageType T, Allocator A, RetentionPolicy R>
 void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, std::size_t item, int kv_head,
-                 std::int32_t q0, std::int32_t nq, const QT* q, QT* out, float* lse, float scale) {
+                 std::int32_t q0, std::int32_t nq, std::int32_t e_begin, std::int32_t e_end, const QT* q,
+                 QT* out, float* lse, float scale, const SplitState* split) {
   const ModelShape& sh = store.shape();
   const int D = sh.head_dim, g = sh.group_size(), Hq = sh.num_q_heads;
   const HeadPolicy& pol = store.policy(plan.layer(), kv_head);
@@ -135,11 +178,8 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
   sc.resize(static_cast<std::size_t>(rows_padded) * kKeyBlock);
   qpos.resize(static_cast<std::size_t>(nq));
 
-  std::int32_t pmin = std::numeric_limits<std::int32_t>::max(), pmax = -1;
   for (int i = 0; i < nq; ++i) {
     qpos[i] = plan.q_positions()[static_cast<std::size_t>(q0 + i)];
-    pmin = std::min(pmin, qpos[i]);
-    pmax = std::max(pmax, qpos[i]);
     for (int j = 0; j < g; ++j) {
       const QT* src =
           q + (static_cast<std::size_t>(q0 + i) * Hq + static_cast<std::size_t>(kv_head) * g + j) * D;
@@ -147,11 +187,7 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
       for (int d = 0; d < D; ++d) dst[d] = load_f(src, d) * scale;
     }
   }
-  // Union of what the tile's queries can see: [0, sink_end) and [win_lo, pmax].
-  const VisibleRanges lo_r = visible_ranges(pol, pmin);
-  const VisibleRanges hi_r = visible_ranges(pol, pmax);
-  const std::int64_t sink_end = std::max(lo_r.sink_end, hi_r.sink_end);
-  const std::int64_t win_lo = lo_r.win_begin;
+  const TileHull hull = tile_hull(pol, std::span<const std::int32_t>(qpos.data(), qpos.size()));
 
   // Keys are gathered from successive page entries into blocks of kKeyBlock (pages are often smaller than a
   // block), converted to fp32 once and scored against all rows; kpos holds each gathered key's position.
@@ -212,21 +248,11 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
     nk = 0;
   };
 
-  const std::int32_t n_entries = slot.num_entries();
-  for (std::int32_t ei = 0; ei < n_entries; ++ei) {
+  for (std::int32_t ei = e_begin; ei < e_end; ++ei) {
     const PageEntry& e = plan.entry(slot, ei);
-    // Entries are position-ordered: nothing after pmax is visible to any query of the tile.
-    if (e.pos0 > pmax) break;
-    // Positions [a, b) of this entry some query of the tile may see.
-    std::int64_t a = e.pos0, b = static_cast<std::int64_t>(e.pos0) + e.count;
-    b = std::min<std::int64_t>(b, pmax + 1);
-    if (pol.is_local()) {
-      const bool touches_sink = a < sink_end;
-      const bool touches_win = b > win_lo;
-      if (!touches_sink && !touches_win) continue;
-      if (!touches_sink) a = std::max<std::int64_t>(a, win_lo);
-      if (!touches_win) b = std::min<std::int64_t>(b, sink_end);
-    }
+    if (e.pos0 > hull.pmax) break;  // position order: nothing further is visible to the tile
+    const auto [a, b] = clip_entry(e, pol, hull);
+    if (a >= b) continue;
     const T* kpage = pool.k_ptr(e.page_id);
     const T* vpage = pool.v_ptr(e.page_id);
     for (std::int64_t pos = a; pos < b; ++pos) {
@@ -244,6 +270,12 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
     }
   }
   flush();
+  if (split) {  // one split of several: hand the unnormalised state to merge_splits()
+    std::copy(m.begin(), m.end(), split->m);
+    std::copy(l.begin(), l.end(), split->l);
+    std::copy(acc.begin(), acc.begin() + static_cast<std::ptrdiff_t>(rows) * D, split->acc);
+    return;
+  }
   for (int r = 0; r < rows; ++r) {
     const int i = r / g, j = r % g;
     const std::size_t row = static_cast<std::size_t>(q0 + i) * Hq + static_cast<std::size_t>(kv_head) * g + j;
@@ -257,6 +289,39 @@ void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, s
         dst[d] = from_float<QT>(ar[d] * inv);
     }
     if (lse) lse[row] = l[r] > 0.f ? m[r] + std::log(l[r]) : kNegInf;
+  }
+}
+
+// Combines n split states of one tile (rows x D each, laid out consecutively) into the tile's output rows:
+// out = sum_s exp(m_s - m) acc_s / sum_s exp(m_s - m) l_s, lse = m + log(sum ...), m = max_s m_s.
+template <class QT>
+void merge_splits(const float* m, const float* l, const float* acc, int n, int rows, int g, int D, int Hq,
+                  int kv_head, std::int32_t q0, QT* out, float* lse) {
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  thread_local std::vector<float> o;
+  o.resize(static_cast<std::size_t>(D));
+  for (int r = 0; r < rows; ++r) {
+    float mx = kNegInf;
+    for (int s = 0; s < n; ++s) mx = std::max(mx, m[s * rows + r]);
+    std::fill(o.begin(), o.end(), 0.f);
+    float sum = 0.f;
+    if (mx != kNegInf)
+      for (int s = 0; s < n; ++s) {
+        const float w = std::exp(m[s * rows + r] - mx);  // 0 for a split that saw nothing
+        sum += w * l[s * rows + r];
+        const float* a = acc + (static_cast<std::size_t>(s) * rows + r) * D;
+        for (int d = 0; d < D; ++d) o[static_cast<std::size_t>(d)] += w * a[d];
+      }
+    const int i = r / g, j = r % g;
+    const std::size_t row = static_cast<std::size_t>(q0 + i) * Hq + static_cast<std::size_t>(kv_head) * g + j;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    for (int d = 0; d < D; ++d) {
+      if constexpr (std::is_same_v<QT, float>)
+        out[row * D + d] = o[static_cast<std::size_t>(d)] * inv;
+      else
+        out[row * D + d] = from_float<QT>(o[static_cast<std::size_t>(d)] * inv);
+    }
+    if (lse) lse[row] = sum > 0.f ? mx + std::log(sum) : kNegInf;
   }
 }
 
@@ -284,28 +349,108 @@ void cpu_attention(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan,
           " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
   const float scale = params.scale > 0.f ? params.scale : 1.f / std::sqrt(static_cast<float>(sh.head_dim));
 
+  require(params.kv_chunk >= 0, "cpu_attention: kv_chunk=", params.kv_chunk, " must be >= 0 (0: no split)");
+
+  // Work items: (item, kv_head, query tile), cut by split-KV into entry ranges of ~kv_chunk keys each.
   struct Work {
     std::size_t item;
     int head;
-    std::int32_t q0, nq;
+    std::int32_t q0, nq, e_begin, e_end;
+    std::int64_t split_group;  // -1: writes its output directly; else index into groups
   };
+  struct Group {
+    std::size_t item;
+    int head;
+    std::int32_t q0, nq, n_splits;
+    std::size_t state;  // offset of the first split's rows in the m / l arrays
+  };
+  const int D = sh.head_dim, g = sh.group_size();
   std::vector<Work> work;
+  std::vector<Group> groups;
+  std::size_t state_rows = 0;
+  std::vector<std::int64_t> keys;  // candidate keys per entry, for the split points
   const auto items = plan.items();
   for (std::size_t i = 0; i < items.size(); ++i)
-    for (int h = 0; h < sh.num_kv_heads; ++h)
-      for (std::int32_t t = 0; t < items[i].q_len; t += detail::kQueryTile)
-        work.push_back(Work{i, h, items[i].q_begin + t, std::min(detail::kQueryTile, items[i].q_len - t)});
+    for (int h = 0; h < sh.num_kv_heads; ++h) {
+      const PlanSlot& slot = plan.slot(i, h);
+      const HeadPolicy& pol = store.policy(plan.layer(), h);
+      for (std::int32_t t = 0; t < items[i].q_len; t += detail::kQueryTile) {
+        const std::int32_t q0 = items[i].q_begin + t, nq = std::min(detail::kQueryTile, items[i].q_len - t);
+        const std::int32_t n_entries = slot.num_entries();
+        std::int64_t total = 0;
+        if (params.kv_chunk > 0) {
+          const detail::TileHull hull = detail::tile_hull(
+              pol, plan.q_positions().subspan(static_cast<std::size_t>(q0), static_cast<std::size_t>(nq)));
+          keys.assign(static_cast<std::size_t>(n_entries), 0);
+          for (std::int32_t e = 0; e < n_entries; ++e) {
+            const auto [a, b] = detail::clip_entry(plan.entry(slot, e), pol, hull);
+            keys[static_cast<std::size_t>(e)] = std::max<std::int64_t>(0, b - a);
+            total += keys[static_cast<std::size_t>(e)];
+          }
+        }
+        const std::int64_t n_splits =
+            params.kv_chunk > 0 ? std::clamp<std::int64_t>(total / params.kv_chunk, 1, 64) : 1;
+        if (n_splits == 1) {
+          work.push_back(Work{i, h, q0, nq, 0, n_entries, -1});
+          continue;
+        }
+        // Cut at entry boundaries once each range holds about total / n_splits keys.
+        const auto gi = static_cast<std::int64_t>(groups.size());
+        std::int32_t begin = 0, made = 0;
+        std::int64_t acc_keys = 0;
+        for (std::int32_t e = 0; e < n_entries; ++e) {
+          acc_keys += keys[static_cast<std::size_t>(e)];
+          if (acc_keys * n_splits >= total * (made + 1) && made + 1 < n_splits) {
+            work.push_back(Work{i, h, q0, nq, begin, e + 1, gi});
+            begin = e + 1;
+            ++made;
+          }
+        }
+        work.push_back(Work{i, h, q0, nq, begin, n_entries, gi});
+        ++made;
+        groups.push_back(Group{i, h, q0, nq, made, state_rows});
+        state_rows += static_cast<std::size_t>(made) * static_cast<std::size_t>(nq * g);
+      }
+    }
+  std::vector<float> st_m(state_rows), st_l(state_rows), st_acc(state_rows * static_cast<std::size_t>(D));
+  std::vector<std::int32_t> next_split(groups.size(), 0);  // split index of each work item within its group
+  std::vector<detail::SplitState> states(work.size());
+  for (std::size_t w = 0; w < work.size(); ++w) {
+    if (work[w].split_group < 0) continue;
+    const Group& gr = groups[static_cast<std::size_t>(work[w].split_group)];
+    const std::size_t rows0 =
+        gr.state + static_cast<std::size_t>(next_split[static_cast<std::size_t>(work[w].split_group)]++) *
+                       static_cast<std::size_t>(gr.nq * g);
+    states[w] = detail::SplitState{&st_m[rows0], &st_l[rows0], &st_acc[rows0 * static_cast<std::size_t>(D)]};
+  }
 
   const auto n_work = static_cast<std::int64_t>(work.size());
+  const auto n_groups = static_cast<std::int64_t>(groups.size());
   float* lse_ptr = lse.empty() ? nullptr : lse.data();
 #if defined(_OPENMP)
   const int threads = params.num_threads > 0 ? params.num_threads : omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel num_threads(threads)
 #endif
-  for (std::int64_t w = 0; w < n_work; ++w) {
-    const Work& wk = work[static_cast<std::size_t>(w)];
-    detail::attend_tile<QT>(store, plan, wk.item, wk.head, wk.q0, wk.nq, q.data(), out.data(), lse_ptr,
-                            scale);
+  {
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (std::int64_t w = 0; w < n_work; ++w) {
+      const Work& wk = work[static_cast<std::size_t>(w)];
+      detail::attend_tile<QT>(store, plan, wk.item, wk.head, wk.q0, wk.nq, wk.e_begin, wk.e_end, q.data(),
+                              out.data(), lse_ptr, scale,
+                              wk.split_group < 0 ? nullptr : &states[static_cast<std::size_t>(w)]);
+    }
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (std::int64_t gi = 0; gi < n_groups; ++gi) {
+      const Group& gr = groups[static_cast<std::size_t>(gi)];
+      const int rows = gr.nq * g;
+      detail::merge_splits<QT>(&st_m[gr.state], &st_l[gr.state],
+                               &st_acc[gr.state * static_cast<std::size_t>(D)], gr.n_splits, rows, g, D,
+                               sh.num_q_heads, gr.head, gr.q0, out.data(), lse_ptr);
+    }
   }
 }
 
