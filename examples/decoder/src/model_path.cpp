@@ -2,6 +2,9 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <stdexcept>
+
+#include "gguf.hpp"
 
 namespace redknot::decoder {
 
@@ -26,6 +29,17 @@ std::string default_model_path() {
       if (best.empty() || p < best) best = p;
     }
   return best;
+}
+
+}  // namespace redknot::decoder
+
+namespace redknot::decoder {
+
+LoadedModel load_model(const std::string& path) {
+  const std::string resolved = path.empty() ? default_model_path() : path;
+  if (resolved.empty()) throw std::runtime_error("no model: pass --model or run scripts/get-model.sh");
+  const GgufFile gguf = GgufFile::open(resolved);
+  return LoadedModel{LlamaModel::load(gguf), Tokenizer::from_gguf(gguf)};
 }
 
 }  // namespace redknot::decoder

@@ -47,12 +47,10 @@ int main(int argc, char** argv) {
       usage();
       return 0;
     }
-    const std::string model_path = args.get("model", default_model_path());
-    if (model_path.empty()) throw std::runtime_error("no model: pass --model or run scripts/get-model.sh");
+    const LoadedModel loaded = load_model(args.get("model", ""));
     const bool quiet = args.has("quiet");
-    const GgufFile gguf = GgufFile::open(model_path);
-    const LlamaModel model = LlamaModel::load(gguf);
-    const Tokenizer tok = Tokenizer::from_gguf(gguf);
+    const LlamaModel& model = loaded.model;
+    const Tokenizer& tok = loaded.tokenizer;
 
     GenerateOptions go;
     go.mode = args.get("mode", "redknot");

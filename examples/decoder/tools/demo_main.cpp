@@ -37,11 +37,9 @@ int main(int argc, char** argv) {
                    "                    [--prompt-file F] [--max-new 32]\n");
       return args.has("help") ? 0 : 1;
     }
-    const std::string model_path = args.get("model", default_model_path());
-    if (model_path.empty()) throw std::runtime_error("no model: pass --model or run scripts/get-model.sh");
-    const GgufFile gguf = GgufFile::open(model_path);
-    const LlamaModel model = LlamaModel::load(gguf);
-    const Tokenizer tok = Tokenizer::from_gguf(gguf);
+    const LoadedModel loaded = load_model(args.get("model", ""));
+    const LlamaModel& model = loaded.model;
+    const Tokenizer& tok = loaded.tokenizer;
     const int target = args.get_int("tokens", 4096);
 
     std::string user, primer;

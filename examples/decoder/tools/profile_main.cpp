@@ -96,8 +96,7 @@ int main(int argc, char** argv) {
       usage();
       return 0;
     }
-    const std::string model_path = args.get("model", default_model_path());
-    if (model_path.empty()) throw std::runtime_error("no model: pass --model or run scripts/get-model.sh");
+    const LoadedModel loaded = load_model(args.get("model", ""));
     const std::string out = args.get("out", "head_map.json");
     const std::string stem = out.size() > 5 && out.ends_with(".json") ? out.substr(0, out.size() - 5) : out;
     const std::string heatmap = args.get("heatmap", stem + ".png");
@@ -109,9 +108,8 @@ int main(int argc, char** argv) {
     const int chunk_len = args.get_int("chunk-len", 256), prefix_len = args.get_int("prefix-len", 256);
     const bool show = !args.has("quiet");
 
-    const GgufFile gguf = GgufFile::open(model_path);
-    const LlamaModel model = LlamaModel::load(gguf);
-    const Tokenizer tok = Tokenizer::from_gguf(gguf);
+    const LlamaModel& model = loaded.model;
+    const Tokenizer& tok = loaded.tokenizer;
     const LlamaConfig& c = model.config();
     const std::size_t LH = static_cast<std::size_t>(c.n_layers) * c.n_kv_heads;
 
