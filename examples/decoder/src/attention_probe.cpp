@@ -13,6 +13,11 @@ AttentionProbe::AttentionProbe(const LlamaConfig& c, ProbeConfig cfg) : c_(c), c
   edge_sum_.assign(static_cast<std::size_t>(c.n_layers) * c.n_kv_heads, 0.0);
   out_err_sum_.assign(edge_sum_.size(), 0.0);
   edge_count_.assign(edge_sum_.size(), 0);
+  require(std::is_sorted(cfg_.curve_windows.begin(), cfg_.curve_windows.end()) &&
+              (cfg_.curve_windows.empty() || cfg_.curve_windows.front() >= 1),
+          "probe: curve_windows must be ascending and >= 1");
+  curve_sum_.assign(edge_sum_.size() * cfg_.curve_windows.size(), 0.0);
+  span_sum_.assign(edge_sum_.size(), 0.0);
   if (cfg_.keep_rows) kept_.assign(static_cast<std::size_t>(c.n_layers) * c.n_heads, {});
 }
 
@@ -33,8 +38,10 @@ void AttentionProbe::on_qkv(int layer, std::span<const std::int32_t> positions, 
     if (!std::binary_search(cfg_.rows.begin(), cfg_.rows.end(), p)) continue;
     const auto r =
         static_cast<std::size_t>(std::lower_bound(cfg_.rows.begin(), cfg_.rows.end(), p) - cfg_.rows.begin());
+    const std::size_t nW = cfg_.curve_windows.size();
     std::vector<double> group_edge(static_cast<std::size_t>(Hk), 0.0),
-        group_err(static_cast<std::size_t>(Hk), 0.0);
+        group_err(static_cast<std::size_t>(Hk), 0.0), group_span(static_cast<std::size_t>(Hk), 0.0),
+        group_curve(static_cast<std::size_t>(Hk) * nW, 0.0);
     for (int h = 0; h < Hq; ++h) {
       const int kh = h / g;
       const float* qr = q.data() + (i * static_cast<std::size_t>(Hq) + static_cast<std::size_t>(h)) * D;
@@ -77,6 +84,44 @@ void AttentionProbe::on_qkv(int layer, std::span<const std::int32_t> positions, 
       }
       const double err = norm > 0 ? std::sqrt(diff / norm) : 0.0;
       group_err[static_cast<std::size_t>(kh)] = std::max(group_err[static_cast<std::size_t>(kh)], err);
+      if (nW > 0 && norm > 0) {
+        // Grow the recent part from the query backwards; the sink part is always visible. When window w
+        // covers everything past the sink the head is exact (error 0).
+        std::vector<double> o_part(static_cast<std::size_t>(D), 0.0);
+        double kept_part = 0;
+        for (std::int32_t j = 0; j < std::min(cfg_.sink, p + 1); ++j) {
+          const double pj = s[static_cast<std::size_t>(j)];
+          const float* vr = Vs.data() + (static_cast<std::size_t>(j) * Hk + static_cast<std::size_t>(kh)) * D;
+          kept_part += pj;
+          for (int d = 0; d < D; ++d) o_part[static_cast<std::size_t>(d)] += pj * vr[d];
+        }
+        std::size_t w = 0;
+        std::int32_t j = p;
+        for (std::int32_t count = 1; w < nW && j >= cfg_.sink; ++count, --j) {
+          const double pj = s[static_cast<std::size_t>(j)];
+          const float* vr = Vs.data() + (static_cast<std::size_t>(j) * Hk + static_cast<std::size_t>(kh)) * D;
+          kept_part += pj;
+          for (int d = 0; d < D; ++d) o_part[static_cast<std::size_t>(d)] += pj * vr[d];
+          for (; w < nW && cfg_.curve_windows[w] == count; ++w) {
+            double dd = 0;
+            for (int d = 0; d < D; ++d) {
+              const double a = o_full[static_cast<std::size_t>(d)] / total,
+                           b = o_part[static_cast<std::size_t>(d)] / kept_part;
+              dd += (a - b) * (a - b);
+            }
+            auto& g = group_curve[static_cast<std::size_t>(kh) * nW + w];
+            g = std::max(g, std::sqrt(dd / norm));
+          }
+        }
+        // Windows left over see every key: error 0 (already).
+      }
+      if (cfg_.span_begin >= 0) {
+        double m = 0;
+        for (std::int32_t j = std::max(0, cfg_.span_begin); j < std::min(cfg_.span_end, p + 1); ++j)
+          m += s[static_cast<std::size_t>(j)];
+        group_span[static_cast<std::size_t>(kh)] =
+            std::max(group_span[static_cast<std::size_t>(kh)], m / total);
+      }
       if (cfg_.keep_rows) {
         auto& rows = kept_[static_cast<std::size_t>(layer) * Hq + static_cast<std::size_t>(h)];
         rows.resize(cfg_.rows.size());
@@ -90,6 +135,11 @@ void AttentionProbe::on_qkv(int layer, std::span<const std::int32_t> positions, 
       out_err_sum_[static_cast<std::size_t>(layer) * Hk + static_cast<std::size_t>(kh)] +=
           group_err[static_cast<std::size_t>(kh)];
       ++edge_count_[static_cast<std::size_t>(layer) * Hk + static_cast<std::size_t>(kh)];
+      span_sum_[static_cast<std::size_t>(layer) * Hk + static_cast<std::size_t>(kh)] +=
+          group_span[static_cast<std::size_t>(kh)];
+      for (std::size_t w = 0; w < nW; ++w)
+        curve_sum_[(static_cast<std::size_t>(layer) * Hk + static_cast<std::size_t>(kh)) * nW + w] +=
+            group_curve[static_cast<std::size_t>(kh) * nW + w];
     }
   }
 }
@@ -103,6 +153,21 @@ std::vector<double> AttentionProbe::edge_mass() const {
 std::vector<double> AttentionProbe::output_error() const {
   std::vector<double> m(out_err_sum_.size(), 0.0);
   for (std::size_t i = 0; i < m.size(); ++i) m[i] = edge_count_[i] ? out_err_sum_[i] / edge_count_[i] : 0.0;
+  return m;
+}
+
+std::vector<std::vector<double>> AttentionProbe::error_curve() const {
+  const std::size_t nW = cfg_.curve_windows.size();
+  std::vector<std::vector<double>> m(edge_sum_.size(), std::vector<double>(nW, 0.0));
+  for (std::size_t i = 0; i < m.size(); ++i)
+    for (std::size_t w = 0; w < nW; ++w)
+      m[i][w] = edge_count_[i] ? curve_sum_[i * nW + w] / edge_count_[i] : 0.0;
+  return m;
+}
+
+std::vector<double> AttentionProbe::span_mass() const {
+  std::vector<double> m(span_sum_.size(), 0.0);
+  for (std::size_t i = 0; i < m.size(); ++i) m[i] = edge_count_[i] ? span_sum_[i] / edge_count_[i] : 0.0;
   return m;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "llama_model.hpp"
@@ -11,11 +12,19 @@
 namespace redknot::decoder {
 
 struct ProbeConfig {
+  ProbeConfig(int window_, int sink_, std::vector<std::int32_t> rows_, std::int32_t key_begin_ = 0,
+              bool keep_rows_ = false)
+      : window(window_), sink(sink_), rows(std::move(rows_)), key_begin(key_begin_), keep_rows(keep_rows_) {}
+
   int window = 512;  // the local window the edge mass is measured against
   int sink = 16;
   std::vector<std::int32_t> rows;  // sampled query positions (sorted)
   std::int32_t key_begin = 0;      // kept rows cover keys [key_begin, p]
   bool keep_rows = false;          // keep probability rows (for the prefix-shift comparison)
+  // Output error at each of these windows (ascending), for window allocation: error_curve().
+  std::vector<int> curve_windows;
+  // Keys [span_begin, span_end) whose attention mass span_mass() reports (a needle, for retrieval scores).
+  std::int32_t span_begin = -1, span_end = -1;
 };
 
 class AttentionProbe : public ForwardObserver {
@@ -31,6 +40,12 @@ class AttentionProbe : public ForwardObserver {
   // attention output when it sees only sink ∪ window (softmax renormalised), max over the GQA group. This is
   // what a local head actually costs the next layer; diffuse mass spread over similar values costs little.
   std::vector<double> output_error() const;
+  // Per (layer, kv_head) and curve window w: mean over rows of the output error above at window w, max over
+  // the GQA group; [LH][curve_windows.size()].
+  std::vector<std::vector<double>> error_curve() const;
+  // Per (layer, kv_head): mean over rows of the attention mass on keys [span_begin, span_end), max over the
+  // GQA group (the retrieval-head score of Wu et al. when the rows are the tokens that write the answer).
+  std::vector<double> span_mass() const;
   // Kept row r of (layer, q head): probabilities of keys [key_begin, rows[r]].
   const std::vector<float>& row(int layer, int q_head, std::size_t r) const;
   std::size_t num_rows() const { return cfg_.rows.size(); }
@@ -42,6 +57,8 @@ class AttentionProbe : public ForwardObserver {
   std::vector<std::vector<float>> values_;             // per layer [T][Hk][D]
   std::vector<double> edge_sum_;                       // [L][Hk]
   std::vector<double> out_err_sum_;                    // [L][Hk]
+  std::vector<double> curve_sum_;                      // [L][Hk][curve windows]
+  std::vector<double> span_sum_;                       // [L][Hk]
   std::vector<int> edge_count_;                        // [L][Hk]
   std::vector<std::vector<std::vector<float>>> kept_;  // [L * Hq][row] -> probabilities
 };

@@ -12,8 +12,10 @@
 #include "gguf.hpp"
 #include "heatmap_png.hpp"
 #include "llama_model.hpp"
+#include "redknot/error.hpp"
 #include "session.hpp"
 #include "tiny_model.hpp"
+#include "window_allocation.hpp"
 
 using namespace redknot;
 using namespace redknot::decoder;
@@ -110,4 +112,68 @@ TEST_CASE("retrieval cases hide their answer in the text they generate", "[decod
   CHECK(mk.facts.find(mk.answer) != std::string::npos);
   CHECK(mk.question.find("passkey of") != std::string::npos);
   CHECK(synthetic_records_document(1, 10).find("Record 10:") != std::string::npos);
+}
+
+TEST_CASE("attention probe: error curve matches the single-window error; span mass", "[decoder]") {
+  const LlamaModel& m = tiny();
+  const auto& c = m.config();
+  const auto ids = tokens(120, 4);
+  SessionOptions so;
+  so.max_context = 120;
+  so.chunk = 32;
+  const HeadMap dense = HeadMap::all_global(c.n_layers, c.n_kv_heads);
+  Session s(m, dense, so);
+  ProbeConfig cfg{16, 4, {60, 90, 119}, 0, false};
+  cfg.curve_windows = {1, 8, 16, 40, 116, 200};
+  cfg.span_begin = 0;
+  cfg.span_end = 1000;  // every key
+  AttentionProbe probe(c, cfg);
+  s.prefill(ids, {}, &probe);
+  const auto err = probe.output_error();
+  const auto curve = probe.error_curve();
+  const auto span = probe.span_mass();
+  REQUIRE(curve.size() == err.size());
+  for (std::size_t i = 0; i < err.size(); ++i) {
+    REQUIRE(curve[i].size() == 6);
+    // The curve is computed by a different loop (growing the window backwards): it must agree at 16.
+    CHECK(std::abs(curve[i][2] - err[i]) < 1e-9 * std::max(1.0, err[i]));
+    CHECK(curve[i][0] > 0.0);
+    CHECK(curve[i][5] == 0.0);  // window past every key: exact
+    CHECK(std::abs(span[i] - 1.0) < 1e-9);
+  }
+  // A span no key falls in has no mass.
+  ProbeConfig none{16, 4, {60}, 0, false};
+  none.span_begin = 100;
+  none.span_end = 110;
+  Session s2(m, dense, so);
+  AttentionProbe p2(c, none);
+  s2.prefill(ids, {}, &p2);
+  for (double x : p2.span_mass()) CHECK(x == 0.0);
+  ProbeConfig bad{16, 4, {60}, 0, false};
+  bad.curve_windows = {16, 8};
+  CHECK_THROWS_AS(AttentionProbe(c, bad), InvalidArgument);
+}
+
+TEST_CASE("window allocation spends the budget where error drops most per page", "[decoder]") {
+  const std::vector<int> windows = {16, 32, 64};
+  // Head 0 gains a lot from 32, head 1 only from 64, head 2 never; head 3 is global and ignored.
+  const std::vector<std::vector<double>> curves = {{1.0, 0.1, 0.1}, {0.5, 0.5, 0.0}, {0.2, 0.2, 0.2}, {}};
+  const std::vector<bool> global = {false, false, false, true};
+  const auto cost = [](std::size_t, int w) { return static_cast<std::int64_t>(w / 16); };
+  // Base: 1 + 1 + 1 = 3 pages. +1 page buys head 0's 0.9; +3 more head 1's 0.5 (looking past its flat step).
+  auto a = allocate_windows(curves, windows, global, 3, cost);
+  CHECK(a.window == std::vector<int>{16, 16, 16, -1});
+  a = allocate_windows(curves, windows, global, 4, cost);
+  CHECK(a.window == std::vector<int>{32, 16, 16, -1});
+  CHECK(a.pages == 4);
+  a = allocate_windows(curves, windows, global, 6, cost);  // head 1's jump to 64 costs 3 pages: no room
+  CHECK(a.window == std::vector<int>{32, 16, 16, -1});
+  a = allocate_windows(curves, windows, global, 7, cost);
+  CHECK(a.window == std::vector<int>{32, 64, 16, -1});
+  CHECK(a.pages == 7);
+  CHECK(std::abs(a.error - 0.3) < 1e-12);
+  a = allocate_windows(curves, windows, global, 100, cost);
+  CHECK(a.window == std::vector<int>{32, 64, 16, -1});  // no gain from growing head 2 or head 0 further
+  CHECK_THROWS_AS(allocate_windows(curves, windows, global, 2, cost), InvalidArgument);
+  CHECK_THROWS_AS(allocate_windows(curves, {32, 16}, global, 10, cost), InvalidArgument);
 }

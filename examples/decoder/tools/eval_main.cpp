@@ -6,7 +6,10 @@
 //                   is the argmax (teacher-forced greedy)
 //   multikey        several named passkeys together at a depth, one of them asked for
 // Maps: dense (reference), the given profiled map, a random map with as many global heads, and all-local; the
-// last two use the profiled map's window and sink.
+// last two give every local head one window: the profiled map's when it has one, else (per-head windows) the
+// widest page-multiple window that keeps the random map within the profiled map's KV at --budget-tokens.
+// With per-head windows a fourth map, "profiled-uniform", keeps the profiled global heads with that uniform
+// window, so the value of the window allocation is measured separately from the head selection.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -23,6 +26,7 @@
 #include "model_path.hpp"
 #include "progress.hpp"
 #include "redknot/error.hpp"
+#include "redknot/kv_head_store.hpp"
 #include "session.hpp"
 #include "thread_env.hpp"
 #include "tokenizer.hpp"
@@ -36,7 +40,8 @@ void usage() {
   std::fprintf(stderr,
                "usage: redknot-eval --head-map profiled.json [--model M.gguf] [--lengths 2048,4096,8192]\n"
                "                    [--tasks teacher,needle,multikey] [--depths 0.1,0.5,0.9] [--keys 4]\n"
-               "                    [--json results.json] [--seed 1] [--extra-maps name=path,...]\n");
+               "                    [--json results.json] [--seed 1] [--extra-maps name=path,...]\n"
+               "                    [--score-from 512] [--budget-tokens 8192]\n");
 }
 
 std::vector<std::string> split(const std::string& s) {
@@ -59,8 +64,45 @@ HeadPolicy first_local(const HeadMap& m) {
   return HeadPolicy{HeadClass::kLocal, 512, 16};
 }
 
-HeadMap random_map(const HeadMap& like, std::uint32_t seed) {
-  const HeadPolicy loc = first_local(like);
+bool uniform_windows(const HeadMap& m) {
+  const HeadPolicy first = first_local(m);
+  for (int l = 0; l < m.num_layers(); ++l)
+    for (int h = 0; h < m.num_kv_heads(); ++h)
+      if (m.policy(l, h).is_local() && m.policy(l, h) != first) return false;
+  return true;
+}
+
+// Pages one sequence of `tokens` holds under `m`, by the store's retention rule.
+std::int64_t map_pages(const HeadMap& m, int head_dim, int tokens) {
+  const ModelShape shape{m.num_layers(), m.num_kv_heads(), m.num_kv_heads(), head_dim, DType::kF32};
+  return KVHeadStore<float, NullAllocator>(shape, m, StoreConfig{16, 1}).pages_per_sequence(tokens);
+}
+
+// `like` with its global heads kept and every local head given `loc`.
+HeadMap with_uniform_local(const HeadMap& like, HeadPolicy loc) {
+  HeadMap m = like;
+  for (int l = 0; l < m.num_layers(); ++l)
+    for (int h = 0; h < m.num_kv_heads(); ++h)
+      if (m.raw(l, h).is_local()) m.set(l, h, loc);
+  return m;
+}
+
+// The local policy the baselines use: the profiled map's own when uniform, else the widest window (a page
+// multiple) at which the same global heads with one window hold no more KV at `tokens` than `like`.
+HeadPolicy baseline_local(const HeadMap& like, int head_dim, int tokens) {
+  const HeadPolicy first = first_local(like);
+  if (uniform_windows(like)) return first;
+  const std::int64_t target = map_pages(like, head_dim, tokens);
+  HeadPolicy best{HeadClass::kLocal, 16, first.sink};
+  for (int w = 16; w <= tokens; w += 16) {
+    const HeadPolicy p{HeadClass::kLocal, w, first.sink};
+    if (map_pages(with_uniform_local(like, p), head_dim, tokens) > target) break;
+    best = p;
+  }
+  return best;
+}
+
+HeadMap random_map(const HeadMap& like, HeadPolicy loc, std::uint32_t seed) {
   const int L = like.num_layers(), H = like.num_kv_heads();
   HeadMap m = HeadMap::uniform(L, H, HeadClass::kLocal, loc.window, loc.sink);
   std::vector<int> idx(static_cast<std::size_t>(L * H));
@@ -166,12 +208,14 @@ int main(int argc, char** argv) {
 
     HeadMap profiled = HeadMap::load(args.get("head-map"));
     profiled.validate_shape(c.n_layers, c.n_kv_heads);
-    const HeadPolicy loc = first_local(profiled);
+    const int budget_tokens = args.get_int("budget-tokens", 8192);
+    const HeadPolicy loc = baseline_local(profiled, c.head_dim, budget_tokens);
     std::vector<NamedMap> maps = {
         {"dense", HeadMap::all_global(c.n_layers, c.n_kv_heads)},
         {"profiled", profiled},
-        {"random", random_map(profiled, seed)},
+        {"random", random_map(profiled, loc, seed)},
         {"all-local", HeadMap::uniform(c.n_layers, c.n_kv_heads, HeadClass::kLocal, loc.window, loc.sink)}};
+    if (!uniform_windows(profiled)) maps.push_back({"profiled-uniform", with_uniform_local(profiled, loc)});
     // Extra maps to compare, "name=path,name=path".
     for (const auto& spec : split(args.get("extra-maps"))) {
       const auto eq = spec.find('=');
@@ -190,8 +234,16 @@ int main(int argc, char** argv) {
     nlohmann::json out;
     out["model"] = c.name;
     out["head_map"] = args.get("head-map");
-    out["window"] = loc.window;
+    out["window"] = loc.window;  // the baselines' window
     out["sink"] = loc.sink;
+    out["per_head_windows"] = !uniform_windows(profiled);
+    const int score_from = args.get_int("score-from", 512);
+    out["score_from"] = score_from;
+    for (const auto& m : maps)
+      out["kv_reduction_at_budget"][m.name] =
+          static_cast<double>(map_pages(maps[0].map, c.head_dim, budget_tokens)) /
+          static_cast<double>(map_pages(m.map, c.head_dim, budget_tokens));
+    out["budget_tokens"] = budget_tokens;
     for (const auto& m : maps) out["global_heads"][m.name] = m.map.count_global_like();
     const auto eval_text = concat_files(evaluation_files(), 0, 40 * 8192);
     const auto filler_text = concat_files(evaluation_files(), 7, 40 * 8192);
@@ -206,7 +258,7 @@ int main(int argc, char** argv) {
                 " tokens, need ", L);
         const std::vector<std::int32_t> ids(text_ids.begin(), text_ids.begin() + L);
         ProgressBar bar("teacher " + key, show);
-        const auto st = teacher_forced(model, maps, ids, loc.window, chunk, bar);
+        const auto st = teacher_forced(model, maps, ids, score_from, chunk, bar);
         bar.finish();
         for (std::size_t m = 0; m < maps.size(); ++m) {
           auto& j = out["teacher"][key][maps[m].name];

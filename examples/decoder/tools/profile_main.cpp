@@ -9,6 +9,15 @@
 // --score output (default): score = output error, what a local head costs the model (docs/fidelity.md shows
 // it picks better maps than the reference score on SmolLM2); --score reference: max(edge mass, prefix shift).
 // The top floor(ratio * L * H) heads (at least one) become global.
+//
+// Two optional stages make the map fit a small model whose long-range reading is spread over many heads:
+//   --retrieval N   N synthetic passkey prompts (calibration filler, not the evaluation's); each head's
+//                   retrieval score is the attention mass on the passkey sentence from the tokens that write
+//                   the answer. --retrieval-heads of the global slots (default: all of them) go to the best
+//                   of these heads, the rest follow the score above.
+//   --kv-reduction R  instead of one window for all local heads, windows are allocated per head (from the
+//                   output error measured at each of --windows) so that one sequence of --budget-tokens holds
+//                   1/R of the dense KV: window_allocation.hpp.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -23,8 +32,10 @@
 #include "heatmap_png.hpp"
 #include "model_path.hpp"
 #include "progress.hpp"
+#include "redknot/kv_head_store.hpp"
 #include "thread_env.hpp"
 #include "tokenizer.hpp"
+#include "window_allocation.hpp"
 
 using namespace redknot;
 using namespace redknot::decoder;
@@ -37,7 +48,9 @@ void usage() {
       "usage: redknot-profile [--model M.gguf] [--out head_map.json] [--heatmap scores.png]\n"
       "                       [--global-ratio 0.15] [--window 512] [--sink 16] [--tokens 2048]\n"
       "                       [--docs 3] [--synthetic 1] [--rows 48] [--chunk-len 256] [--prefix-len 256]\n"
-      "                       [--score output|reference] [--refine N] [--refine-tokens 1024]\n");
+      "                       [--score output|reference] [--refine N] [--refine-tokens 1024]\n"
+      "                       [--retrieval N] [--retrieval-tokens 4096] [--retrieval-heads K]\n"
+      "                       [--kv-reduction R] [--budget-tokens 8192] [--windows 64,128,...]\n");
 }
 
 std::vector<std::int32_t> sample_rows(std::int32_t lo, std::int32_t hi, int n) {
@@ -80,6 +93,53 @@ std::vector<float> log_probs(const LlamaModel& model, const HeadMap& map,
   return out;
 }
 
+std::vector<int> parse_ints(const std::string& s) {
+  std::vector<int> out;
+  std::size_t at = 0;
+  while (at < s.size()) {
+    const std::size_t comma = std::min(s.find(',', at), s.size());
+    out.push_back(std::stoi(s.substr(at, comma - at)));
+    at = comma + 1;
+  }
+  return out;
+}
+
+// A passkey prompt for the retrieval score: token ids of prompt + answer, the passkey sentence's token range
+// and the query rows whose next token is an answer token.
+struct NeedleProbe {
+  std::vector<std::int32_t> ids;
+  std::int32_t span_begin = 0, span_end = 0;
+  std::vector<std::int32_t> rows;
+};
+
+NeedleProbe needle_probe(const Tokenizer& tok, const std::vector<std::int32_t>& filler_ids, int tokens,
+                         double depth, std::uint32_t seed) {
+  const auto shape = needle_case("", depth, seed);
+  const std::string overhead = tok.apply_chat_template(shape.facts + shape.question) + shape.answer_prefix;
+  const auto budget = static_cast<std::size_t>(
+      std::max<std::ptrdiff_t>(64, tokens - std::ssize(tok.encode(overhead)) - std::ssize(shape.answer)));
+  const std::string filler = tok.decode(std::vector<std::int32_t>(
+      filler_ids.begin(),
+      filler_ids.begin() + static_cast<std::ptrdiff_t>(std::min(budget, filler_ids.size()))));
+  const auto rc = needle_case(filler, depth, seed);
+  const std::string text =
+      tok.apply_chat_template(rc.haystack_before + rc.facts + rc.haystack_after + rc.question) +
+      rc.answer_prefix;
+  const std::size_t at = text.find(rc.facts);
+  NeedleProbe p;
+  p.ids = tok.encode(text);
+  // Token boundaries of the facts, give or take the one token BPE may merge across the cut.
+  p.span_begin =
+      static_cast<std::int32_t>(std::max<std::ptrdiff_t>(0, std::ssize(tok.encode(text.substr(0, at))) - 1));
+  p.span_end = static_cast<std::int32_t>(tok.encode(text.substr(0, at + rc.facts.size())).size() + 1);
+  const auto answer = tok.encode(rc.answer, false);
+  const auto prompt_len = static_cast<std::int32_t>(p.ids.size());
+  p.ids.insert(p.ids.end(), answer.begin(), answer.end());
+  for (std::int32_t r = prompt_len - 1; r + 1 < static_cast<std::int32_t>(p.ids.size()); ++r)
+    p.rows.push_back(r);
+  return p;
+}
+
 double mean_kl(const std::vector<float>& ref, const std::vector<float>& x, std::size_t V) {
   double kl = 0;
   for (std::size_t i = 0; i < ref.size(); ++i) kl += std::exp(static_cast<double>(ref[i])) * (ref[i] - x[i]);
@@ -107,6 +167,16 @@ int main(int argc, char** argv) {
     const int n_synth = args.get_int("synthetic", 1), n_rows = args.get_int("rows", 48);
     const int chunk_len = args.get_int("chunk-len", 256), prefix_len = args.get_int("prefix-len", 256);
     const bool show = !args.has("quiet");
+    const int n_retrieval = args.get_int("retrieval", 0);
+    const int retrieval_tokens = args.get_int("retrieval-tokens", 4096);
+    const double kv_reduction = args.get_double("kv-reduction", 0.0);
+    const int budget_tokens = args.get_int("budget-tokens", 8192);
+    const std::vector<int> windows =
+        parse_ints(args.get("windows", "64,128,256,384,512,640,768,896,1024,1280,1536,2048,3072"));
+    if (kv_reduction != 0.0 && kv_reduction < 1.0)
+      throw std::runtime_error(
+          "--kv-reduction must be >= 1 (or 0 for one window for every local head), got " +
+          std::to_string(kv_reduction));
 
     const LlamaModel& model = loaded.model;
     const Tokenizer& tok = loaded.tokenizer;
@@ -125,7 +195,8 @@ int main(int argc, char** argv) {
     const std::string score_kind = args.get("score", "output");
     if (score_kind != "output" && score_kind != "reference")
       throw std::runtime_error("--score must be output or reference");
-    std::vector<double> edge(LH, 0.0), shift(LH, 0.0), oerr(LH, 0.0);
+    std::vector<double> edge(LH, 0.0), shift(LH, 0.0), oerr(LH, 0.0), retrieval(LH, 0.0);
+    std::vector<std::vector<double>> curve(LH, std::vector<double>(windows.size(), 0.0));
     const HeadMap dense = HeadMap::all_global(c.n_layers, c.n_kv_heads);
     SessionOptions so;
     so.chunk = 256;
@@ -139,13 +210,18 @@ int main(int argc, char** argv) {
       {
         so.max_context = n;
         Session s(model, dense, so);
-        AttentionProbe probe(c, ProbeConfig{window, sink, sample_rows(window + sink, n, n_rows), 0, false});
+        ProbeConfig pc{window, sink, sample_rows(window + sink, n, n_rows), 0, false};
+        if (kv_reduction > 0) pc.curve_windows = windows;
+        AttentionProbe probe(c, pc);
         s.prefill(ids, {}, &probe);
         const auto e = probe.edge_mass();
         const auto o = probe.output_error();
+        const auto cv = probe.error_curve();
         for (std::size_t i = 0; i < LH; ++i) {
           edge[i] += e[i] / static_cast<double>(docs.size());
           oerr[i] += o[i] / static_cast<double>(docs.size());
+          for (std::size_t w = 0; w < cv[i].size(); ++w)
+            curve[i][w] += cv[i][w] / static_cast<double>(docs.size());
         }
       }
       bar.update(++step, steps);
@@ -177,6 +253,31 @@ int main(int argc, char** argv) {
       for (std::size_t i = 0; i < LH; ++i) shift[i] += sh[i] / static_cast<double>(docs.size());
     }
     bar.finish();
+
+    // Retrieval score: passkey prompts over calibration filler at spread depths.
+    if (n_retrieval > 0) {
+      const auto filler_ids =
+          tok.encode(concat_files(files, 5, 12 * static_cast<std::size_t>(retrieval_tokens)), false);
+      ProgressBar rbar("retrieval", show);
+      for (int k = 0; k < n_retrieval; ++k) {
+        const double depth = (k + 0.5) / n_retrieval;
+        const auto np =
+            needle_probe(tok, filler_ids, retrieval_tokens, depth, 7000u + static_cast<std::uint32_t>(k));
+        SessionOptions ro;
+        ro.chunk = 256;
+        ro.max_context = static_cast<int>(np.ids.size());
+        Session s(model, dense, ro);
+        ProbeConfig pc{window, sink, np.rows, 0, false};
+        pc.span_begin = np.span_begin;
+        pc.span_end = np.span_end;
+        AttentionProbe probe(c, pc);
+        s.prefill(np.ids, {}, &probe);
+        const auto m = probe.span_mass();
+        for (std::size_t i = 0; i < LH; ++i) retrieval[i] += m[i] / n_retrieval;
+        rbar.update(static_cast<std::size_t>(k + 1), static_cast<std::size_t>(n_retrieval));
+      }
+      rbar.finish();
+    }
 
     std::vector<double> score(LH);
     for (std::size_t i = 0; i < LH; ++i)
@@ -219,12 +320,57 @@ int main(int argc, char** argv) {
         static_cast<std::size_t>(std::max(1.0, std::floor(ratio * static_cast<double>(LH) + 1e-9)));
     HeadMap map = HeadMap::uniform(c.n_layers, c.n_kv_heads, HeadClass::kLocal, window, sink);
     std::vector<bool> is_global(LH, false);
-    for (std::size_t k = 0; k < n_global && k < LH; ++k) {
-      const std::size_t i = order[k];
-      is_global[i] = true;
-      map.set(static_cast<int>(i / c.n_kv_heads), static_cast<int>(i % c.n_kv_heads),
-              HeadPolicy{HeadClass::kGlobal});
+    std::size_t chosen = 0;
+    // The retrieval heads first, then the score order.
+    const auto n_by_retrieval = static_cast<std::size_t>(
+        n_retrieval > 0 ? std::clamp(args.get_int("retrieval-heads", static_cast<int>(n_global)), 0,
+                                     static_cast<int>(n_global))
+                        : 0);
+    std::vector<std::size_t> by_retrieval(LH);
+    std::iota(by_retrieval.begin(), by_retrieval.end(), 0);
+    std::stable_sort(by_retrieval.begin(), by_retrieval.end(),
+                     [&](auto a, auto b) { return retrieval[a] > retrieval[b]; });
+    for (std::size_t k = 0; k < n_by_retrieval; ++k, ++chosen) is_global[by_retrieval[k]] = true;
+    for (std::size_t k = 0; chosen < std::min(n_global, LH) && k < LH; ++k)
+      if (!is_global[order[k]]) {
+        is_global[order[k]] = true;
+        ++chosen;
+      }
+    for (std::size_t i = 0; i < LH; ++i)
+      if (is_global[i])
+        map.set(static_cast<int>(i / c.n_kv_heads), static_cast<int>(i % c.n_kv_heads),
+                HeadPolicy{HeadClass::kGlobal});
+
+    // Page accounting by the store's own retention rule, at the budget's context length.
+    const ModelShape shape{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, DType::kF32};
+    const KVHeadStore<float, NullAllocator> accounting(shape, map, StoreConfig{16, 1});
+    const auto pages_of = [&](const HeadPolicy& p) { return accounting.head_pages(p, budget_tokens); };
+    std::vector<int> head_window(LH, -1);
+    if (kv_reduction > 0) {
+      const std::int64_t dense_pages =
+          static_cast<std::int64_t>(LH) * pages_of(HeadPolicy{HeadClass::kGlobal});
+      const auto budget =
+          static_cast<std::int64_t>(std::floor(static_cast<double>(dense_pages) / kv_reduction)) -
+          static_cast<std::int64_t>(chosen) * pages_of(HeadPolicy{HeadClass::kGlobal});
+      const auto alloc = allocate_windows(curve, windows, is_global, budget, [&](std::size_t, int w) {
+        return pages_of(HeadPolicy{HeadClass::kLocal, w, sink});
+      });
+      for (std::size_t i = 0; i < LH; ++i)
+        if (!is_global[i]) {
+          head_window[i] = alloc.window[i];
+          map.set(static_cast<int>(i / c.n_kv_heads), static_cast<int>(i % c.n_kv_heads),
+                  HeadPolicy{HeadClass::kLocal, alloc.window[i], sink});
+        }
+    } else {
+      for (std::size_t i = 0; i < LH; ++i)
+        if (!is_global[i]) head_window[i] = window;
     }
+    std::int64_t map_pages = 0;
+    for (int l = 0; l < c.n_layers; ++l)
+      for (int h = 0; h < c.n_kv_heads; ++h) map_pages += pages_of(map.policy(l, h));
+    const double reduction =
+        static_cast<double>(static_cast<std::int64_t>(LH) * pages_of(HeadPolicy{HeadClass::kGlobal})) /
+        static_cast<double>(map_pages);
     map.save(out);
 
     nlohmann::json js;
@@ -233,13 +379,17 @@ int main(int argc, char** argv) {
                     " --global-ratio " + std::to_string(ratio) + " --window " + std::to_string(window) +
                     " --sink " + std::to_string(sink) + " --tokens " + std::to_string(T) + " --docs " +
                     std::to_string(n_docs) + " --synthetic " + std::to_string(n_synth) + " --rows " +
-                    std::to_string(n_rows);
+                    std::to_string(n_rows) + " --retrieval " + std::to_string(n_retrieval) +
+                    " --retrieval-heads " + std::to_string(n_by_retrieval) + " --kv-reduction " +
+                    std::to_string(kv_reduction) + " --budget-tokens " + std::to_string(budget_tokens);
     js["calibration_files"] =
         files.size() > 12 ? std::vector<std::string>(files.begin(), files.begin() + 12) : files;
     js["documents"] = docs.size();
     js["tokens_per_document"] = T;
     js["cutoff_score"] = score[order[std::min(n_global, LH) - 1]];
-    js["realized_global_ratio"] = static_cast<double>(n_global) / static_cast<double>(LH);
+    js["realized_global_ratio"] = static_cast<double>(chosen) / static_cast<double>(LH);
+    js["kv_reduction_at_budget_tokens"] = reduction;
+    js["budget_tokens"] = budget_tokens;
     auto grid = [&](const std::vector<double>& v) {
       nlohmann::json g = nlohmann::json::array();
       for (int l = 0; l < c.n_layers; ++l)
@@ -253,11 +403,20 @@ int main(int argc, char** argv) {
     js["refine"] = refine;
     js["ablation_kl"] = grid(ablation);
     js["score"] = grid(score);
+    js["retrieval_mass"] = grid(retrieval);
+    std::vector<double> wgrid(head_window.begin(), head_window.end());
+    js["window"] = grid(wgrid);
+    if (kv_reduction > 0) {
+      js["curve_windows"] = windows;
+      js["error_curve"] = curve;
+    }
     std::ofstream(scores_path) << js.dump(1) << "\n";
 
-    // Heatmap: rows are layers; four panels (edge mass | prefix shift | output error | score or refined KL),
+    // Heatmap: rows are layers; six panels (edge mass | prefix shift | output error | score or refined KL |
+    // retrieval mass | window, global heads as the widest),
     // each scaled to its own max, separated by a blank column; global heads framed in white.
-    const int H = c.n_kv_heads, cols = 4 * H + 3;
+    constexpr int kPanels = 6;
+    const int H = c.n_kv_heads, cols = kPanels * H + kPanels - 1;
     std::vector<float> cells(static_cast<std::size_t>(c.n_layers) * cols, 0.f);
     std::vector<bool> marks(cells.size(), false);
     // With --refine the last panel shows the measured KL (unmeasured heads 0): the combined score would only
@@ -265,8 +424,11 @@ int main(int argc, char** argv) {
     std::vector<double> last = score;
     if (refine > 0)
       for (std::size_t i = 0; i < LH; ++i) last[i] = std::max(ablation[i], 0.0);
-    const std::vector<double>* panels[4] = {&edge, &shift, &oerr, &last};
-    for (int p = 0; p < 4; ++p) {
+    std::vector<double> wpanel(LH, 0.0);  // global heads shown as the largest window
+    const double wmax = std::max<double>(window, *std::max_element(head_window.begin(), head_window.end()));
+    for (std::size_t i = 0; i < LH; ++i) wpanel[i] = is_global[i] ? wmax : head_window[i];
+    const std::vector<double>* panels[kPanels] = {&edge, &shift, &oerr, &last, &retrieval, &wpanel};
+    for (int p = 0; p < kPanels; ++p) {
       const double mx = std::max(1e-9, *std::max_element(panels[p]->begin(), panels[p]->end()));
       for (int l = 0; l < c.n_layers; ++l)
         for (int h = 0; h < H; ++h) {
@@ -278,8 +440,11 @@ int main(int argc, char** argv) {
     }
     write_heatmap_png(heatmap, cells, c.n_layers, cols, 24, 14, marks);
 
-    std::printf("%zu of %zu heads global (%.1f%%), cutoff score %.4f\n", n_global, LH,
-                100.0 * static_cast<double>(n_global) / static_cast<double>(LH), score[order[n_global - 1]]);
+    std::printf(
+        "%zu of %zu heads global (%.1f%%, %zu by retrieval score), KV %.2fx smaller than dense at %d "
+        "tokens\n",
+        chosen, LH, 100.0 * static_cast<double>(chosen) / static_cast<double>(LH), n_by_retrieval, reduction,
+        budget_tokens);
     std::printf("head map  %s\nscores    %s\nheatmap   %s\n", out.c_str(), scores_path.c_str(),
                 heatmap.c_str());
     return 0;
