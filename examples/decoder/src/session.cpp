@@ -7,6 +7,7 @@
 
 #include "redknot/cpu_attention.hpp"
 #include "redknot/error.hpp"
+#include "redknot/pool_sizing.hpp"
 
 namespace redknot::decoder {
 
@@ -31,22 +32,6 @@ void rms_norm(const float* x, const std::vector<float>& w, float* y, int n, int 
 
 }  // namespace
 
-std::int32_t pages_needed(const HeadMap& map, int max_context, int chunk, int page_size) {
-  std::int64_t pages = 0;
-  const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
-  for (int l = 0; l < map.num_layers(); ++l)
-    for (int h = 0; h < map.num_kv_heads(); ++h) {
-      const HeadPolicy p = map.policy(l, h);
-      // A local head holds its sink, the window of the earliest query of a chunk and the chunk itself, each
-      // possibly straddling one extra page; never more than a global head would.
-      std::int64_t need = ceil_div(max_context, page_size) + 1;
-      if (p.is_local())
-        need = std::min(need, ceil_div(p.sink, page_size) + ceil_div(p.window + chunk, page_size) + 3);
-      pages += need;
-    }
-  return static_cast<std::int32_t>(pages);
-}
-
 std::int32_t argmax(std::span<const float> logits) {
   return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
@@ -56,7 +41,9 @@ Session::Session(const LlamaModel& model, HeadMap map, SessionOptions opt) : mod
   require(opt_.chunk > 0 && opt_.max_context > 0, "session: chunk and max_context must be > 0");
   map.validate_shape(c.n_layers, c.n_kv_heads);
   const ModelShape shape{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, DType::kF32};
-  const std::int32_t pages = pages_needed(map, opt_.max_context, opt_.chunk, opt_.page_size);
+  // The peak of a chunked prefill (sink + window of a chunk's first query + the chunk, per local head).
+  const auto pages =
+      static_cast<std::int32_t>(peak_sequence_pages(map, opt_.page_size, opt_.max_context, opt_.chunk));
   store_ = std::make_unique<Store>(shape, std::move(map), StoreConfig{opt_.page_size, pages});
   plans_.resize(static_cast<std::size_t>(c.n_layers));
   seq_ = store_->create_sequence();
@@ -92,6 +79,9 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
   const LlamaConfig& c = model_.config();
   const int n = static_cast<int>(tokens.size());
   require(n > 0, "forward: no tokens");
+  require(n <= opt_.chunk, "forward: ", n,
+          " tokens in one call, more than SessionOptions::chunk=", opt_.chunk,
+          " (the pool is sized for chunks of at most that many)");
   require(pos_ + n <= opt_.max_context, "forward: ", pos_ + n,
           " positions exceed max_context=", opt_.max_context);
   const int d = c.d_model, kvd = c.n_kv_heads * c.head_dim;

@@ -71,9 +71,6 @@ class Session {
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
 };
 
-// Pages a store needs for one sequence of `max_context` tokens under `map`, appended in chunks of `chunk`.
-std::int32_t pages_needed(const HeadMap& map, int max_context, int chunk, int page_size);
-
 std::int32_t argmax(std::span<const float> logits);
 
 }  // namespace redknot::decoder

@@ -2,6 +2,7 @@
 // redknot mode with an all-global head map computes exactly what dense mode computes.
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_floating_point.hpp>
+#include <catch2/matchers/catch_matchers_string.hpp>
 
 #include <cmath>
 #include <cstring>
@@ -175,4 +176,14 @@ TEST_CASE("chunked prefill matches one-shot prefill", "[decoder]") {
   float err = 0.f;
   for (std::size_t i = 0; i < a.size(); ++i) err = std::max(err, std::fabs(a[i] - b[i]));
   CHECK(err < 1e-3f);
+  // A call larger than the chunk the pool was sized for is refused up front, naming both numbers.
+  SessionOptions so;
+  so.max_context = 96;
+  so.chunk = 8;
+  Session s(m, dense, so);
+  std::vector<float> logits;
+  CHECK_THROWS_WITH(
+      s.forward(std::span<const std::int32_t>(toks).first(9), false, logits),
+      Catch::Matchers::ContainsSubstring("9 tokens") && Catch::Matchers::ContainsSubstring("chunk=8"));
+  CHECK(s.position() == 0);
 }
