@@ -119,6 +119,11 @@ RK_API int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t
 /* Serialises to JSON. Writes at most buf_size bytes including the NUL; *len_out (optional) receives the full
  * length without the NUL. buf may be NULL with buf_size 0 to query the length. A buffer that is too small is
  * RK_ERR_INVALID_ARGUMENT and nothing is written. */
+/* Pages to reserve per sequence so that num_tokens positions appended in chunks of at most `chunk` positions
+ * (decode: 1) never exhaust the pool: the peak of a chunked prefill, per head sink + window + chunk, bounded
+ * by every page of the context (redknot/pool_sizing.hpp). */
+RK_API int rk_head_map_peak_sequence_pages(const rk_head_map* map, int32_t page_size, int64_t num_tokens,
+                                           int64_t chunk, int64_t* out);
 RK_API int rk_head_map_to_json(const rk_head_map* map, int32_t indent, char* buf, size_t buf_size,
                                size_t* len_out);
 

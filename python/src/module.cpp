@@ -17,6 +17,7 @@
 #include "redknot/any_store.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/pool_sizing.hpp"
 #include "redknot/version.hpp"
 
 namespace py = pybind11;
@@ -250,6 +251,13 @@ PYBIND11_MODULE(_redknot, m) {
       .def("count_local", &HeadMap::count_local)
       .def("count_global_like", &HeadMap::count_global_like)
       .def("global_ratio", &HeadMap::global_ratio)
+      .def(
+          "peak_sequence_pages",
+          [](const HeadMap& m, int page_size, std::int64_t num_tokens, std::int64_t chunk) {
+            return peak_sequence_pages(m, page_size, num_tokens, chunk);
+          },
+          py::arg("page_size"), py::arg("num_tokens"), py::arg("chunk"),
+          "Pages to reserve per sequence for num_tokens positions appended in chunks of at most `chunk`.")
       .def("validate", &HeadMap::validate)
       .def("__eq__", [](const HeadMap& a, const HeadMap& b) { return a == b; })
       .def("__copy__", [](const HeadMap& h) { return HeadMap(h); })

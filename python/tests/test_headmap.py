@@ -79,3 +79,13 @@ def test_bad_builder_args():
         m.policy(5, 0)
     with pytest.raises(ValueError, match="window=0"):
         m.set(0, 0, "local", window=0)
+
+
+def test_peak_sequence_pages_sizes_a_chunked_prefill():
+    m = redknot.HeadMap.uniform(2, 2, "local", window=6, sink=2)
+    m.set(0, 0, "global")
+    # global: all 7 pages of 100 tokens; each local head: 1 sink page + ceil(36/16) + 1 = 5
+    assert m.peak_sequence_pages(16, 100, 32) == 7 + 3 * 5
+    assert m.peak_sequence_pages(16, 100, 1) == 7 + 3 * (1 + 1 + 1)
+    with pytest.raises(ValueError, match="chunk=0"):
+        m.peak_sequence_pages(16, 100, 0)

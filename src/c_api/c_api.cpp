@@ -19,6 +19,7 @@
 #include "redknot/any_store.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/pool_sizing.hpp"
 #include "redknot/version.hpp"
 
 struct rk_head_map {
@@ -214,6 +215,15 @@ int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t kv_hea
     require_out(out, "rk_head_map_get_policy", "out");
     const redknot::HeadPolicy p = m.policy(layer, kv_head);
     *out = rk_head_policy{static_cast<int32_t>(p.cls), p.is_local() ? p.window : -1, p.sink};
+  });
+}
+
+int rk_head_map_peak_sequence_pages(const rk_head_map* map, int32_t page_size, int64_t num_tokens,
+                                    int64_t chunk, int64_t* out) {
+  return guard([&] {
+    const redknot::HeadMap& m = map_of(map, "rk_head_map_peak_sequence_pages");
+    require_out(out, "rk_head_map_peak_sequence_pages", "out");
+    *out = redknot::peak_sequence_pages(m, page_size, num_tokens, chunk);
   });
 }
 

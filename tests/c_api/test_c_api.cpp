@@ -112,6 +112,15 @@ TEST_CASE("head maps: JSON in and out, policies, errors") {
   CHECK(rk_head_map_get_policy(map, 2, 0, &p) == RK_ERR_INVALID_ARGUMENT);
   CHECK(contains(rk_last_error(), "layer=2"));
 
+  // Pool sizing: 2 global heads hold all 7 pages of 100 tokens; the local heads (window 6 sink 2, window 5
+  // sink 4) with chunks of 32 hold 1 + ceil(36/16) + 1 = 5 and 1 + ceil(35/16) + 1 = 5 pages.
+  std::int64_t peak = 0;
+  REQUIRE(rk_head_map_peak_sequence_pages(map, 16, 100, 32, &peak) == RK_OK);
+  CHECK(peak == 7 + 7 + 5 + 5);
+  CHECK(rk_head_map_peak_sequence_pages(map, 16, 100, 0, &peak) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "chunk=0"));
+  CHECK(rk_head_map_peak_sequence_pages(map, 16, 100, 32, nullptr) == RK_ERR_INVALID_ARGUMENT);
+
   size_t len = 0;
   REQUIRE(rk_head_map_to_json(map, 2, nullptr, 0, &len) == RK_OK);
   std::string buf(len + 1, '\0');
