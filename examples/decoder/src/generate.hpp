@@ -17,9 +17,14 @@ struct GenerateOptions {
   std::string mode = "redknot";  // "dense" (every head global) or "redknot" (head_map_path)
   std::string head_map_path;     // redknot mode; empty: the map must be given to generate() directly
   int max_new = 64;
-  bool chat = true;        // wrap the prompt in the model's chat template
-  bool progress = true;    // progress bar on stderr during prefill
-  SessionOptions session;  // max_context 0: prompt + max_new
+  bool chat = true;      // wrap the prompt in the model's chat template
+  bool progress = true;  // progress bar on stderr during prefill
+  // max_context 0 (the default here): sized to prompt + max_new, so the pool holds no more than needed.
+  SessionOptions session = [] {
+    SessionOptions so;
+    so.max_context = 0;
+    return so;
+  }();
 };
 
 struct GenerateResult {

@@ -33,14 +33,16 @@ int main(int argc, char** argv) {
     const CliArgs args(argc, argv, {"help"});
     if (args.has("help") || !args.has("head-map")) {
       std::fprintf(stderr,
-                   "usage: redknot-demo --head-map map.json [--model M.gguf] [--tokens 4096] [--depth 0.3]\n"
+                   "usage: redknot-demo --head-map map.json [--model M.gguf] [--tokens 8128] [--depth 0.3]\n"
                    "                    [--prompt-file F] [--max-new 32]\n");
       return args.has("help") ? 0 : 1;
     }
     const LoadedModel loaded = load_model(args.get("model", ""));
     const LlamaModel& model = loaded.model;
     const Tokenizer& tok = loaded.tokenizer;
-    const int target = args.get_int("tokens", 4096);
+    // Default: as long as the model allows (SmolLM2: 8192) with room for the answer: the KV budget of the
+    // shipped map is set at 8K, where the reduction is largest.
+    const int target = args.get_int("tokens", 8128);
 
     std::string user, primer;
     if (args.has("prompt-file")) {
@@ -49,7 +51,11 @@ int main(int argc, char** argv) {
       const auto filler_ids =
           tok.encode(concat_files(evaluation_files(), 3, 40 * static_cast<std::size_t>(target)), false);
       const auto probe = needle_case("", 0.3, 42);
-      const std::size_t overhead = tok.encode(tok.apply_chat_template(probe.facts + probe.question)).size();
+      // --tokens is the whole prompt: chat template, passkey sentence, question and primer included.
+      const std::size_t overhead =
+          tok.encode(tok.apply_chat_template(probe.facts + probe.question) + probe.answer_prefix).size();
+      require(static_cast<std::size_t>(target) > overhead + 64, "--tokens=", target,
+              " leaves no room for filler (", overhead, " tokens of template, passkey and question)");
       const std::size_t budget = std::min(filler_ids.size(), static_cast<std::size_t>(target) - overhead);
       const auto rc =
           needle_case(tok.decode(std::vector<std::int32_t>(
@@ -67,6 +73,9 @@ int main(int argc, char** argv) {
 
     GenerateOptions go;
     go.max_new = args.get_int("max-new", 32);
+    const int ctx = model.config().context_length;
+    require(ctx <= 0 || static_cast<int>(prompt.size()) + go.max_new <= ctx, "prompt of ", prompt.size(),
+            " tokens + --max-new=", go.max_new, " exceeds the model's context length ", ctx);
     go.session.chunk = args.get_int("chunk", 256);
     const LlamaConfig& c = model.config();
     std::printf("running dense...\n");
