@@ -3,7 +3,8 @@
 # with redknot's head-aware cache (the profiled head map shipped in examples/decoder/head_maps), and prints
 # TTFT, decode speed, KV bytes, agreement and both outputs side by side.
 #
-#   scripts/demo.sh [redknot-demo options]     e.g. --tokens 8192 --depth 0.5 --max-new 24
+#   scripts/demo.sh [redknot-demo options]     e.g. --tokens 4096 --depth 0.5 --max-new 24 (default: 8128
+#                                              tokens, about 2 minutes on 2 cores)
 #   scripts/demo.sh --capacity [options]       the capacity demo (benchmarks/capacity_demo.cpp) instead
 #
 # Fresh machine: installs dependencies, downloads the model (scripts/get-model.sh), builds, and profiles the
@@ -35,9 +36,9 @@ if [[ ! -f "$MAP" ]]; then
   build redknot-profile
   MAP="$REDKNOT_ROOT/$BUILD_DIR/smollm2-135m.json"
   section "profiling heads (no shipped head map)"
-  "$TOOLS/redknot-profile" --model "$MODEL" --out "$MAP" --score output --refine 45 --refine-tokens 1024 \
-    --global-ratio 0.15 --window 512 \
-    --sink 16 --tokens 2048 --docs 3 --synthetic 1 --rows 48
+  "$TOOLS/redknot-profile" --model "$MODEL" --out "$MAP" --global-ratio 0.09 --window 512 --sink 16 \
+    --tokens 4096 --docs 3 --synthetic 1 --rows 48 --retrieval 4 --retrieval-tokens 4096 \
+    --kv-reduction 4.05 --budget-tokens 8192
 fi
 
 section "redknot-demo: dense vs redknot ($(basename "$MAP"))"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full fidelity evaluation behind docs/fidelity.md: teacher-forced agreement/KL at 2K/4K/8K tokens and
 # needle / multi-key retrieval, dense vs the shipped profiled map, a random map and the all-local map.
-# Takes about 45 minutes on 2 cores (dense attention at 8K dominates); results land in $OUT (JSON) and a
+# Takes about 35 minutes on 2 cores (dense attention at 8K dominates); results land in $OUT (JSON) and a
 # markdown summary is printed.
 #
 #   examples/decoder/eval/run_fidelity.sh [build-dir] [out-dir]
