@@ -331,9 +331,11 @@ int main(int argc, char** argv) {
     std::stable_sort(by_retrieval.begin(), by_retrieval.end(),
                      [&](auto a, auto b) { return retrieval[a] > retrieval[b]; });
     for (std::size_t k = 0; k < n_by_retrieval; ++k, ++chosen) is_global[by_retrieval[k]] = true;
+    double score_cutoff = -1;  // lowest score among the heads the score order made global
     for (std::size_t k = 0; chosen < std::min(n_global, LH) && k < LH; ++k)
       if (!is_global[order[k]]) {
         is_global[order[k]] = true;
+        score_cutoff = score[order[k]];
         ++chosen;
       }
     for (std::size_t i = 0; i < LH; ++i)
@@ -386,7 +388,9 @@ int main(int argc, char** argv) {
         files.size() > 12 ? std::vector<std::string>(files.begin(), files.begin() + 12) : files;
     js["documents"] = docs.size();
     js["tokens_per_document"] = T;
-    js["cutoff_score"] = score[order[std::min(n_global, LH) - 1]];
+    // The lowest score that made a head global, for the ranking(s) that filled the global slots.
+    if (score_cutoff >= 0) js["cutoff_score"] = score_cutoff;
+    if (n_by_retrieval > 0) js["cutoff_retrieval_mass"] = retrieval[by_retrieval[n_by_retrieval - 1]];
     js["realized_global_ratio"] = static_cast<double>(chosen) / static_cast<double>(LH);
     js["kv_reduction_at_budget_tokens"] = reduction;
     js["budget_tokens"] = budget_tokens;
