@@ -88,3 +88,20 @@ TEST_CASE("pool sizing: global heads need every page; bad arguments are named", 
   CHECK_THROWS_AS(peak_head_pages(global, 16, -1, 1), InvalidArgument);
   CHECK_THROWS_AS(peak_head_pages(global, 16, 10, 0), InvalidArgument);
 }
+
+TEST_CASE("steady-state pages without a store equal the store's pages_per_sequence", "[store][capacity]") {
+  const ModelShape shape{4, 4, 2, 8, DType::kF32};
+  HeadMap map = HeadMap::uniform(4, 2, HeadClass::kLocal, 37, 5);
+  map.set(1, 0, HeadPolicy{HeadClass::kGlobal});
+  map.set(2, 1, HeadPolicy{HeadClass::kLocal, 300, 0});
+  map.set(3, 0, HeadPolicy{HeadClass::kLocal, 1, 64});
+  for (const int page : {4, 16}) {
+    const KVHeadStore<float, NullAllocator> store(shape, map, StoreConfig{page, 1});
+    for (const std::int64_t n : {0, 1, 5, 37, 64, 65, 301, 1000}) {
+      INFO("page " << page << " tokens " << n);
+      CHECK(steady_sequence_pages(map, page, n) == store.pages_per_sequence(n));
+      CHECK(steady_sequence_pages(map, page, n) <= peak_sequence_pages(map, page, n, 1));
+    }
+  }
+  CHECK_THROWS_AS(steady_head_pages(HeadPolicy{HeadClass::kGlobal}, 0, 10), InvalidArgument);
+}

@@ -33,6 +33,7 @@
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
 #include "redknot/policies.hpp"
+#include "redknot/pool_sizing.hpp"
 
 namespace redknot {
 
@@ -302,16 +303,7 @@ class KVHeadStore {
 
   // Pages a single head holds for a sequence of num_tokens tokens at steady state.
   std::int64_t head_pages(const HeadPolicy& p, std::int64_t num_tokens) const {
-    const std::int64_t ps = cfg_.page_size;
-    if (num_tokens <= 0) return 0;
-    const std::int64_t last_page = (num_tokens - 1) / ps;
-    const std::int64_t se = std::min(retention_.sink_end(p), num_tokens);
-    const std::int64_t wb = std::max<std::int64_t>(0, retention_.window_begin(p, num_tokens - 1));
-    const std::int64_t win_first = std::min(wb / ps, last_page + 1);
-    const std::int64_t sink_pages = se > 0 ? (se - 1) / ps + 1 : 0;  // pages [0, sink_pages)
-    const std::int64_t window_pages = last_page - win_first + 1;     // pages [win_first, last_page]
-    const std::int64_t overlap = std::max<std::int64_t>(0, sink_pages - win_first);
-    return sink_pages + window_pages - overlap;
+    return steady_head_pages(p, cfg_.page_size, num_tokens, retention_);
   }
 
  private:

@@ -16,6 +16,37 @@
 
 namespace redknot {
 
+// Pages one (sequence, layer, kv_head) holds after positions [0, num_tokens) were appended and the query at
+// num_tokens - 1 ran alone: the steady state of decoding, by the page-granular retention rule.
+// KVHeadStore::pages_per_sequence() sums this over its heads.
+template <RetentionPolicy Retention = CanonicalRetention>
+std::int64_t steady_head_pages(const HeadPolicy& p, int page_size, std::int64_t num_tokens,
+                               const Retention& retention = {}) {
+  require(page_size > 0, "steady_head_pages: page_size=", page_size, " must be > 0");
+  require(num_tokens >= 0, "steady_head_pages: num_tokens=", num_tokens, " must be >= 0");
+  const std::int64_t ps = page_size;
+  if (num_tokens == 0) return 0;
+  const std::int64_t last_page = (num_tokens - 1) / ps;
+  const std::int64_t se = std::min(retention.sink_end(p), num_tokens);
+  const std::int64_t wb = std::max<std::int64_t>(0, retention.window_begin(p, num_tokens - 1));
+  const std::int64_t win_first = std::min(wb / ps, last_page + 1);
+  const std::int64_t sink_pages = se > 0 ? (se - 1) / ps + 1 : 0;  // pages [0, sink_pages)
+  const std::int64_t window_pages = last_page - win_first + 1;     // pages [win_first, last_page]
+  const std::int64_t overlap = std::max<std::int64_t>(0, sink_pages - win_first);
+  return sink_pages + window_pages - overlap;
+}
+
+// Sum of steady_head_pages() over every (layer, kv_head) of `map`.
+template <RetentionPolicy Retention = CanonicalRetention>
+std::int64_t steady_sequence_pages(const HeadMap& map, int page_size, std::int64_t num_tokens,
+                                   const Retention& retention = {}) {
+  std::int64_t total = 0;
+  for (int l = 0; l < map.num_layers(); ++l)
+    for (int h = 0; h < map.num_kv_heads(); ++h)
+      total += steady_head_pages(map.policy(l, h), page_size, num_tokens, retention);
+  return total;
+}
+
 // Upper bound on the pages one (sequence, layer, kv_head) holds at any moment while positions
 // [0, num_tokens) are appended in chunks of at most `chunk` positions (decode: chunk 1).
 template <RetentionPolicy Retention = CanonicalRetention>

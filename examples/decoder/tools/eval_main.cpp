@@ -26,7 +26,7 @@
 #include "model_path.hpp"
 #include "progress.hpp"
 #include "redknot/error.hpp"
-#include "redknot/kv_head_store.hpp"
+#include "redknot/pool_sizing.hpp"
 #include "session.hpp"
 #include "thread_env.hpp"
 #include "tokenizer.hpp"
@@ -73,10 +73,7 @@ bool uniform_windows(const HeadMap& m) {
 }
 
 // Pages one sequence of `tokens` holds under `m`, by the store's retention rule.
-std::int64_t map_pages(const HeadMap& m, int head_dim, int tokens) {
-  const ModelShape shape{m.num_layers(), m.num_kv_heads(), m.num_kv_heads(), head_dim, DType::kF32};
-  return KVHeadStore<float, NullAllocator>(shape, m, StoreConfig{16, 1}).pages_per_sequence(tokens);
-}
+std::int64_t map_pages(const HeadMap& m, int tokens) { return steady_sequence_pages(m, 16, tokens); }
 
 // `like` with its global heads kept and every local head given `loc`.
 HeadMap with_uniform_local(const HeadMap& like, HeadPolicy loc) {
@@ -89,14 +86,14 @@ HeadMap with_uniform_local(const HeadMap& like, HeadPolicy loc) {
 
 // The local policy the baselines use: the profiled map's own when uniform, else the widest window (a page
 // multiple) at which the same global heads with one window hold no more KV at `tokens` than `like`.
-HeadPolicy baseline_local(const HeadMap& like, int head_dim, int tokens) {
+HeadPolicy baseline_local(const HeadMap& like, int tokens) {
   const HeadPolicy first = first_local(like);
   if (uniform_windows(like)) return first;
-  const std::int64_t target = map_pages(like, head_dim, tokens);
+  const std::int64_t target = map_pages(like, tokens);
   HeadPolicy best{HeadClass::kLocal, 16, first.sink};
   for (int w = 16; w <= tokens; w += 16) {
     const HeadPolicy p{HeadClass::kLocal, w, first.sink};
-    if (map_pages(with_uniform_local(like, p), head_dim, tokens) > target) break;
+    if (map_pages(with_uniform_local(like, p), tokens) > target) break;
     best = p;
   }
   return best;
@@ -209,7 +206,7 @@ int main(int argc, char** argv) {
     HeadMap profiled = HeadMap::load(args.get("head-map"));
     profiled.validate_shape(c.n_layers, c.n_kv_heads);
     const int budget_tokens = args.get_int("budget-tokens", 8192);
-    const HeadPolicy loc = baseline_local(profiled, c.head_dim, budget_tokens);
+    const HeadPolicy loc = baseline_local(profiled, budget_tokens);
     std::vector<NamedMap> maps = {
         {"dense", HeadMap::all_global(c.n_layers, c.n_kv_heads)},
         {"profiled", profiled},
@@ -240,9 +237,8 @@ int main(int argc, char** argv) {
     const int score_from = args.get_int("score-from", 512);
     out["score_from"] = score_from;
     for (const auto& m : maps)
-      out["kv_reduction_at_budget"][m.name] =
-          static_cast<double>(map_pages(maps[0].map, c.head_dim, budget_tokens)) /
-          static_cast<double>(map_pages(m.map, c.head_dim, budget_tokens));
+      out["kv_reduction_at_budget"][m.name] = static_cast<double>(map_pages(maps[0].map, budget_tokens)) /
+                                              static_cast<double>(map_pages(m.map, budget_tokens));
     out["budget_tokens"] = budget_tokens;
     for (const auto& m : maps) out["global_heads"][m.name] = m.map.count_global_like();
     const auto eval_text = concat_files(evaluation_files(), 0, 40 * 8192);

@@ -32,7 +32,7 @@
 #include "heatmap_png.hpp"
 #include "model_path.hpp"
 #include "progress.hpp"
-#include "redknot/kv_head_store.hpp"
+#include "redknot/pool_sizing.hpp"
 #include "thread_env.hpp"
 #include "tokenizer.hpp"
 #include "window_allocation.hpp"
@@ -343,10 +343,8 @@ int main(int argc, char** argv) {
         map.set(static_cast<int>(i / c.n_kv_heads), static_cast<int>(i % c.n_kv_heads),
                 HeadPolicy{HeadClass::kGlobal});
 
-    // Page accounting by the store's own retention rule, at the budget's context length.
-    const ModelShape shape{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, DType::kF32};
-    const KVHeadStore<float, NullAllocator> accounting(shape, map, StoreConfig{16, 1});
-    const auto pages_of = [&](const HeadPolicy& p) { return accounting.head_pages(p, budget_tokens); };
+    // Page accounting by the store's own retention rule (pool_sizing.hpp), at the budget's context length.
+    const auto pages_of = [&](const HeadPolicy& p) { return steady_head_pages(p, 16, budget_tokens); };
     std::vector<int> head_window(LH, -1);
     if (kv_reduction > 0) {
       const std::int64_t dense_pages =
@@ -367,9 +365,7 @@ int main(int argc, char** argv) {
       for (std::size_t i = 0; i < LH; ++i)
         if (!is_global[i]) head_window[i] = window;
     }
-    std::int64_t map_pages = 0;
-    for (int l = 0; l < c.n_layers; ++l)
-      for (int h = 0; h < c.n_kv_heads; ++h) map_pages += pages_of(map.policy(l, h));
+    const std::int64_t map_pages = steady_sequence_pages(map, 16, budget_tokens);
     const double reduction =
         static_cast<double>(static_cast<std::int64_t>(LH) * pages_of(HeadPolicy{HeadClass::kGlobal})) /
         static_cast<double>(map_pages);
