@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -96,9 +97,26 @@ struct Snapshot {
   }
 };
 
-// The plan's view of every slot must equal the store's tables entry for entry.
+// The plan's view of every slot must equal the store's tables entry for entry, and the last update must have
+// written only inside the regions of the batch's slots (a write elsewhere corrupts another sequence's
+// entries, which the entry comparison sees only once that sequence is planned again).
 template <class Store>
 void check_plan_mirrors_store(const AttentionPlan& plan, const Store& store) {
+  std::vector<std::pair<std::int32_t, std::int32_t>> regions;  // [begin, end) of every slot's regions
+  for (const PlanSlot& s : plan.slots()) {
+    if (s.sink_cap > 0) regions.emplace_back(s.sink_offset, s.sink_offset + s.sink_cap);
+    if (s.ring_cap > 0) regions.emplace_back(s.ring_offset, s.ring_offset + s.ring_cap);
+  }
+  std::sort(regions.begin(), regions.end());
+  for (std::size_t i = 1; i < regions.size(); ++i) REQUIRE(regions[i - 1].second <= regions[i].first);
+  for (const auto& [off, n] : plan.dirty_spans())
+    for (std::int32_t o = off; o < off + n; ++o) {
+      auto it = std::upper_bound(regions.begin(), regions.end(),
+                                 std::pair{o, std::numeric_limits<std::int32_t>::max()});
+      const bool inside = it != regions.begin() && o < std::prev(it)->second;
+      INFO("arena offset " << o << " written outside every slot region of the batch");
+      REQUIRE(inside);
+    }
   for (std::size_t i = 0; i < plan.items().size(); ++i)
     for (int h = 0; h < store.shape().num_kv_heads; ++h) {
       const HeadTable& t = store.table(plan.items()[i].seq, plan.layer(), h);

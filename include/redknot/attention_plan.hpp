@@ -71,7 +71,7 @@ class AttentionPlan {
 
   // Rebinds the plan to (layer, batch) and brings every slot up to date with the store. `seqs` are the
   // batch's sequences in order, `q_lens` their query counts and `q_positions` the flattened query positions.
-  // Store must provide table(seq, layer, h), check_query_position(seq, layer, p) and shape().
+  // Store must provide table(seq, layer, h), check_query_position(seq, layer, p), shape() and uid().
   template <class Store>
   void update(const Store& store, int layer, std::span<const std::int64_t> seqs,
               std::span<const std::int32_t> q_lens, std::span<const std::int32_t> q_positions) {
@@ -101,7 +101,9 @@ class AttentionPlan {
 
     // A different layer means different tables: start over (engines keep one plan per layer to stay
     // incremental).
-    if (layer != layer_ || H != num_kv_heads_) reset(layer, H);
+    // So does another store: its sequence ids and table counters are unrelated to the ones mirrored here.
+    const std::uint64_t uid = store.uid();
+    if (layer != layer_ || H != num_kv_heads_ || uid != store_uid_) reset(layer, H, uid);
     last_ = {};
     dirty_.clear();
 
@@ -148,8 +150,9 @@ class AttentionPlan {
     std::vector<Seen> seen;
   };
 
-  void reset(int layer, int H) {
+  void reset(int layer, int H, std::uint64_t uid) {
     layer_ = layer;
+    store_uid_ = uid;
     num_kv_heads_ = H;
     groups_.clear();
     arena_.clear();
@@ -222,33 +225,49 @@ class AttentionPlan {
     seen = Seen{true, t.sink_pushed, t.body_popped, t.body_pushed, t.tail_version, t.layout_version};
   }
 
+  // Brings one slot up to date from the table's counters. Between two syncs a table may have had entries
+  // pushed and then popped again (appends without attention, a batch item with 0 queries, retire_queries),
+  // so the ring's old entries are only the first `survivors` of the body, and everything after them is
+  // copied from the table. Anything the counters cannot explain exactly is rebuilt in full.
   void sync(PlanSlot& s, Seen& seen, const HeadTable& t) {
     const bool stale = !seen.valid || t.layout_version != seen.layout_version ||
                        t.sink_pushed < seen.sink_pushed || t.body_popped < seen.body_popped ||
                        t.body_pushed < seen.body_pushed;
     if (stale) return rebuild(s, seen, t);
-    const auto new_sink = static_cast<std::int32_t>(t.sink_pushed - seen.sink_pushed);
-    const auto popped = static_cast<std::int32_t>(t.body_popped - seen.body_popped);
-    const auto pushed = static_cast<std::int32_t>(t.body_pushed - seen.body_pushed);
-    if (s.sink_len + new_sink > s.sink_cap || static_cast<std::int32_t>(t.body.size()) > s.ring_cap)
-      return rebuild(s, seen, t);
-    for (std::int32_t i = 0; i < new_sink; ++i)
-      write(s.sink_offset + s.sink_len + i, t.sink[t.sink.size() - static_cast<std::size_t>(new_sink - i)]);
-    s.sink_len += new_sink;
-    s.ring_start = (s.ring_start + popped) & (s.ring_cap - 1);
-    s.ring_len -= popped;
-    for (std::int32_t i = 0; i < pushed; ++i)
-      write_ring(s, s.ring_len + i, t.body[t.body.size() - static_cast<std::size_t>(pushed - i)]);
-    s.ring_len += pushed;
-    // The ring mirrors body index for index. A grown tail is the entry that was last before this sync's
-    // pushes.
-    const std::int32_t old_back = s.ring_len - pushed - 1;
-    if (t.tail_version != seen.tail_version && old_back >= 0)
-      write_ring(s, old_back, t.body[static_cast<std::size_t>(old_back)]);
+    const std::uint64_t new_sink = t.sink_pushed - seen.sink_pushed;
+    const std::uint64_t popped = t.body_popped - seen.body_popped;
+    const std::uint64_t pushed = t.body_pushed - seen.body_pushed;
+    const auto old_len = static_cast<std::uint64_t>(s.ring_len);
+    const std::uint64_t body = t.body.size();
+    // The deltas must account for the table exactly (old_len - popped + pushed == body, popped <= old_len +
+    // pushed) and fit the regions; otherwise the mirror cannot be patched safely.
+    const bool consistent =
+        popped <= old_len + pushed && old_len + pushed - popped == body && new_sink <= t.sink.size() &&
+        static_cast<std::uint64_t>(s.sink_len) + new_sink <= static_cast<std::uint64_t>(s.sink_cap) &&
+        body <= static_cast<std::uint64_t>(s.ring_cap);
+    if (!consistent) return rebuild(s, seen, t);
+    for (std::uint64_t i = 0; i < new_sink; ++i)
+      write(s.sink_offset + s.sink_len + static_cast<std::int32_t>(i),
+            t.sink[t.sink.size() - (new_sink - i)]);
+    s.sink_len += static_cast<std::int32_t>(new_sink);
+    // Old ring entries still in the body (they are its first `survivors` entries, in order).
+    const std::uint64_t survivors = popped < old_len ? old_len - popped : 0;
+    if (s.ring_cap > 0)
+      s.ring_start = (s.ring_start + static_cast<std::int32_t>(old_len - survivors)) & (s.ring_cap - 1);
+    s.ring_len = static_cast<std::int32_t>(survivors);
+    for (std::uint64_t i = survivors; i < body; ++i)
+      write_ring(s, static_cast<std::int32_t>(i), t.body[static_cast<std::size_t>(i)]);
+    s.ring_len = static_cast<std::int32_t>(body);
+    if (s.ring_len == 0) s.ring_start = 0;
+    // A tail grown in place is the last surviving old entry (newer entries were copied whole above).
+    if (t.tail_version != seen.tail_version && survivors > 0)
+      write_ring(s, static_cast<std::int32_t>(survivors - 1),
+                 t.body[static_cast<std::size_t>(survivors - 1)]);
     seen = Seen{true, t.sink_pushed, t.body_popped, t.body_pushed, t.tail_version, t.layout_version};
   }
 
   int layer_ = -1;
+  std::uint64_t store_uid_ = 0;
   int num_kv_heads_ = 0;
   std::vector<PlanItem> items_;
   std::vector<std::int32_t> q_positions_;

@@ -92,6 +92,9 @@ class KVHeadStore {
   const PagePool<T, Alloc>& pool() const { return pool_; }
   PagePool<T, Alloc>& pool() { return pool_; }
   const Retention& retention() const { return retention_; }
+  // Unique per store object in this process: plans bound to one store rebuild when handed another (sequence
+  // ids restart at 1 in every store, so ids alone cannot tell two stores apart).
+  std::uint64_t uid() const { return uid_; }
 
   const HeadPolicy& policy(int layer, int kv_head) const {
     check_layer(layer);
@@ -330,6 +333,11 @@ class KVHeadStore {
     PageEntry tail;
   };
 
+  static std::uint64_t next_uid() {
+    static std::atomic<std::uint64_t> counter{0};
+    return counter.fetch_add(1, std::memory_order_relaxed) + 1;
+  }
+
   static ModelShape checked_shape(const ModelShape& s) {
     s.validate();
     require(s.dtype == dtype_of<T>(), "ModelShape.dtype=", dtype_name(s.dtype),
@@ -537,6 +545,7 @@ class KVHeadStore {
   std::vector<HeadPolicy> policies_;  // effective policy per [layer][kv_head]
   std::unordered_map<SeqId, Sequence> seqs_;
   SeqId next_id_ = 1;
+  std::uint64_t uid_ = next_uid();
   std::atomic<std::int64_t> num_sequences_{0};
   std::atomic<std::int64_t> pages_global_{0};
   std::atomic<std::int64_t> pages_local_{0};
