@@ -46,6 +46,24 @@ class HeadMap {
                                    int sink);
 
   // The published RedKnot schema (DESIGN §2). Errors name the field, layer and head at fault.
+  //
+  // Defaults and limits of the loader:
+  //  - When kv_head_sink_size is absent, every head's sink is 4 (only local heads use it); when
+  //    dense_prefix_layers is absent it is 0, when retrieval_top_p is absent it is 0.9.
+  //  - num_layers and num_kv_heads are integers in [1, 2147483647] (INT32_MAX), and the document must hold
+  //    that many rows and entries (num_layers * num_kv_heads <= 2147483647).
+  //  - A local head's window (kv_head_max_distance) is an integer in [1, 2147483647]; other classes ignore
+  //    theirs (-1 by convention), which must still be an integer in [-2147483648, 2147483647].
+  //  - A sink (kv_head_sink_size) is an integer in [0, 2147483647]; dense_prefix_layers is in [0,
+  //  num_layers];
+  //    retrieval_top_p is a finite number in (0, 1].
+  //  - Integer fields take JSON integers only: 5.0, 1e3, true, "5" and null are rejected, and no value is
+  //    narrowed before its range is checked. Messages quote the value as written (e.g. 4294967301).
+  //  - The text must be valid UTF-8; duplicate keys (at any level), nesting deeper than 64 arrays/objects,
+  //    numbers beyond the range of a double (1e999) and NaN/Infinity are rejected. Unknown fields are
+  //    ignored.
+  //  - Every error is a redknot::InvalidArgument (Python ValueError). load() also names the path when the
+  //    file does not exist, is a directory, cannot be opened or read, or exceeds 64 MiB.
   static HeadMap from_json(std::string_view json_text);
   static HeadMap load(const std::string& path);
   std::string to_json(int indent = 2) const;
