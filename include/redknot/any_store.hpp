@@ -12,8 +12,10 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "redknot/cpu_attention.hpp"
@@ -93,12 +95,31 @@ class AnyStore {
 };
 
 // Instantiates KVHeadStore<float | Half | BFloat16, HostAllocator> from shape.dtype. device must be kDLCPU
-// (kDLCUDA throws Unavailable: there is no CUDA attention backend behind this wrapper yet).
+// (kDLCUDA throws Unavailable: there is no CUDA attention backend behind this wrapper yet; a device_type
+// outside DLDeviceType throws InvalidArgument). The shape must respect kMaxNumQHeads and
+// kMaxLayersTimesKvHeads; a page pool the host cannot allocate throws PoolExhausted ("out of memory ...").
 std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
                                      DLDevice device = DLDevice{kDLCPU, 0});
 
+// The device type of d as an integer. DLDevice comes from foreign producers, and a value outside the
+// DLDeviceType enum must not be loaded as the enum (undefined behaviour): read the bytes instead.
+inline std::int32_t device_type_int(const DLDevice& d) {
+  static_assert(sizeof(d.device_type) == sizeof(std::int32_t), "DLDeviceType is expected to be 32-bit");
+  std::int32_t v;
+  std::memcpy(&v, &d.device_type, sizeof v);
+  return v;
+}
+// Whether t is one of the named DLDeviceType values.
+inline bool is_known_device_type(std::int32_t t) {
+  return (t >= kDLCPU && t <= kDLOpenCL) || (t >= kDLVulkan && t <= kDLHexagon);
+}
+
+// Limits on a store's shape (c_api.h: RK_MAX_NUM_Q_HEADS, RK_MAX_LAYERS_X_KV_HEADS), checked by make_store.
+inline constexpr std::int64_t kMaxNumQHeads = 65536;
+inline constexpr std::int64_t kMaxLayersTimesKvHeads = std::int64_t{1} << 20;
+
 // "cpu", "cuda:1", ... for messages.
-std::string device_name(DLDevice d);
+std::string device_name(const DLDevice& d);
 // "float32", "bfloat16", "int64", ... for messages.
 std::string dl_dtype_name(DLDataType t);
 

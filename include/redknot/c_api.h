@@ -47,6 +47,27 @@ extern "C" {
 /* Bumped on any incompatible change of a signature or struct layout in this header. */
 #define RK_ABI_VERSION 1
 
+/* Limits every entry point checks (RK_ERR_INVALID_ARGUMENT, naming the argument and value, beyond them):
+ *   RK_MAX_NUM_THREADS        rk_attention_params.num_threads is 0 (the OpenMP default) or in [1, 1024]; the
+ *                             C++ core (cpu_attention) enforces the same bound for every binding.
+ *   RK_MAX_LAYERS_X_KV_HEADS  num_layers * num_kv_heads of a head map (rk_head_map_uniform,
+ *                             rk_head_map_with_global_ratio) or a store: at most 2^20 (1048576) heads.
+ *   RK_MAX_NUM_Q_HEADS        num_q_heads of a store: at most 65536.
+ *   RK_MAX_TOKENS             token counts (n_tokens of rk_append, num_tokens and chunk of the capacity
+ *                             queries): at most 2^31, since positions are int32.
+ * A request within the limits that the host cannot satisfy (e.g. a page pool larger than RAM) is
+ * RK_ERR_POOL_EXHAUSTED with a message starting "out of memory"; it is never RK_ERR_INTERNAL.
+ *
+ * Handles: every rk_store / rk_head_map handle is checked against a registry of live handles. NULL, a
+ * destroyed handle (use after destroy, double destroy) or a pointer this library never returned is
+ * RK_ERR_INVALID_ARGUMENT ("store handle 0x... is not live (destroyed or never created)"); only the *_destroy
+ * functions accept NULL (ignored). The check cannot catch a handle destroyed by another thread during the
+ * call, nor a dead address already reused by a newer handle of the same kind. */
+#define RK_MAX_NUM_THREADS 1024
+#define RK_MAX_LAYERS_X_KV_HEADS (1 << 20)
+#define RK_MAX_NUM_Q_HEADS 65536
+#define RK_MAX_TOKENS ((int64_t)1 << 31)
+
 typedef enum rk_status {
   RK_OK = 0,
   RK_ERR_INVALID_ARGUMENT =
@@ -94,7 +115,7 @@ RK_API int rk_head_map_uniform(int32_t num_layers, int32_t num_kv_heads, int32_t
 /* round(ratio * L * H) global heads spread evenly, the rest local with the given window and sink. */
 RK_API int rk_head_map_with_global_ratio(int32_t num_layers, int32_t num_kv_heads, double global_ratio,
                                          int32_t window, int32_t sink, rk_head_map** out);
-/* NULL is accepted and ignored. */
+/* NULL is accepted and ignored; a handle that is not live (already destroyed) is RK_ERR_INVALID_ARGUMENT. */
 RK_API int rk_head_map_destroy(rk_head_map* map);
 
 typedef struct rk_head_map_info {
@@ -139,14 +160,16 @@ typedef struct rk_store_config {
   int32_t dtype;     /* rk_dtype of the stored K/V */
   int32_t page_size; /* tokens of one kv head per page, [1, 4096] */
   int32_t num_pages; /* pool capacity, fixed for the store's lifetime */
-  DLDevice device;   /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands */
+  DLDevice device;   /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands; a device_type
+                        outside DLDeviceType is RK_ERR_INVALID_ARGUMENT */
 } rk_store_config;
 
 /* Fills defaults: bf16, page_size 16, device CPU, everything else 0 (must be set). */
 RK_API int rk_store_config_init(rk_store_config* cfg);
 /* The store copies the head map; map may be destroyed right after. */
 RK_API int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store** out);
-/* Frees every page and the pool. NULL is accepted and ignored. */
+/* Frees every page and the pool. NULL is accepted and ignored; a handle that is not live (already destroyed)
+ * is RK_ERR_INVALID_ARGUMENT. */
 RK_API int rk_store_destroy(rk_store* store);
 RK_API int rk_store_get_config(const rk_store* store, rk_store_config* out);
 /* A new head map handle (a copy of the store's), owned by the caller. */
@@ -187,7 +210,7 @@ RK_API int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_len
 
 typedef struct rk_attention_params {
   float sm_scale;      /* softmax scale; 0 selects 1/sqrt(head_dim) */
-  int32_t num_threads; /* CPU threads; 0 selects the OpenMP default */
+  int32_t num_threads; /* CPU threads: 0 selects the OpenMP default, else [1, RK_MAX_NUM_THREADS] */
 } rk_attention_params;
 
 /* Attention of the planned batch in one layer (prefill, decode or a mix). q and out: [total_q, num_q_heads,

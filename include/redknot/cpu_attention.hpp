@@ -26,9 +26,14 @@
 
 namespace redknot {
 
+// The most OpenMP threads one attention call may ask for (AttentionParams::num_threads). Larger requests are
+// rejected with InvalidArgument: libgomp exits the process when it cannot create the threads (~40000) and
+// crashes beyond 65535. Same bound as RK_MAX_NUM_THREADS in c_api.h.
+inline constexpr int kMaxAttentionThreads = 1024;
+
 struct AttentionParams {
   float scale = 0.f;    // softmax scale; 0 means 1 / sqrt(head_dim)
-  int num_threads = 0;  // 0: OpenMP default
+  int num_threads = 0;  // 0: OpenMP default; else [1, kMaxAttentionThreads]
   // Split-KV: a (sequence, kv_head, query tile) that sees more than kv_chunk keys is cut into ranges of page
   // entries of about kv_chunk keys, attended in parallel and merged by log-sum-exp, so one long global head
   // does not serialise a batch of short local ones. 0 disables splitting.
@@ -349,6 +354,9 @@ void cpu_attention(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan,
           " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
   const float scale = params.scale > 0.f ? params.scale : 1.f / std::sqrt(static_cast<float>(sh.head_dim));
 
+  require(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads,
+          "cpu_attention: num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
+          "] (0: the OpenMP default)");
   require(params.kv_chunk >= 0, "cpu_attention: kv_chunk=", params.kv_chunk, " must be >= 0 (0: no split)");
 
   // Work items: (item, kv_head, query tile), cut by split-KV into entry ranges of ~kv_chunk keys each.

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <string>
 #include <unordered_set>
 
@@ -23,8 +25,9 @@ AnyStore::AnyStore() { g_live_stores.fetch_add(1, std::memory_order_relaxed); }
 AnyStore::~AnyStore() { g_live_stores.fetch_sub(1, std::memory_order_relaxed); }
 std::int64_t AnyStore::live_count() { return g_live_stores.load(std::memory_order_relaxed); }
 
-std::string device_name(DLDevice d) {
-  switch (d.device_type) {
+std::string device_name(const DLDevice& d) {
+  const std::int32_t t = device_type_int(d);
+  switch (t) {
     case kDLCPU:
       return "cpu";
     case kDLCUDA:
@@ -36,8 +39,7 @@ std::string device_name(DLDevice d) {
     case kDLROCM:
       return "rocm:" + std::to_string(d.device_id);
     default:
-      return "device_type_" + std::to_string(static_cast<int>(d.device_type)) + ":" +
-             std::to_string(d.device_id);
+      return "device_type_" + std::to_string(t) + ":" + std::to_string(d.device_id);
   }
 }
 
@@ -134,6 +136,8 @@ class StoreImpl final : public AnyStore {
               std::span<const std::int32_t> positions) override {
     const auto n = static_cast<std::int64_t>(positions.size());
     require(n > 0, "append: positions is empty (n_tokens must be > 0)");
+    require(n <= std::int64_t{std::numeric_limits<std::int32_t>::max()} + 1, "append: n_tokens=", n,
+            " exceeds 2^31 (positions are strictly increasing int32)");
     check_kv(k, "append: k", n);
     check_kv(v, "append: v", n);
     std::vector<T> kbuf, vbuf;
@@ -184,7 +188,9 @@ class StoreImpl final : public AnyStore {
             ")");
     require(std::isfinite(params.scale) && params.scale >= 0.f, "run: sm_scale=", params.scale,
             " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
-    require(params.num_threads >= 0, "run: num_threads=", params.num_threads, " must be >= 0 (0: default)");
+    require(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads,
+            "run: num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
+            "] (0: the OpenMP default)");
     detail::check_tensor(&q, "run: q");
     detail::check_tensor(&out, "run: out");
     if (lse) detail::check_tensor(lse, "run: lse");
@@ -376,20 +382,41 @@ class StoreImpl final : public AnyStore {
 
 std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
                                      DLDevice device) {
+  const std::int32_t dev = device_type_int(device);
+  require(is_known_device_type(dev), "store device: device_type=", dev,
+          " is not a DLDeviceType (kDLCPU=1, kDLCUDA=2, ...)");
   require<Unavailable>(
-      device.device_type != kDLCUDA && device.device_type != kDLCUDAManaged, "store device ",
-      device_name(device),
+      dev != kDLCUDA && dev != kDLCUDAManaged, "store device ", device_name(device),
       " is not available: the CUDA backend (device page pool + attention kernels) is not part of "
       "this build of the bindings yet; use device='cpu'");
-  require(device.device_type == kDLCPU, "store device ", device_name(device), " is not supported (only cpu)");
+  require(dev == kDLCPU, "store device ", device_name(device), " is not supported (only cpu)");
   shape.validate();
-  switch (shape.dtype) {
-    case DType::kF32:
-      return std::make_unique<StoreImpl<float>>(shape, std::move(map), config);
-    case DType::kF16:
-      return std::make_unique<StoreImpl<Half>>(shape, std::move(map), config);
-    case DType::kBF16:
-      return std::make_unique<StoreImpl<BFloat16>>(shape, std::move(map), config);
+  require(shape.num_q_heads <= kMaxNumQHeads, "ModelShape.num_q_heads=", shape.num_q_heads,
+          " exceeds the limit of ", kMaxNumQHeads);
+  const std::int64_t grid = std::int64_t{shape.num_layers} * shape.num_kv_heads;
+  require(grid <= kMaxLayersTimesKvHeads, "ModelShape.num_layers * num_kv_heads = ", shape.num_layers, " * ",
+          shape.num_kv_heads, " = ", grid, " exceeds the limit of ", kMaxLayersTimesKvHeads, " heads");
+  // The pool is allocated up front: a size the host cannot allocate is out of memory, reported as such.
+  try {
+    switch (shape.dtype) {
+      case DType::kF32:
+        return std::make_unique<StoreImpl<float>>(shape, std::move(map), config);
+      case DType::kF16:
+        return std::make_unique<StoreImpl<Half>>(shape, std::move(map), config);
+      case DType::kBF16:
+        return std::make_unique<StoreImpl<BFloat16>>(shape, std::move(map), config);
+    }
+  } catch (const PoolExhausted& e) {
+    throw PoolExhausted(detail::concat("out of memory creating the store (num_pages=", config.num_pages,
+                                       ", page_size=", config.page_size, ", head_dim=", shape.head_dim,
+                                       "): ", e.what()));
+  } catch (const std::bad_alloc&) {
+    throw PoolExhausted(detail::concat("out of memory creating the store (num_pages=", config.num_pages,
+                                       ", page_size=", config.page_size, ", head_dim=", shape.head_dim, ")"));
+  } catch (const std::length_error& e) {
+    throw PoolExhausted(detail::concat("out of memory creating the store (num_pages=", config.num_pages,
+                                       ", page_size=", config.page_size, ", head_dim=", shape.head_dim,
+                                       "): ", e.what()));
   }
   throw InvalidArgument(
       detail::concat("dtype code ", static_cast<int>(shape.dtype), " is not f32, f16 or bf16"));

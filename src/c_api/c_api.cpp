@@ -11,12 +11,16 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <nlohmann/json.hpp>
 #include <span>
+#include <stdexcept>
 #include <string>
+#include <unordered_set>
 
 #include "redknot/any_store.hpp"
+#include "redknot/cpu_attention.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/pool_sizing.hpp"
@@ -29,6 +33,10 @@ struct rk_head_map {
 struct rk_store {
   std::unique_ptr<redknot::AnyStore> impl;
 };
+
+static_assert(RK_MAX_NUM_THREADS == redknot::kMaxAttentionThreads);
+static_assert(RK_MAX_NUM_Q_HEADS == redknot::kMaxNumQHeads);
+static_assert(RK_MAX_LAYERS_X_KV_HEADS == redknot::kMaxLayersTimesKvHeads);
 
 namespace {
 
@@ -67,7 +75,15 @@ int guard(F&& f) noexcept {
   } catch (const std::invalid_argument& e) {
     return fail(RK_ERR_INVALID_ARGUMENT, e.what());
   } catch (const std::bad_alloc&) {
-    return fail(RK_ERR_POOL_EXHAUSTED, "out of host memory");
+    return fail(RK_ERR_POOL_EXHAUSTED,
+                "out of memory: a host allocation failed (free sequences or stores and retry)");
+  } catch (const std::length_error& e) {
+    // A container asked for more than max_size(): an allocation no host can satisfy, i.e. out of memory.
+    return fail(
+        RK_ERR_POOL_EXHAUSTED,
+        (std::string("out of memory: a host allocation larger than the address space was requested (") +
+         e.what() + ")")
+            .c_str());
   } catch (const std::exception& e) {
     return fail(RK_ERR_INTERNAL, (std::string("internal error: ") + e.what()).c_str());
   } catch (...) {
@@ -80,14 +96,60 @@ void require_out(P* p, const char* fn, const char* name) {
   require(p != nullptr, fn, ": ", name, " is NULL");
 }
 
-const redknot::HeadMap& map_of(const rk_head_map* m, const char* fn) {
-  require(m != nullptr, fn, ": head map handle is NULL");
+// Registry of live handles: every handle this library returned and has not destroyed yet. Each entry point
+// checks its handle against it first, so use-after-destroy and double destroy are an RK_ERR_INVALID_ARGUMENT
+// instead of a crash (as long as the address was not reused by a newer handle of the same kind, and no other
+// thread destroys the handle during the call: that remains the caller's race). Never destroyed, so handles
+// destroyed from static destructors at exit still find it.
+struct Registry {
+  std::mutex mu;
+  std::unordered_set<const void*> stores;
+  std::unordered_set<const void*> maps;
+};
+
+Registry& registry() {
+  static Registry* r = new Registry;
+  return *r;
+}
+
+bool is_live(const std::unordered_set<const void*>& set, const void* p) {
+  std::lock_guard lk(registry().mu);
+  return set.count(p) != 0;
+}
+
+const redknot::HeadMap& map_of(const rk_head_map* m, const char* fn, const char* name = "head map handle") {
+  require(m != nullptr, fn, ": ", name, " is NULL");
+  require(is_live(registry().maps, m), fn, ": ", name, " ", static_cast<const void*>(m),
+          " is not live (destroyed or never created)");
   return m->map;
 }
 
 redknot::AnyStore& store_of(const rk_store* s, const char* fn) {
-  require(s != nullptr && s->impl != nullptr, fn, ": store handle is NULL");
+  require(s != nullptr, fn, ": store handle is NULL");
+  require(is_live(registry().stores, s), fn, ": store handle ", static_cast<const void*>(s),
+          " is not live (destroyed or never created)");
   return *s->impl;
+}
+
+// Removes p from set; throws (nothing removed) when it is not there.
+void unregister(std::unordered_set<const void*>& set, const void* p, const char* fn, const char* what) {
+  std::lock_guard lk(registry().mu);
+  require(set.erase(p) == 1, fn, ": ", what, " ", p, " is not live (destroyed or never created)");
+}
+
+// The largest num_layers * num_kv_heads of a head map or store (c_api.h: RK_MAX_LAYERS_X_KV_HEADS).
+void check_grid(std::int64_t num_layers, std::int64_t num_kv_heads, const char* fn) {
+  require(num_layers > 0, fn, ": num_layers=", num_layers, " must be > 0");
+  require(num_kv_heads > 0, fn, ": num_kv_heads=", num_kv_heads, " must be > 0");
+  require(num_layers * num_kv_heads <= RK_MAX_LAYERS_X_KV_HEADS, fn,
+          ": num_layers * num_kv_heads = ", num_layers, " * ", num_kv_heads, " = ", num_layers * num_kv_heads,
+          " exceeds the limit of ", RK_MAX_LAYERS_X_KV_HEADS, " heads (RK_MAX_LAYERS_X_KV_HEADS)");
+}
+
+// A token count of a capacity query: positions are int32, so a sequence has at most 2^31 of them.
+void check_tokens(std::int64_t n, const char* fn, const char* name) {
+  require(n >= 0 && n <= RK_MAX_TOKENS, fn, ": ", name, "=", n, " must be in [0, ", RK_MAX_TOKENS,
+          "] (positions are int32: RK_MAX_TOKENS)");
 }
 
 // A host array of n elements: NULL only when n == 0.
@@ -99,9 +161,13 @@ std::span<const T> host_array(const T* p, std::int64_t n, const char* fn, const 
 }
 
 rk_head_map* new_map(redknot::HeadMap m) {
-  auto* h = new rk_head_map{std::move(m)};
+  auto h = std::make_unique<rk_head_map>(rk_head_map{std::move(m)});
+  {
+    std::lock_guard lk(registry().mu);
+    registry().maps.insert(h.get());
+  }
   g_live_maps.fetch_add(1, std::memory_order_relaxed);
-  return h;
+  return h.release();
 }
 
 redknot::HeadClass head_class_of(std::int32_t c) {
@@ -172,6 +238,7 @@ int rk_head_map_uniform(int32_t num_layers, int32_t num_kv_heads, int32_t head_c
                         int32_t sink, rk_head_map** out) {
   return guard([&] {
     require_out(out, "rk_head_map_uniform", "out");
+    check_grid(num_layers, num_kv_heads, "rk_head_map_uniform");
     *out =
         new_map(redknot::HeadMap::uniform(num_layers, num_kv_heads, head_class_of(head_class), window, sink));
   });
@@ -182,6 +249,7 @@ int rk_head_map_with_global_ratio(int32_t num_layers, int32_t num_kv_heads, doub
   return guard([&] {
     require_out(out, "rk_head_map_with_global_ratio", "out");
     require(std::isfinite(global_ratio), "global_ratio=", global_ratio, " must be finite");
+    check_grid(num_layers, num_kv_heads, "rk_head_map_with_global_ratio");
     *out = new_map(redknot::HeadMap::with_global_ratio(num_layers, num_kv_heads, global_ratio, window, sink));
   });
 }
@@ -189,6 +257,7 @@ int rk_head_map_with_global_ratio(int32_t num_layers, int32_t num_kv_heads, doub
 int rk_head_map_destroy(rk_head_map* map) {
   return guard([&] {
     if (!map) return;
+    unregister(registry().maps, map, "rk_head_map_destroy", "head map handle");
     delete map;
     g_live_maps.fetch_sub(1, std::memory_order_relaxed);
   });
@@ -223,6 +292,10 @@ int rk_head_map_peak_sequence_pages(const rk_head_map* map, int32_t page_size, i
   return guard([&] {
     const redknot::HeadMap& m = map_of(map, "rk_head_map_peak_sequence_pages");
     require_out(out, "rk_head_map_peak_sequence_pages", "out");
+    require(page_size > 0, "rk_head_map_peak_sequence_pages: page_size=", page_size, " must be > 0");
+    check_tokens(num_tokens, "rk_head_map_peak_sequence_pages", "num_tokens");
+    require(chunk > 0 && chunk <= RK_MAX_TOKENS, "rk_head_map_peak_sequence_pages: chunk=", chunk,
+            " must be in [1, ", RK_MAX_TOKENS, "]");
     *out = redknot::peak_sequence_pages(m, page_size, num_tokens, chunk);
   });
 }
@@ -267,6 +340,11 @@ int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store
     require_out(out, "rk_store_create", "out");
     require(cfg->dtype >= RK_DTYPE_F32 && cfg->dtype <= RK_DTYPE_BF16, "rk_store_create: dtype=", cfg->dtype,
             " is not one of RK_DTYPE_F32(0), RK_DTYPE_F16(1), RK_DTYPE_BF16(2)");
+    // The device type is read as an integer: a value outside DLDeviceType must not be loaded as the enum.
+    const std::int32_t dev_type = redknot::device_type_int(cfg->device);
+    require(redknot::is_known_device_type(dev_type), "rk_store_create: cfg->device.device_type=", dev_type,
+            " is not a DLDeviceType (kDLCPU=1, kDLCUDA=2, ...)");
+    check_grid(cfg->num_layers, cfg->num_kv_heads, "rk_store_create: cfg");
     redknot::ModelShape shape;
     shape.num_layers = cfg->num_layers;
     shape.num_q_heads = cfg->num_q_heads;
@@ -276,13 +354,21 @@ int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store
     redknot::StoreConfig sc;
     sc.page_size = cfg->page_size;
     sc.num_pages = cfg->num_pages;
-    auto impl = redknot::make_store(shape, m, sc, cfg->device);
-    *out = new rk_store{std::move(impl)};
+    auto h = std::make_unique<rk_store>(rk_store{redknot::make_store(shape, m, sc, cfg->device)});
+    {
+      std::lock_guard lk(registry().mu);
+      registry().stores.insert(h.get());
+    }
+    *out = h.release();
   });
 }
 
 int rk_store_destroy(rk_store* store) {
-  return guard([&] { delete store; });
+  return guard([&] {
+    if (!store) return;
+    unregister(registry().stores, store, "rk_store_destroy", "store handle");
+    delete store;
+  });
 }
 
 int rk_store_get_config(const rk_store* store, rk_store_config* out) {
@@ -362,6 +448,8 @@ int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, co
     redknot::AnyStore& s = store_of(store, "rk_append");
     require(k != nullptr, "rk_append: k is NULL");
     require(v != nullptr, "rk_append: v is NULL");
+    require(n_tokens <= RK_MAX_TOKENS, "rk_append: n_tokens=", n_tokens, " exceeds ", RK_MAX_TOKENS,
+            " (positions are strictly increasing int32: RK_MAX_TOKENS)");
     const auto pos = host_array(positions, n_tokens, "rk_append", "positions");
     s.append(seq, layer, *k, *v, pos);
   });
@@ -373,6 +461,8 @@ int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_lens, int3
     redknot::AnyStore& s = store_of(store, "rk_plan");
     const auto ids = host_array(seq_ids, batch_size, "rk_plan", "seq_ids");
     const auto lens = host_array(q_lens, batch_size, "rk_plan", "q_lens");
+    require(total_q <= std::numeric_limits<std::int32_t>::max(), "rk_plan: total_q=", total_q,
+            " exceeds INT32_MAX");
     const auto pos = host_array(q_positions, total_q, "rk_plan", "q_positions");
     s.plan(ids, lens, pos);
   });
@@ -386,6 +476,12 @@ int rk_attention(rk_store* store, int32_t layer, const DLTensor* q, DLTensor* ou
     require(out != nullptr, "rk_attention: out is NULL");
     redknot::AttentionParams p;
     if (params) {
+      require(std::isfinite(params->sm_scale) && params->sm_scale >= 0.f,
+              "rk_attention: params->sm_scale=", params->sm_scale,
+              " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
+      require(params->num_threads >= 0 && params->num_threads <= RK_MAX_NUM_THREADS,
+              "rk_attention: params->num_threads=", params->num_threads, " must be in [0, ",
+              RK_MAX_NUM_THREADS, "] (0 selects the OpenMP default: RK_MAX_NUM_THREADS)");
       p.scale = params->sm_scale;
       p.num_threads = params->num_threads;
     }
@@ -419,6 +515,7 @@ int rk_store_pages_per_sequence(const rk_store* store, int64_t num_tokens, int64
   return guard([&] {
     const redknot::AnyStore& s = store_of(store, "rk_store_pages_per_sequence");
     require_out(out, "rk_store_pages_per_sequence", "out");
+    check_tokens(num_tokens, "rk_store_pages_per_sequence", "num_tokens");
     *out = s.pages_per_sequence(num_tokens);
   });
 }
@@ -427,6 +524,7 @@ int rk_store_sequences_that_fit(const rk_store* store, int64_t num_tokens, int64
   return guard([&] {
     const redknot::AnyStore& s = store_of(store, "rk_store_sequences_that_fit");
     require_out(out, "rk_store_sequences_that_fit", "out");
+    check_tokens(num_tokens, "rk_store_sequences_that_fit", "num_tokens");
     *out = s.sequences_that_fit(num_tokens);
   });
 }
@@ -440,6 +538,8 @@ int rk_export_page_table(const rk_store* store, int32_t layer, const int64_t* se
     const char* fn = "rk_export_page_table";
     const redknot::AnyStore& s = store_of(store, fn);
     const auto ids = host_array(seq_ids, batch_size, fn, "seq_ids");
+    require(layer >= 0 && layer < s.shape().num_layers, fn, ": layer=", layer, " out of range [0, ",
+            s.shape().num_layers, ")");
     require(indices_capacity >= 0, fn, ": indices_capacity=", indices_capacity, " must be >= 0");
     const bool query_only = indices == nullptr;
     require(!query_only || indices_capacity == 0, fn,

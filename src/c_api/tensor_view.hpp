@@ -97,10 +97,17 @@ inline void check_tensor(const DLTensor* t, const char* name) {
   require(t->ndim == 0 || t->shape != nullptr, name, ".shape is NULL with ndim=", t->ndim);
   for (int i = 0; i < t->ndim; ++i)
     require(t->shape[i] >= 0, name, ".shape[", i, "]=", t->shape[i], " is negative");
-  require(t->device.device_type == kDLCPU || t->device.device_type == kDLCUDAHost, name,
-          " lives on device type ", static_cast<int>(t->device.device_type), " (",
-          t->device.device_type == kDLCUDA ? "cuda" : "not host memory",
-          "), but this store is on the cpu: pass a host tensor (CUDA stores are not available yet)");
+  // Read as an integer: a foreign device_type outside the DLDeviceType enum must not be loaded as the enum.
+  std::int32_t dev = 0;
+  static_assert(sizeof(t->device.device_type) == sizeof(dev), "DLDeviceType is expected to be 32-bit");
+  std::memcpy(&dev, &t->device.device_type, sizeof dev);
+  require(
+      dev == kDLCPU || dev == kDLCUDAHost, name, " lives on device type ", dev, " (",
+      dev == kDLCUDA                                                                   ? "cuda"
+      : (dev >= kDLCPU && dev <= kDLOpenCL) || (dev >= kDLVulkan && dev <= kDLHexagon) ? "not host memory"
+                                                                                       : "not a DLDeviceType",
+      "), but this store is on the cpu: pass a host tensor (kDLCPU=1 or kDLCUDAHost=3; CUDA stores are not "
+      "available yet)");
   require(t->data != nullptr || numel(*t) == 0, name, ".data is NULL but the tensor has ", numel(*t),
           " elements");
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "redknot/c_api.h"
+#include "redknot/cpu_attention.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/oracle.hpp"
@@ -607,4 +608,324 @@ TEST_CASE("stats and capacity queries") {
   const rk_store_stats st = f.stats();
   CHECK(st.pages_total == 100);
   CHECK(st.pages_in_use == 0);
+}
+
+// ---- regressions from the independent robustness suite ----------------------------------------------------
+
+namespace {
+
+// Everything a failed call must leave as it was: pages in use, live sequences, next position per layer.
+struct Snapshot {
+  rk_store_stats st{};
+  std::vector<std::int32_t> next;  // [seq][layer] for the given sequences
+  bool operator==(const Snapshot& o) const {
+    return st.pages_in_use == o.st.pages_in_use && st.num_sequences == o.st.num_sequences &&
+           st.bytes_in_use == o.st.bytes_in_use && next == o.next;
+  }
+};
+
+Snapshot snapshot(rk_store* store, const std::vector<std::int64_t>& seqs, int num_layers) {
+  Snapshot s;
+  REQUIRE(rk_store_get_stats(store, &s.st) == RK_OK);
+  for (const std::int64_t id : seqs)
+    for (int l = 0; l < num_layers; ++l) {
+      std::int32_t np = -1;
+      REQUIRE(rk_sequence_next_position(store, id, l, &np) == RK_OK);
+      s.next.push_back(np);
+    }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("num_threads is validated before it reaches OpenMP") {
+  Fixture f(RK_DTYPE_F32, 4, 32);
+  const int Hk = 2, Hq = 4, D = 16;
+  std::int64_t s = 0;
+  REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
+  std::vector<float> k(2 * Hk * D, 0.5f), v(2 * Hk * D, 0.25f);
+  std::vector<std::int32_t> pos = {0, 1};
+  Tensor kt{{2, Hk, D}}, vt{{2, Hk, D}};
+  REQUIRE(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(v.data(), kF32), pos.data(), 2,
+                    nullptr) == RK_OK);
+  const std::int32_t ql = 1, qp = 1;
+  REQUIRE(rk_plan(f.store, &s, &ql, 1, &qp, 1) == RK_OK);
+  std::vector<float> q(Hq * D, 0.1f), out(Hq * D, -7.f);
+  Tensor qt{{1, Hq, D}}, ot{{1, Hq, D}};
+  const Snapshot before = snapshot(f.store, {s}, 2);
+  for (const std::int32_t n : {40000, 65536, 70000, RK_MAX_NUM_THREADS + 1, INT32_MAX, -1, INT32_MIN}) {
+    rk_attention_params p{0.f, n};
+    INFO("num_threads=" << n);
+    CHECK(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, &p,
+                       nullptr) == RK_ERR_INVALID_ARGUMENT);
+    INFO(rk_last_error());
+    CHECK(contains(rk_last_error(), "num_threads"));
+    CHECK(contains(rk_last_error(), std::to_string(n).c_str()));
+    CHECK(out[0] == -7.f);  // outputs untouched on failure
+    CHECK(snapshot(f.store, {s}, 2) == before);
+  }
+  for (const std::int32_t n : {0, 1, 3, RK_MAX_NUM_THREADS}) {
+    rk_attention_params p{0.f, n};
+    INFO("num_threads=" << n);
+    REQUIRE(rk_attention(f.store, 0, qt.make(q.data(), kF32), ot.make(out.data(), kF32), nullptr, &p,
+                         nullptr) == RK_OK);
+    for (const float x : out) CHECK(std::abs(x - 0.25f) < 1e-6f);
+  }
+}
+
+TEST_CASE("huge counts and sizes are a precise error, never INTERNAL") {
+  // Head maps: layers * heads beyond RK_MAX_LAYERS_X_KV_HEADS.
+  rk_head_map* untouched = reinterpret_cast<rk_head_map*>(0x1);
+  CHECK(rk_head_map_uniform(INT32_MAX, INT32_MAX, RK_HEAD_GLOBAL, -1, 0, &untouched) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "num_layers * num_kv_heads"));
+  CHECK(contains(rk_last_error(), "2147483647"));
+  CHECK(rk_head_map_uniform(INT32_MAX, INT32_MAX, RK_HEAD_LOCAL, 4, 0, &untouched) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_uniform(1 << 11, 1 << 10, RK_HEAD_GLOBAL, -1, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_with_global_ratio(INT32_MAX, INT32_MAX, 0.5, 4, 0, &untouched) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "RK_MAX_LAYERS_X_KV_HEADS"));
+  CHECK(rk_head_map_with_global_ratio(INT32_MAX, 1, 1.0, 4, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_uniform(-1, 2, RK_HEAD_GLOBAL, -1, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "num_layers=-1"));
+  CHECK(untouched == reinterpret_cast<rk_head_map*>(0x1));
+  // At the limit it works.
+  rk_head_map* big = nullptr;
+  REQUIRE(rk_head_map_uniform(1 << 10, 1 << 10, RK_HEAD_GLOBAL, -1, 0, &big) == RK_OK);
+
+  // Stores: huge shapes are InvalidArgument, a huge pool is out of memory (POOL_EXHAUSTED).
+  rk_store_config cfg{};
+  REQUIRE(rk_store_config_init(&cfg) == RK_OK);
+  cfg.num_layers = 1 << 10;
+  cfg.num_q_heads = 1 << 10;
+  cfg.num_kv_heads = 1 << 10;
+  cfg.head_dim = 1024;
+  cfg.page_size = 4096;
+  cfg.num_pages = INT32_MAX;  // 2^31 pages of 2 * 4096 * 1024 bf16: 2^55 bytes
+  rk_store* store = nullptr;
+  CHECK(rk_store_create(&cfg, big, &store) == RK_ERR_POOL_EXHAUSTED);
+  INFO(rk_last_error());
+  CHECK(contains(rk_last_error(), "out of memory"));
+  CHECK(store == nullptr);
+  rk_store_config c = cfg;
+  c.num_q_heads = 1 << 30;
+  CHECK(rk_store_create(&c, big, &store) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "num_q_heads=1073741824"));
+  c = cfg;
+  c.num_layers = INT32_MAX;
+  c.num_kv_heads = INT32_MAX;
+  CHECK(rk_store_create(&c, big, &store) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "num_layers * num_kv_heads"));
+  CHECK(store == nullptr);
+  REQUIRE(rk_head_map_destroy(big) == RK_OK);
+
+  // Counts on a live store.
+  Fixture f(RK_DTYPE_BF16, 4, 16);
+  std::int64_t s = 0;
+  REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
+  const Snapshot before = snapshot(f.store, {s}, 2);
+  std::vector<float> k(2 * 16, 0.5f);
+  std::vector<std::int32_t> pos = {0, 1, 2};
+  // A tensor that claims the huge n_tokens (the caller lies): rejected before any buffer is sized by it.
+  Tensor huge{{std::int64_t{1} << 40, 2, 16}};
+  CHECK(rk_append(f.store, s, 0, huge.make(k.data(), kF32), huge.make(k.data(), kF32), pos.data(),
+                  std::int64_t{1} << 40, nullptr) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "n_tokens=1099511627776"));
+  CHECK(rk_append(f.store, s, 0, huge.make(k.data(), kF32), huge.make(k.data(), kF32), pos.data(), INT64_MAX,
+                  nullptr) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_append(f.store, s, 0, huge.make(k.data(), kF32), huge.make(k.data(), kF32), pos.data(), -3,
+                  nullptr) == RK_ERR_INVALID_ARGUMENT);
+  const std::int32_t ql = 1;
+  CHECK(rk_plan(f.store, &s, &ql, -1, pos.data(), 1) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_plan(f.store, &s, &ql, 1, pos.data(), INT64_MAX) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "total_q"));
+  const std::int32_t big_len = INT32_MAX;
+  CHECK(rk_plan(f.store, &s, &big_len, 1, pos.data(), 1) == RK_ERR_INVALID_ARGUMENT);
+  std::int64_t n = -1;
+  for (const std::int64_t tokens : {INT64_MAX, std::int64_t{1} << 40, RK_MAX_TOKENS + 1}) {
+    CHECK(rk_store_pages_per_sequence(f.store, tokens, &n) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(contains(rk_last_error(), "num_tokens="));
+    CHECK(rk_store_sequences_that_fit(f.store, tokens, &n) == RK_ERR_INVALID_ARGUMENT);
+  }
+  CHECK(n == -1);
+  REQUIRE(rk_store_pages_per_sequence(f.store, RK_MAX_TOKENS, &n) == RK_OK);
+  rk_head_map* m = nullptr;
+  REQUIRE(rk_store_get_head_map(f.store, &m) == RK_OK);
+  CHECK(rk_head_map_peak_sequence_pages(m, 1, INT64_MAX, 1, &n) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_head_map_peak_sequence_pages(m, 1, 100, INT64_MAX, &n) == RK_ERR_INVALID_ARGUMENT);
+  CHECK(contains(rk_last_error(), "chunk="));
+  CHECK(rk_head_map_peak_sequence_pages(m, INT32_MIN, 100, 4, &n) == RK_ERR_INVALID_ARGUMENT);
+  REQUIRE(rk_head_map_peak_sequence_pages(m, 1, RK_MAX_TOKENS, RK_MAX_TOKENS, &n) == RK_OK);
+  size_t len = 0;
+  char tiny[4];
+  CHECK(rk_head_map_to_json(m, 2, tiny, sizeof tiny, &len) == RK_ERR_INVALID_ARGUMENT);
+  REQUIRE(rk_head_map_destroy(m) == RK_OK);
+  std::int64_t ids[2] = {s, s};
+  std::int64_t nidx = 0;
+  CHECK(rk_export_page_table(f.store, 0, ids, -1, nullptr, nullptr, 0, nullptr, nullptr, &nidx) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_export_page_table(f.store, INT32_MAX, ids, 1, nullptr, nullptr, 0, nullptr, nullptr, &nidx) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(rk_export_page_table(f.store, 0, ids, 1, nullptr, nullptr, -1, nullptr, nullptr, &nidx) ==
+        RK_ERR_INVALID_ARGUMENT);
+  CHECK(snapshot(f.store, {s}, 2) == before);
+}
+
+TEST_CASE("a DLTensor or store device_type outside DLDeviceType is read as an integer") {
+  Fixture f(RK_DTYPE_F32, 4, 16);
+  std::int64_t s = 0;
+  REQUIRE(rk_sequence_create(f.store, &s) == RK_OK);
+  const Snapshot before = snapshot(f.store, {s}, 2);
+  std::vector<float> k(2 * 16, 0.5f);
+  std::vector<std::int32_t> pos = {0};
+  Tensor kt{{1, 2, 16}}, vt{{1, 2, 16}};
+  for (const std::int32_t dev : {0, 5, 6, 17, 99, 12345, -1, INT32_MAX, INT32_MIN}) {
+    DLDevice d{};
+    std::memcpy(&d.device_type, &dev, sizeof dev);  // what a foreign producer may hand over
+    INFO("device_type=" << dev);
+    CHECK(rk_append(f.store, s, 0, kt.make(k.data(), kF32), vt.make(k.data(), kF32, d), pos.data(), 1,
+                    nullptr) == RK_ERR_INVALID_ARGUMENT);
+    INFO(rk_last_error());
+    CHECK(contains(rk_last_error(), "append: v"));
+    CHECK(contains(rk_last_error(), ("device type " + std::to_string(dev)).c_str()));
+    CHECK(contains(rk_last_error(), dev == 0 || dev == 5 || dev == 6 || dev > 16 || dev < 0
+                                        ? "not a DLDeviceType"
+                                        : "not host memory"));
+    CHECK(snapshot(f.store, {s}, 2) == before);
+
+    rk_store_config c = f.cfg;
+    c.device = d;
+    rk_store* out = nullptr;
+    rk_head_map* map = nullptr;
+    REQUIRE(rk_store_get_head_map(f.store, &map) == RK_OK);
+    CHECK(rk_store_create(&c, map, &out) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(contains(rk_last_error(), ("device_type=" + std::to_string(dev)).c_str()));
+    CHECK(out == nullptr);
+    REQUIRE(rk_head_map_destroy(map) == RK_OK);
+  }
+}
+
+TEST_CASE("use after destroy and double destroy of handles are errors, not crashes") {
+  std::int64_t stores0 = 0, maps0 = 0;
+  REQUIRE(rk_live_handles(&stores0, &maps0) == RK_OK);
+
+  rk_head_map* map = nullptr;
+  REQUIRE(rk_head_map_from_json(kMapJson, static_cast<size_t>(-1), &map) == RK_OK);
+  rk_store_config cfg{};
+  REQUIRE(rk_store_config_init(&cfg) == RK_OK);
+  cfg.num_layers = 2;
+  cfg.num_q_heads = 2;
+  cfg.num_kv_heads = 2;
+  cfg.head_dim = 8;
+  cfg.dtype = RK_DTYPE_F32;
+  cfg.page_size = 2;
+  cfg.num_pages = 8;
+  rk_store* store = nullptr;
+  REQUIRE(rk_store_create(&cfg, map, &store) == RK_OK);
+
+  SECTION("store") {
+    std::int64_t id = 0;
+    REQUIRE(rk_sequence_create(store, &id) == RK_OK);
+    REQUIRE(rk_store_destroy(store) == RK_OK);
+    std::int64_t out = -5;
+    CHECK(rk_sequence_create(store, &out) == RK_ERR_INVALID_ARGUMENT);
+    INFO(rk_last_error());
+    CHECK(contains(rk_last_error(), "rk_sequence_create: store handle 0x"));
+    CHECK(contains(rk_last_error(), "is not live (destroyed or never created)"));
+    CHECK(out == -5);
+    rk_store_stats st{};
+    CHECK(rk_store_get_stats(store, &st) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_sequence_free(store, id) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_sequence_fork(store, id, &out) == RK_ERR_INVALID_ARGUMENT);
+    std::int32_t i32 = 0;
+    CHECK(rk_sequence_contains(store, id, &i32) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_sequence_next_position(store, id, 0, &i32) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_sequence_retire_queries(store, id, 0, -1) == RK_ERR_INVALID_ARGUMENT);
+    const std::int32_t ql = 0;
+    CHECK(rk_plan(store, &id, &ql, 1, nullptr, 0) == RK_ERR_INVALID_ARGUMENT);
+    DLTensor t{};
+    CHECK(rk_store_get_kv_pool(store, &t) == RK_ERR_INVALID_ARGUMENT);
+    rk_store_config got{};
+    CHECK(rk_store_get_config(store, &got) == RK_ERR_INVALID_ARGUMENT);
+    rk_head_map* m = nullptr;
+    CHECK(rk_store_get_head_map(store, &m) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_store_pages_per_sequence(store, 4, &out) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_attention(store, 0, &t, &t, nullptr, nullptr, nullptr) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_append(store, id, 0, &t, &t, nullptr, 0, nullptr) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_export_page_table(store, 0, &id, 1, nullptr, nullptr, 0, nullptr, nullptr, &out) ==
+          RK_ERR_INVALID_ARGUMENT);
+    // Double destroy.
+    CHECK(rk_store_destroy(store) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(contains(rk_last_error(), "rk_store_destroy: store handle 0x"));
+    // A pointer that never was a handle.
+    int junk = 0;
+    CHECK(rk_store_destroy(reinterpret_cast<rk_store*>(&junk)) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(rk_store_get_stats(reinterpret_cast<rk_store*>(&junk), &st) == RK_ERR_INVALID_ARGUMENT);
+    REQUIRE(rk_head_map_destroy(map) == RK_OK);
+  }
+  SECTION("head map") {
+    REQUIRE(rk_head_map_destroy(map) == RK_OK);
+    rk_head_map_info info{};
+    CHECK(rk_head_map_get_info(map, &info) == RK_ERR_INVALID_ARGUMENT);
+    INFO(rk_last_error());
+    CHECK(contains(rk_last_error(), "head map handle 0x"));
+    CHECK(contains(rk_last_error(), "is not live"));
+    rk_head_policy p{};
+    CHECK(rk_head_map_get_policy(map, 0, 0, &p) == RK_ERR_INVALID_ARGUMENT);
+    size_t len = 0;
+    CHECK(rk_head_map_to_json(map, 2, nullptr, 0, &len) == RK_ERR_INVALID_ARGUMENT);
+    std::int64_t n = 0;
+    CHECK(rk_head_map_peak_sequence_pages(map, 4, 10, 1, &n) == RK_ERR_INVALID_ARGUMENT);
+    rk_store* other = nullptr;
+    CHECK(rk_store_create(&cfg, map, &other) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(other == nullptr);
+    CHECK(rk_head_map_destroy(map) == RK_ERR_INVALID_ARGUMENT);  // double destroy
+    CHECK(contains(rk_last_error(), "rk_head_map_destroy: head map handle 0x"));
+    // The store kept its own copy of the map and works on.
+    std::int64_t id = 0;
+    REQUIRE(rk_sequence_create(store, &id) == RK_OK);
+    REQUIRE(rk_store_destroy(store) == RK_OK);
+  }
+  std::int64_t stores1 = -1, maps1 = -1;
+  REQUIRE(rk_live_handles(&stores1, &maps1) == RK_OK);
+  CHECK(stores1 == stores0);
+  CHECK(maps1 == maps0);
+}
+
+TEST_CASE("cpu_attention itself rejects num_threads beyond kMaxAttentionThreads (every binding gets it)") {
+  using namespace redknot;
+  const ModelShape shape{1, 2, 1, 16, DType::kF32};
+  KVHeadStore<float> store(shape, HeadMap::all_global(1, 1), StoreConfig{4, 8});
+  const SeqId s = store.create_sequence();
+  const std::vector<std::int32_t> pos{0, 1, 2};
+  const std::vector<float> kv(3 * 16, 0.5f);
+  store.append(s, 0, std::span<const float>(kv), std::span<const float>(kv),
+               std::span<const std::int32_t>(pos));
+  AttentionPlan plan;
+  const std::vector<SeqId> seqs{s};
+  const std::vector<std::int32_t> ql{3};
+  plan.update(store, 0, std::span<const SeqId>(seqs), std::span<const std::int32_t>(ql),
+              std::span<const std::int32_t>(pos));
+  const std::vector<float> q(3 * 2 * 16, 0.1f);
+  std::vector<float> out(q.size(), -7.f);
+  STATIC_REQUIRE(kMaxAttentionThreads == RK_MAX_NUM_THREADS);
+  for (const int n : {-1, kMaxAttentionThreads + 1, 40000, 65536, INT32_MAX}) {
+    AttentionParams p;
+    p.num_threads = n;
+    INFO("num_threads=" << n);
+    CHECK_THROWS_AS(
+        cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(out), {}, p),
+        InvalidArgument);
+    try {
+      cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(out), {}, p);
+    } catch (const InvalidArgument& e) {
+      CHECK(contains(e.what(), ("num_threads=" + std::to_string(n)).c_str()));
+    }
+    CHECK(out[0] == -7.f);
+  }
+  AttentionParams ok;
+  ok.num_threads = 2;
+  cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(out), {}, ok);
+  for (const float x : out) CHECK(std::abs(x - 0.5f) < 1e-6f);
 }
