@@ -1,0 +1,1069 @@
+// Fuzz target: the C ABI (c_api.h) driven by a random sequence of calls, checked after every call against a
+// small model kept here.
+//
+// The input is a byte stream: a few bytes choose the store (dtype f32/f16/bf16, layers, heads, head_dim,
+// page_size 1..16, pool size) and its head map (mixed local/global/retrieval/dense heads, windows 1..64,
+// sinks 0..8, dense prefix), then each following group of bytes is one call: sequence create / fork (of
+// forks) / free, rk_append with valid or deliberately invalid arguments (one defect per call: dead id, bad
+// layer, stale or non-increasing positions, wrong shape / dtype / device, huge counts, NULL pointers),
+// rk_sequence_retire_queries per layer or for all layers, rk_plan (zero-query items, duplicates, dead ids,
+// bad lengths), rk_attention (f32 or store-dtype q, optional lse, valid and invalid params incl.
+// num_threads), stats and capacity queries, the FlashInfer CSR export and the pool view, head-map calls, and
+// destroy / double destroy / use after destroy of store and head-map handles.
+//
+// After every call:
+//   * the status is the one the model predicts (RK_OK for a valid call, the documented error otherwise, with
+//     a non-empty rk_last_error()); RK_ERR_INTERNAL is always a failure;
+//   * a failed call changed nothing: pages in use, live sequences and next positions per (seq, layer);
+//   * live sequences and next positions match the model;
+//   * after a successful rk_attention every output row matches a naive fp64 oracle over a shadow copy of
+//     everything appended (canonical visibility rule), with a tolerance that fails on NaN;
+//   * an exported CSR is well formed and its pages hold exactly the shadow's K/V.
+// Any mismatch prints what differed and calls __builtin_trap(), so libFuzzer reports it as a crash.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "redknot/c_api.h"
+#include "redknot/dtype.hpp"
+
+namespace {
+
+[[noreturn]] void die(const char* what, long long a = 0, long long b = 0) {
+  std::fprintf(stderr, "fuzz_c_api: MISMATCH: %s (%lld, %lld); last error: %s\n", what, a, b,
+               rk_last_error());
+  std::fflush(stderr);
+  __builtin_trap();
+}
+#define FZ_CHECK(cond, ...)                       \
+  do {                                            \
+    if (!(cond)) die(#cond " [" __VA_ARGS__ "]"); \
+  } while (0)
+
+// Reads the input; past its end every read returns 0 (the sequence just ends).
+struct Bytes {
+  const std::uint8_t* p;
+  std::size_t n;
+  std::size_t i = 0;
+  bool empty() const { return i >= n; }
+  std::uint8_t u8() { return i < n ? p[i++] : 0; }
+  std::uint16_t u16() { return static_cast<std::uint16_t>(u8() | (u8() << 8)); }
+  std::uint32_t u32() {
+    return static_cast<std::uint32_t>(u16() | (static_cast<std::uint32_t>(u16()) << 16));
+  }
+  int in(int lo, int hi) {
+    return lo + static_cast<int>(u8() % static_cast<unsigned>(hi - lo + 1));
+  }  // [lo, hi]
+};
+
+struct Rng {  // values of K, V and Q: deterministic from a seed byte, so inputs stay small
+  std::uint32_t s;
+  std::uint32_t next() {
+    s = s * 1664525u + 1013904223u;
+    return s >> 8;
+  }
+  // Multiples of 1/16 in [-1, 1]: exact in f32, f16 and bf16, so storage rounding does not blur the oracle.
+  float val() { return static_cast<float>(static_cast<int>(next() % 33) - 16) / 16.f; }
+};
+
+constexpr DLDataType kF32{kDLFloat, 32, 1};
+constexpr DLDataType kF16{kDLFloat, 16, 1};
+constexpr DLDataType kBF16{kDLBfloat, 16, 1};
+constexpr DLDataType kI32{kDLInt, 32, 1};
+
+DLDataType dl_of(int dt) { return dt == RK_DTYPE_F32 ? kF32 : dt == RK_DTYPE_F16 ? kF16 : kBF16; }
+std::size_t elem_size(int dt) { return dt == RK_DTYPE_F32 ? 4 : 2; }
+
+// Float <-> storage bits of the store dtype (through redknot's conversions: exact for our values).
+void put(void* base, std::size_t i, int dt, float x) {
+  if (dt == RK_DTYPE_F32)
+    static_cast<float*>(base)[i] = x;
+  else if (dt == RK_DTYPE_F16)
+    static_cast<redknot::Half*>(base)[i] = redknot::from_float<redknot::Half>(x);
+  else
+    static_cast<redknot::BFloat16*>(base)[i] = redknot::from_float<redknot::BFloat16>(x);
+}
+float get(const void* base, std::size_t i, int dt) {
+  if (dt == RK_DTYPE_F32) return static_cast<const float*>(base)[i];
+  if (dt == RK_DTYPE_F16) return redknot::to_float(static_cast<const redknot::Half*>(base)[i]);
+  return redknot::to_float(static_cast<const redknot::BFloat16*>(base)[i]);
+}
+
+struct Tensor {
+  std::vector<std::int64_t> shape;
+  std::vector<unsigned char> buf;
+  DLTensor t{};
+  DLTensor* make(std::vector<std::int64_t> shp, DLDataType dt, std::size_t elems, std::size_t esize) {
+    shape = std::move(shp);
+    buf.assign(elems * esize + 16, 0);
+    t.data = buf.data();
+    t.device = DLDevice{kDLCPU, 0};
+    t.ndim = static_cast<std::int32_t>(shape.size());
+    t.dtype = dt;
+    t.shape = shape.data();
+    t.strides = nullptr;
+    t.byte_offset = 0;
+    return &t;
+  }
+};
+
+struct LayerShadow {
+  std::vector<std::int32_t> pos;
+  std::vector<float> k, v;  // [token][kv_head][dim]
+  std::int32_t next = 0;
+  std::int32_t floor = 0;
+};
+
+struct SeqModel {
+  std::vector<LayerShadow> layers;
+};
+
+// What the inputs reached (printed at exit when FUZZ_C_API_STATS is set: a quick look at how deep a corpus
+// goes without coverage tools).
+struct Reached {
+  long long appends = 0, attention_ok = 0, attention_rows = 0, attention_err = 0, plans = 0, exports = 0,
+            forks = 0, retires = 0, pool_full = 0;
+  ~Reached() {
+    if (std::getenv("FUZZ_C_API_STATS"))
+      std::fprintf(
+          stderr,
+          "fuzz_c_api: appends %lld (pool full %lld), forks %lld, retires %lld, plans %lld, attention ok "
+          "%lld (%lld rows) / failed %lld, csr exports %lld\n",
+          appends, pool_full, forks, retires, plans, attention_ok, attention_rows, attention_err, exports);
+  }
+} g_reached;
+
+struct Policy {
+  int cls = RK_HEAD_GLOBAL;
+  int window = -1;
+  int sink = 0;
+};
+
+bool visible(const Policy& p, std::int64_t q, std::int64_t k) {
+  if (k > q) return false;
+  if (p.cls != RK_HEAD_LOCAL) return true;
+  return k < p.sink || k > q - p.window;
+}
+
+class Fuzzer {
+ public:
+  explicit Fuzzer(Bytes& in) : in_(in) {}
+
+  void run() {
+    if (!create_store()) return;
+    int ops = 0;
+    while (!in_.empty() && ops++ < 96) step();
+    // Tear down: destroy, then a second destroy and a use after destroy must be clean errors.
+    destroy_store();
+    std::int64_t stores = -1, maps = -1;
+    FZ_CHECK(rk_live_handles(&stores, &maps) == RK_OK);
+    FZ_CHECK(stores == 0 && maps == 0, "handles leaked");
+  }
+
+ private:
+  // ---- expectations
+  // ----------------------------------------------------------------------------------------
+
+  void expect(int got, int want, const char* what) {
+    if (got == RK_ERR_INTERNAL) {
+      std::fprintf(stderr, "fuzz_c_api: %s returned RK_ERR_INTERNAL\n", what);
+      die("RK_ERR_INTERNAL");
+    }
+    if (got != want) {
+      std::fprintf(stderr, "fuzz_c_api: %s returned %s, the model expected %s\n", what, rk_status_string(got),
+                   rk_status_string(want));
+      die("status");
+    }
+    if (got != RK_OK) FZ_CHECK(rk_last_error()[0] != '\0', "empty error message");
+  }
+
+  struct Snap {
+    std::int64_t pages = 0, seqs = 0;
+    std::vector<std::int32_t> next;
+  };
+  Snap snap() {
+    Snap s;
+    rk_store_stats st{};
+    FZ_CHECK(rk_store_get_stats(store_, &st) == RK_OK);
+    s.pages = st.pages_in_use;
+    s.seqs = st.num_sequences;
+    for (auto& [id, m] : seqs_)
+      for (int l = 0; l < L_; ++l) {
+        std::int32_t np = -1;
+        FZ_CHECK(rk_sequence_next_position(store_, id, l, &np) == RK_OK);
+        s.next.push_back(np);
+      }
+    return s;
+  }
+  void same(const Snap& a, const Snap& b) {
+    FZ_CHECK(a.pages == b.pages, "a failed call changed pages in use");
+    FZ_CHECK(a.seqs == b.seqs, "a failed call changed the number of sequences");
+    FZ_CHECK(a.next == b.next, "a failed call changed a next position");
+  }
+
+  // Model vs store after every call.
+  void check_model() {
+    rk_store_stats st{};
+    FZ_CHECK(rk_store_get_stats(store_, &st) == RK_OK);
+    FZ_CHECK(st.num_sequences == static_cast<std::int64_t>(seqs_.size()), "num_sequences");
+    FZ_CHECK(st.pages_in_use >= 0 && st.pages_in_use <= num_pages_, "pages_in_use out of range");
+    FZ_CHECK(st.pages_total == num_pages_);
+    for (auto& [id, m] : seqs_) {
+      std::int32_t live = 0;
+      FZ_CHECK(rk_sequence_contains(store_, id, &live) == RK_OK && live == 1, "live sequence missing");
+      for (int l = 0; l < L_; ++l) {
+        std::int32_t np = -1;
+        FZ_CHECK(rk_sequence_next_position(store_, id, l, &np) == RK_OK);
+        FZ_CHECK(np == m.layers[static_cast<std::size_t>(l)].next, "next position differs from the model");
+      }
+    }
+    for (const std::int64_t id : dead_) {
+      std::int32_t live = 1;
+      FZ_CHECK(rk_sequence_contains(store_, id, &live) == RK_OK && live == 0, "freed sequence still live");
+    }
+    if (seqs_.empty()) FZ_CHECK(st.pages_in_use == 0, "pages in use without any sequence");
+  }
+
+  // ---- setup
+  // -----------------------------------------------------------------------------------------------
+
+  bool create_store() {
+    dt_ = in_.in(0, 2);
+    L_ = in_.in(1, 3);
+    H_ = in_.in(1, 3);
+    G_ = in_.in(1, 2);
+    D_ = 8 * in_.in(1, 3);
+    ps_ = in_.in(1, 16);
+    num_pages_ = in_.in(1, 96);
+    const int map_kind = in_.in(0, 3);
+    rk_head_map* map = nullptr;
+    int st;
+    if (map_kind == 0) {
+      const int cls = in_.in(0, 3);
+      st = rk_head_map_uniform(L_, H_, cls, in_.in(1, 64), in_.in(0, 8), &map);
+    } else if (map_kind == 1) {
+      st = rk_head_map_with_global_ratio(L_, H_, in_.in(0, 4) / 4.0, in_.in(1, 64), in_.in(0, 8), &map);
+    } else {
+      st = rk_head_map_from_json(map_json().c_str(), static_cast<size_t>(-1), &map);
+    }
+    expect(st, RK_OK, "head map creation");
+    rk_store_config cfg{};
+    FZ_CHECK(rk_store_config_init(&cfg) == RK_OK);
+    cfg.num_layers = L_;
+    cfg.num_q_heads = H_ * G_;
+    cfg.num_kv_heads = H_;
+    cfg.head_dim = D_;
+    cfg.dtype = dt_;
+    cfg.page_size = ps_;
+    cfg.num_pages = num_pages_;
+    // A few invalid configurations first: each is an error with nothing created.
+    const int bad = in_.in(0, 7);
+    if (bad >= 1 && bad <= 5) {
+      rk_store_config c = cfg;
+      int want = RK_ERR_INVALID_ARGUMENT;
+      if (bad == 1) c.head_dim = D_ + 4;
+      if (bad == 2) c.num_layers = L_ + 1;
+      if (bad == 3) c.page_size = 0;
+      if (bad == 4) {
+        const std::int32_t dev = static_cast<std::int32_t>(in_.u32());
+        std::memcpy(&c.device.device_type, &dev, sizeof dev);
+        if (dev == kDLCPU)
+          want = RK_OK;
+        else if (dev == kDLCUDA || dev == kDLCUDAManaged)
+          want = RK_ERR_UNAVAILABLE;
+      }
+      if (bad == 5) {
+        c.num_q_heads = H_ * G_ + 1;
+        if (H_ == 1) want = RK_OK;  // still a multiple of num_kv_heads
+      }
+      rk_store* s = nullptr;
+      const int got = rk_store_create(&c, map, &s);
+      expect(got, want, "rk_store_create (bad config)");
+      if (got == RK_OK)
+        FZ_CHECK(rk_store_destroy(s) == RK_OK);
+      else
+        FZ_CHECK(s == nullptr, "out written on failure");
+    }
+    expect(rk_store_create(&cfg, map, &store_), RK_OK, "rk_store_create");
+    // The oracle's policies: the effective ones of the store's map, cross-checked with what we asked for.
+    pol_.assign(static_cast<std::size_t>(L_ * H_), Policy{});
+    rk_head_map* copy = nullptr;
+    expect(rk_store_get_head_map(store_, &copy), RK_OK, "rk_store_get_head_map");
+    for (int l = 0; l < L_; ++l)
+      for (int h = 0; h < H_; ++h) {
+        rk_head_policy p{};
+        expect(rk_head_map_get_policy(copy, l, h, &p), RK_OK, "rk_head_map_get_policy");
+        pol_[static_cast<std::size_t>(l * H_ + h)] = Policy{p.head_class, p.window, p.sink};
+        if (map_kind >= 2) {
+          const Policy& want = json_pol_[static_cast<std::size_t>(l * H_ + h)];
+          const int cls = l < json_dense_prefix_ ? RK_HEAD_DENSE : want.cls;
+          FZ_CHECK(p.head_class == cls, "effective class differs from the JSON");
+          if (cls == RK_HEAD_LOCAL) FZ_CHECK(p.window == want.window && p.sink == want.sink, "window/sink");
+        }
+      }
+    FZ_CHECK(rk_head_map_destroy(copy) == RK_OK);
+    FZ_CHECK(rk_head_map_destroy(map) == RK_OK);
+    // Use after destroy and double destroy of a head map (checked at once: a new map may reuse the address).
+    rk_head_map_info info{};
+    expect(rk_head_map_get_info(map, &info), RK_ERR_INVALID_ARGUMENT, "rk_head_map_get_info after destroy");
+    expect(rk_head_map_destroy(map), RK_ERR_INVALID_ARGUMENT, "double rk_head_map_destroy");
+    return true;
+  }
+
+  std::string map_json() {
+    json_dense_prefix_ = in_.in(0, 3) == 0 ? in_.in(0, L_) : 0;
+    json_pol_.assign(static_cast<std::size_t>(L_ * H_), Policy{});
+    static const char* names[] = {"local", "global", "retrieval", "dense"};
+    std::string cls = "[", win = "[", sink = "[";
+    for (int l = 0; l < L_; ++l) {
+      cls += l ? ",[" : "[";
+      win += l ? ",[" : "[";
+      sink += l ? ",[" : "[";
+      for (int h = 0; h < H_; ++h) {
+        const int b = in_.u8();
+        Policy p;
+        p.cls = b % 8 < 5      ? RK_HEAD_LOCAL
+                : b % 8 < 7    ? RK_HEAD_GLOBAL
+                : (b >> 3) % 2 ? RK_HEAD_RETRIEVAL
+                               : RK_HEAD_DENSE;
+        p.window = p.cls == RK_HEAD_LOCAL ? in_.in(1, 64) : -1;
+        p.sink = p.cls == RK_HEAD_LOCAL ? in_.in(0, 8) : 0;
+        json_pol_[static_cast<std::size_t>(l * H_ + h)] = p;
+        cls += std::string(h ? "," : "") + "\"" + names[p.cls] + "\"";
+        win += std::string(h ? "," : "") + std::to_string(p.window);
+        sink += std::string(h ? "," : "") + std::to_string(p.sink);
+      }
+      cls += "]";
+      win += "]";
+      sink += "]";
+    }
+    return "{\"num_layers\":" + std::to_string(L_) + ",\"num_kv_heads\":" + std::to_string(H_) +
+           ",\"dense_prefix_layers\":" + std::to_string(json_dense_prefix_) +
+           ",\"kv_head_classification\":" + cls + "],\"kv_head_max_distance\":" + win +
+           "],\"kv_head_sink_size\":" + sink + "]}";
+  }
+
+  void destroy_store() {
+    if (!store_) return;
+    FZ_CHECK(rk_store_destroy(store_) == RK_OK);
+    rk_store_stats st{};
+    expect(rk_store_get_stats(store_, &st), RK_ERR_INVALID_ARGUMENT, "rk_store_get_stats after destroy");
+    std::int64_t id = 0;
+    expect(rk_sequence_create(store_, &id), RK_ERR_INVALID_ARGUMENT, "rk_sequence_create after destroy");
+    expect(rk_store_destroy(store_), RK_ERR_INVALID_ARGUMENT, "double rk_store_destroy");
+    store_ = nullptr;
+    seqs_.clear();
+  }
+
+  // ---- helpers
+  // ---------------------------------------------------------------------------------------------
+
+  // A live sequence id (or, with some probability or when none is live, a dead / never created one).
+  std::int64_t pick_seq(bool* live) {
+    const int b = in_.u8();
+    if (!seqs_.empty() && b % 16 != 0) {
+      auto it = seqs_.begin();
+      std::advance(it, static_cast<long>((b >> 4) % seqs_.size()));
+      *live = true;
+      return it->first;
+    }
+    *live = false;
+    if (!dead_.empty() && b % 2) return dead_[static_cast<std::size_t>(b >> 1) % dead_.size()];
+    return 1000000 + b;
+  }
+
+  // ---- one call
+  // --------------------------------------------------------------------------------------------
+
+  void step() {
+    const int op = in_.u8() % 20;
+    switch (op) {
+      case 0:
+      case 1:
+        op_create();
+        break;
+      case 2:
+        op_fork();
+        break;
+      case 3:
+        op_free();
+        break;
+      case 4:
+      case 5:
+      case 6:
+        op_append();
+        break;
+      case 7:
+        op_retire();
+        break;
+      case 8:
+      case 9:
+        op_plan();
+        break;
+      case 10:
+      case 11:
+        op_attention();
+        break;
+      case 12:
+        op_stats();
+        break;
+      case 13:
+        op_export();
+        break;
+      case 14:
+        op_head_map();
+        break;
+      default:  // 15..19: the engine step, the way most attention calls succeed
+        if (in_.u8() % 32 == 0)
+          op_recreate();
+        else
+          op_plan_and_attend();
+        break;
+    }
+    check_model();
+  }
+
+  void op_create() {
+    std::int64_t id = -1;
+    expect(rk_sequence_create(store_, &id), RK_OK, "rk_sequence_create");
+    FZ_CHECK(seqs_.count(id) == 0, "sequence id reused");
+    seqs_[id].layers.assign(static_cast<std::size_t>(L_), LayerShadow{});
+  }
+
+  void op_fork() {
+    bool live = false;
+    const std::int64_t parent = pick_seq(&live);
+    std::int64_t id = -7;
+    const Snap before = snap();
+    const int st = rk_sequence_fork(store_, parent, &id);
+    expect(st, live ? RK_OK : RK_ERR_NOT_FOUND, "rk_sequence_fork");
+    if (st != RK_OK) {
+      FZ_CHECK(id == -7, "out written on failure");
+      same(before, snap());
+      return;
+    }
+    seqs_[id] = seqs_.at(parent);
+    ++g_reached.forks;
+  }
+
+  void op_free() {
+    bool live = false;
+    const std::int64_t id = pick_seq(&live);
+    const Snap before = snap();
+    const int st = rk_sequence_free(store_, id);
+    expect(st, live ? RK_OK : RK_ERR_NOT_FOUND, "rk_sequence_free");
+    if (st != RK_OK) {
+      same(before, snap());
+      return;
+    }
+    seqs_.erase(id);
+    dead_.push_back(id);
+  }
+
+  // forced_id >= 0: a valid append to that live sequence in forced_layer (the engine step).
+  void op_append(std::int64_t forced_id = -1, int forced_layer = 0) {
+    bool live = forced_id >= 0;
+    const std::int64_t id = forced_id >= 0 ? forced_id : pick_seq(&live);
+    int layer = forced_id >= 0 ? forced_layer : in_.in(0, L_ - 1);
+    const int n = in_.in(1, 24);
+    int defect = forced_id >= 0 ? 0 : in_.u8();
+    defect = defect < 160 ? 0 : defect % 14;
+    const bool store_dtype_in = in_.u8() % 2;  // k/v in the store dtype (zero copy) or f32 (converted)
+    Rng rng{in_.u8() * 2654435761u + 1};
+    // Positions: from next (or a little beyond: a jump) with gaps.
+    std::int32_t p0 = live ? seqs_.at(id).layers[static_cast<std::size_t>(layer)].next : 0;
+    p0 += in_.u8() % 4 == 0 ? in_.in(0, 40) : 0;
+    std::vector<std::int32_t> pos(static_cast<std::size_t>(n));
+    std::int32_t p = p0;
+    for (int i = 0; i < n; ++i) {
+      pos[static_cast<std::size_t>(i)] = p;
+      p += in_.u8() % 8 == 0 ? in_.in(2, 5) : 1;
+    }
+    int want = live ? RK_OK : RK_ERR_NOT_FOUND;
+    std::int64_t n_tokens = n;
+    std::int64_t rows = n;
+    DLDataType kdt = store_dtype_in ? dl_of(dt_) : kF32;
+    std::int64_t shape_h = H_, shape_d = D_;
+    const std::int32_t* pos_ptr = pos.data();
+    std::int32_t bad_dev = kDLCPU;
+    bool null_k = false;
+    switch (defect) {
+      case 1:
+        layer = in_.u8() % 2 ? L_ + in_.in(0, 3) : -1 - in_.in(0, 3);
+        if (live) want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 2:  // stale position: not beyond what was appended
+        if (live && seqs_.at(id).layers[static_cast<std::size_t>(layer)].next > 0) {
+          pos[0] = seqs_.at(id).layers[static_cast<std::size_t>(layer)].next - 1 - in_.in(0, 3);
+          want = RK_ERR_INVALID_ARGUMENT;
+        }
+        break;
+      case 3:  // not strictly increasing
+        if (n >= 2) {
+          const int i = in_.in(1, n - 1);
+          pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(i - 1)] - in_.in(0, 1);
+          if (live) want = RK_ERR_INVALID_ARGUMENT;
+        }
+        break;
+      case 4:  // wrong shape
+        shape_d = D_ + 8;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 5:  // rows != n_tokens
+        rows = n + 1;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 6:  // wrong dtype
+        kdt = in_.u8() % 2 ? kI32 : (dt_ == RK_DTYPE_BF16 ? kF16 : kBF16);
+        if (kdt.code == dl_of(dt_).code && kdt.bits == dl_of(dt_).bits) kdt = kI32;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 7:  // huge n_tokens, the tensors stay small
+        n_tokens = in_.u8() % 2 ? (std::int64_t{1} << 40) : std::numeric_limits<std::int64_t>::max();
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 8:
+        n_tokens = 0;
+        rows = 0;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 9:
+        pos_ptr = nullptr;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 10: {  // device type outside the enum, or a non-host device
+        bad_dev = static_cast<std::int32_t>(in_.u32());
+        if (bad_dev != kDLCPU && bad_dev != kDLCUDAHost) want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      }
+      case 11:  // the last position too large
+        pos[static_cast<std::size_t>(n - 1)] = std::numeric_limits<std::int32_t>::max();
+        if (live && (n == 1 || pos[static_cast<std::size_t>(n - 2)] < pos[static_cast<std::size_t>(n - 1)]) &&
+            pos[0] >= seqs_.at(id).layers[static_cast<std::size_t>(layer)].next)
+          want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 12:
+        null_k = true;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 13:
+        n_tokens = -1 - in_.in(0, 100);
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      default:
+        break;
+    }
+    Tensor kt, vt;
+    const std::size_t es = kdt.bits / 8 ? kdt.bits / 8 : 1;
+    const auto elems = static_cast<std::size_t>(rows * shape_h * shape_d);
+    const bool flat = in_.u8() % 4 == 0;
+    std::vector<std::int64_t> shp = flat ? std::vector<std::int64_t>{rows, shape_h * shape_d}
+                                         : std::vector<std::int64_t>{rows, shape_h, shape_d};
+    DLTensor* k = kt.make(shp, kdt, elems, es);
+    DLTensor* v = vt.make(shp, kdt, elems, es);
+    std::memcpy(&v->device.device_type, &bad_dev, sizeof bad_dev);
+    std::vector<float> kf(elems), vf(elems);
+    for (std::size_t i = 0; i < elems; ++i) {
+      kf[i] = rng.val();
+      vf[i] = rng.val();
+      if (kdt.code == kDLFloat && kdt.bits == 32) {
+        put(kt.buf.data(), i, RK_DTYPE_F32, kf[i]);
+        put(vt.buf.data(), i, RK_DTYPE_F32, vf[i]);
+      } else if (kdt.code == dl_of(dt_).code && kdt.bits == dl_of(dt_).bits) {
+        put(kt.buf.data(), i, dt_, kf[i]);
+        put(vt.buf.data(), i, dt_, vf[i]);
+      }
+    }
+    // Check order of the C ABI: NULL tensors, n_tokens, positions, shapes/dtypes/devices, then the sequence.
+    if (want == RK_ERR_NOT_FOUND && defect != 0 && defect != 1 && defect != 2 && defect != 3 && defect != 11)
+      want = RK_ERR_INVALID_ARGUMENT;  // argument checks come before the sequence lookup
+    if (!live && (defect == 10) && (bad_dev == kDLCPU || bad_dev == kDLCUDAHost)) want = RK_ERR_NOT_FOUND;
+    const Snap before = snap();
+    int st = rk_append(store_, id, layer, null_k ? nullptr : k, v, pos_ptr, n_tokens, nullptr);
+    if (want == RK_OK && st == RK_ERR_POOL_EXHAUSTED) {
+      ++g_reached.pool_full;
+      same(before, snap());  // a valid append that does not fit: nothing changed
+      return;
+    }
+    expect(st, want, "rk_append");
+    if (st != RK_OK) {
+      same(before, snap());
+      return;
+    }
+    LayerShadow& ls = seqs_.at(id).layers[static_cast<std::size_t>(layer)];
+    for (int i = 0; i < n; ++i) {
+      ls.pos.push_back(pos[static_cast<std::size_t>(i)]);
+      for (int j = 0; j < H_ * D_; ++j) {
+        ls.k.push_back(kf[static_cast<std::size_t>(i * H_ * D_ + j)]);
+        ls.v.push_back(vf[static_cast<std::size_t>(i * H_ * D_ + j)]);
+      }
+    }
+    ls.next = pos[static_cast<std::size_t>(n - 1)] + 1;
+    ls.floor = pos[0];
+    ++g_reached.appends;
+  }
+
+  void op_retire() {
+    bool live = false;
+    const std::int64_t id = pick_seq(&live);
+    const int layer = in_.u8() % 3 == 0 ? -1 : in_.in(-2, L_);
+    std::int32_t nqp = 0;
+    int want = live ? RK_OK : RK_ERR_NOT_FOUND;
+    if (live) {
+      const SeqModel& m = seqs_.at(id);
+      const int l = layer >= 0 && layer < L_ ? layer : 0;
+      const LayerShadow& ls = m.layers[static_cast<std::size_t>(l)];
+      nqp = ls.floor + in_.in(-2, std::max(0, ls.next - ls.floor + 1));
+      if (layer != -1 && (layer < 0 || layer >= L_)) {
+        want = RK_ERR_INVALID_ARGUMENT;
+      } else {
+        for (int q = layer == -1 ? 0 : layer; q < (layer == -1 ? L_ : layer + 1); ++q)
+          if (nqp > m.layers[static_cast<std::size_t>(q)].next) want = RK_ERR_INVALID_ARGUMENT;
+      }
+    }
+    const Snap before = snap();
+    const int st = rk_sequence_retire_queries(store_, id, nqp, layer);
+    expect(st, want, "rk_sequence_retire_queries");
+    if (st != RK_OK) {
+      same(before, snap());
+      return;
+    }
+    for (int q = layer == -1 ? 0 : layer; q < (layer == -1 ? L_ : layer + 1); ++q) {
+      auto& f = seqs_.at(id).layers[static_cast<std::size_t>(q)].floor;
+      f = std::max(f, nqp);
+    }
+    ++g_reached.retires;
+  }
+
+  // A batch; target_layer >= 0 makes its query positions valid for that layer (where possible).
+  void op_plan(int target_layer = -1) {
+    const int batch = in_.in(0, 4);
+    std::vector<std::int64_t> ids;
+    std::vector<std::int32_t> lens;
+    std::vector<std::int32_t> qpos;
+    int want = RK_OK;
+    const int layer = target_layer >= 0 ? target_layer : in_.in(0, L_ - 1);
+    for (int i = 0; i < batch; ++i) {
+      bool live = false;
+      std::int64_t id = pick_seq(&live);
+      if (!ids.empty() && in_.u8() % 16 == 0) {
+        id = ids[0];  // duplicate
+        live = seqs_.count(id) != 0;
+        if (want == RK_OK) want = RK_ERR_INVALID_ARGUMENT;
+      } else {
+        bool dup = false;
+        for (auto x : ids) dup |= x == id;
+        if (dup && want == RK_OK) want = RK_ERR_INVALID_ARGUMENT;
+        if (!dup && !live && want == RK_OK) want = RK_ERR_NOT_FOUND;
+      }
+      const int b = in_.u8();
+      int len = b % 4 == 0 ? 0 : b % 16 == 1 ? in_.in(12, 20) : in_.in(1, 3);
+      if (live && target_layer >= 0) {  // nothing to attend to in this layer: a zero-query item
+        const LayerShadow& ls = seqs_.at(id).layers[static_cast<std::size_t>(layer)];
+        if (ls.next == ls.floor && b % 32 != 3) len = 0;
+      }
+      ids.push_back(id);
+      lens.push_back(len);
+      for (int j = 0; j < len; ++j) {
+        std::int32_t p = in_.in(0, 30);
+        if (live) {
+          const LayerShadow& ls = seqs_.at(id).layers[static_cast<std::size_t>(layer)];
+          if (ls.next > ls.floor && in_.u8() % 8 != 0)
+            p = ls.floor + static_cast<std::int32_t>(in_.u8()) % (ls.next - ls.floor);
+        }
+        qpos.push_back(p);
+      }
+    }
+    std::int64_t total = static_cast<std::int64_t>(qpos.size());
+    int bad = in_.u8();
+    bad = bad < 200 ? 0 : bad % 6;
+    std::int32_t batch_arg = batch;
+    const std::int32_t* lens_ptr = lens.data();
+    if (bad == 1 && total > 0) {  // total_q disagrees with sum(q_lens)
+      total -= 1;
+      want = RK_ERR_INVALID_ARGUMENT;
+    } else if (bad == 2) {
+      batch_arg = -1;
+      want = RK_ERR_INVALID_ARGUMENT;
+    } else if (bad == 3 && batch > 0) {
+      lens[0] = -1 - in_.in(0, 5);
+      want = RK_ERR_INVALID_ARGUMENT;
+    } else if (bad == 4 && total > 0) {
+      qpos[0] = -1;
+      want = RK_ERR_INVALID_ARGUMENT;
+    } else if (bad == 5) {
+      total = std::numeric_limits<std::int64_t>::max();
+      want = RK_ERR_INVALID_ARGUMENT;
+    }
+    if (batch == 0) lens_ptr = nullptr;
+    const Snap before = snap();
+    const int st = rk_plan(store_, ids.empty() ? nullptr : ids.data(), lens_ptr, batch_arg,
+                           qpos.empty() ? nullptr : qpos.data(), total);
+    expect(st, want, "rk_plan");
+    same(before, snap());  // rk_plan never changes the store
+    if (st == RK_OK) {
+      ++g_reached.plans;
+      planned_ = true;
+      plan_ids_ = ids;
+      plan_lens_ = lens;
+      plan_pos_ = qpos;
+    }
+  }
+
+  void op_attention(int layer_arg = -100) {
+    int layer = layer_arg != -100 ? layer_arg : in_.in(0, L_ - 1);
+    if (layer_arg == -100 && in_.u8() % 16 == 0) layer = in_.u8() % 2 ? L_ : -1;
+    const int Hq = H_ * G_;
+    const std::int64_t total = planned_ ? static_cast<std::int64_t>(plan_pos_.size()) : 0;
+    const bool q_store = in_.u8() % 3 == 0;  // q/out in the store dtype, else f32
+    const int qdt = q_store ? dt_ : RK_DTYPE_F32;
+    const bool with_lse = in_.u8() % 2;
+    int want = RK_OK;
+    rk_attention_params params{0.f, 0};
+    const rk_attention_params* pp = nullptr;
+    const int pk = in_.u8() % 16;
+    if (pk >= 1 && pk <= 10) {
+      static const float scales[] = {0.f, 0.5f, 0.125f, 1.f};
+      params.sm_scale = scales[in_.u8() % 4];
+      params.num_threads = in_.in(0, 3);
+      pp = &params;
+    } else if (pk == 11) {
+      static const std::int32_t bad_threads[] = {-1,
+                                                 RK_MAX_NUM_THREADS + 1,
+                                                 40000,
+                                                 65536,
+                                                 70000,
+                                                 std::numeric_limits<std::int32_t>::max(),
+                                                 std::numeric_limits<std::int32_t>::min()};
+      params.num_threads = bad_threads[in_.u8() % 7];
+      pp = &params;
+      want = RK_ERR_INVALID_ARGUMENT;
+    } else if (pk == 12) {
+      static const float bad_scales[] = {-1.f, std::numeric_limits<float>::quiet_NaN(),
+                                         std::numeric_limits<float>::infinity()};
+      params.sm_scale = bad_scales[in_.u8() % 3];
+      pp = &params;
+      want = RK_ERR_INVALID_ARGUMENT;
+    }
+    if (layer < 0 || layer >= L_) want = RK_ERR_INVALID_ARGUMENT;
+    std::int64_t rows = total;
+    const int shape_bad = in_.u8() % 16 == 0;
+    if (shape_bad) rows += 1;
+    if (!planned_ && want == RK_OK) want = RK_ERR_INVALID_ARGUMENT;
+    if (shape_bad && want == RK_OK) want = RK_ERR_INVALID_ARGUMENT;
+    // The model's verdict on the planned batch in this layer (the order AttentionPlan::update checks in).
+    if (want == RK_OK) {
+      bool any_dead = false;
+      for (std::size_t i = 0, row = 0; i < plan_ids_.size() && want == RK_OK; ++i) {
+        auto it = seqs_.find(plan_ids_[i]);
+        if (it == seqs_.end()) {
+          any_dead = true;
+          if (plan_lens_[i] > 0) want = RK_ERR_NOT_FOUND;
+        } else {
+          const LayerShadow& ls = it->second.layers[static_cast<std::size_t>(layer)];
+          for (int j = 0; j < plan_lens_[i]; ++j) {
+            const std::int32_t p = plan_pos_[row + static_cast<std::size_t>(j)];
+            if (p < ls.floor || p >= ls.next) want = RK_ERR_INVALID_ARGUMENT;
+          }
+        }
+        row += static_cast<std::size_t>(plan_lens_[i]);
+      }
+      if (want == RK_OK && any_dead) want = RK_ERR_NOT_FOUND;
+    }
+    Rng rng{in_.u8() * 2246822519u + 7};
+    Tensor qt, ot, lt;
+    const auto elems = static_cast<std::size_t>(rows * Hq * D_);
+    DLTensor* q = qt.make({rows, Hq, D_}, dl_of(qdt), elems, elem_size(qdt));
+    DLTensor* out = ot.make({rows, static_cast<std::int64_t>(Hq) * D_}, dl_of(qdt), elems, elem_size(qdt));
+    DLTensor* lse = with_lse ? lt.make({rows, Hq}, kF32, static_cast<std::size_t>(rows * Hq), 4) : nullptr;
+    std::vector<float> qf(elems);
+    for (std::size_t i = 0; i < elems; ++i) {
+      qf[i] = rng.val();
+      put(qt.buf.data(), i, qdt, qf[i]);
+      put(ot.buf.data(), i, qdt, -3.f);  // sentinel: outputs untouched on failure
+    }
+    const Snap before = snap();
+    const int st = rk_attention(store_, layer, q, out, lse, pp, nullptr);
+    expect(st, want, "rk_attention");
+    same(before, snap());  // attention never changes the store
+    if (st != RK_OK) {
+      ++g_reached.attention_err;
+      for (std::size_t i = 0; i < elems; ++i)
+        FZ_CHECK(get(ot.buf.data(), i, qdt) == -3.f, "out written on failure");
+      return;
+    }
+    ++g_reached.attention_ok;
+    g_reached.attention_rows += total;
+    // Oracle.
+    const double scale =
+        params.sm_scale > 0.f && pp ? params.sm_scale : 1.0 / std::sqrt(static_cast<double>(D_));
+    const double tol = qdt == RK_DTYPE_F32 ? 2e-4 : qdt == RK_DTYPE_F16 ? 3e-3 : 2e-2;
+    std::vector<double> s;
+    for (std::size_t i = 0, row = 0; i < plan_ids_.size(); ++i) {
+      const SeqModel& m = seqs_.at(plan_ids_[i]);
+      const LayerShadow& ls = m.layers[static_cast<std::size_t>(layer)];
+      for (int j = 0; j < plan_lens_[i]; ++j, ++row) {
+        const std::int32_t qp = plan_pos_[row];
+        for (int qh = 0; qh < Hq; ++qh) {
+          const int h = qh / G_;
+          const Policy& pol = pol_[static_cast<std::size_t>(layer * H_ + h)];
+          const std::size_t qrow = (row * static_cast<std::size_t>(Hq) + static_cast<std::size_t>(qh)) * D_;
+          s.assign(ls.pos.size(), 0.0);
+          double mx = -std::numeric_limits<double>::infinity();
+          for (std::size_t t = 0; t < ls.pos.size(); ++t) {
+            if (!visible(pol, qp, ls.pos[t])) {
+              s[t] = -std::numeric_limits<double>::infinity();
+              continue;
+            }
+            double dot = 0;
+            for (int d = 0; d < D_; ++d)
+              dot += static_cast<double>(qf[qrow + static_cast<std::size_t>(d)]) *
+                     ls.k[(t * static_cast<std::size_t>(H_) + static_cast<std::size_t>(h)) * D_ +
+                          static_cast<std::size_t>(d)];
+            s[t] = dot * scale;
+            mx = std::max(mx, s[t]);
+          }
+          std::vector<double> o(static_cast<std::size_t>(D_), 0.0);
+          double sum = 0;
+          if (mx != -std::numeric_limits<double>::infinity())
+            for (std::size_t t = 0; t < ls.pos.size(); ++t) {
+              if (s[t] == -std::numeric_limits<double>::infinity()) continue;
+              const double w = std::exp(s[t] - mx);
+              sum += w;
+              for (int d = 0; d < D_; ++d)
+                o[static_cast<std::size_t>(d)] +=
+                    w * ls.v[(t * static_cast<std::size_t>(H_) + static_cast<std::size_t>(h)) * D_ +
+                             static_cast<std::size_t>(d)];
+            }
+          for (int d = 0; d < D_; ++d) {
+            const double want_o = sum > 0 ? o[static_cast<std::size_t>(d)] / sum : 0.0;
+            const double got = get(ot.buf.data(), qrow + static_cast<std::size_t>(d), qdt);
+            const double err = std::fabs(got - want_o);
+            if (!(err <= tol)) {
+              std::fprintf(
+                  stderr,
+                  "fuzz_c_api: attention mismatch seq %lld layer %d qpos %d qhead %d dim %d: got %g, "
+                  "oracle %g (dtype %d, q dtype %d)\n",
+                  static_cast<long long>(plan_ids_[i]), layer, qp, qh, d, got, want_o, dt_, qdt);
+              die("attention output");
+            }
+          }
+          if (lse) {
+            const double got = static_cast<const float*>(
+                lt.t.data)[row * static_cast<std::size_t>(Hq) + static_cast<std::size_t>(qh)];
+            if (sum > 0) {
+              const double want_l = mx + std::log(sum);
+              FZ_CHECK(std::fabs(got - want_l) <= 1e-3 + 1e-4 * std::fabs(want_l), "lse");
+            } else {
+              FZ_CHECK(std::isinf(got) && got < 0, "lse of a row that sees nothing");
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // plan for one layer, then attend in it: the common engine step (most attention calls succeed this way).
+  // An engine step: appends to a few live sequences in one layer, then (usually) plan and attention there.
+  // Several steps may run with one plan (the plan object of a layer stays incremental across steps).
+  void op_plan_and_attend() {
+    const int layer = in_.in(0, L_ - 1);
+    const int k = in_.u8();
+    int appended = 0;
+    for (auto it = seqs_.begin(); it != seqs_.end() && appended < 3; ++it)
+      if (k & (1 << appended++)) op_append(it->first, layer);
+    if (k & 0x80) op_plan(layer);
+    op_attention(layer);
+  }
+
+  void op_stats() {
+    const int k = in_.u8() % 4;
+    if (k == 0) {
+      bool live = false;
+      const std::int64_t id = pick_seq(&live);
+      rk_sequence_stats ss{};
+      expect(rk_sequence_get_stats(store_, id, &ss), live ? RK_OK : RK_ERR_NOT_FOUND,
+             "rk_sequence_get_stats");
+      if (live) FZ_CHECK(ss.pages_global >= 0 && ss.pages_local >= 0 && ss.tokens_global >= 0);
+    } else if (k == 1 || k == 2) {
+      static const std::int64_t tokens[] = {
+          0, 1, 7, 100, 4096, RK_MAX_TOKENS, RK_MAX_TOKENS + 1, -1, std::numeric_limits<std::int64_t>::max()};
+      const std::int64_t t = tokens[in_.u8() % 9];
+      const int want = t >= 0 && t <= RK_MAX_TOKENS ? RK_OK : RK_ERR_INVALID_ARGUMENT;
+      std::int64_t out = -1;
+      expect(k == 1 ? rk_store_pages_per_sequence(store_, t, &out)
+                    : rk_store_sequences_that_fit(store_, t, &out),
+             want, "capacity query");
+      if (want == RK_OK)
+        FZ_CHECK(out >= 0);
+      else
+        FZ_CHECK(out == -1, "out written on failure");
+    } else {
+      DLTensor pool{};
+      expect(rk_store_get_kv_pool(store_, &pool), RK_OK, "rk_store_get_kv_pool");
+      FZ_CHECK(pool.ndim == 4 && pool.shape[0] == num_pages_ && pool.shape[1] == 2 && pool.shape[2] == ps_ &&
+               pool.shape[3] == D_);
+      rk_store_config c{};
+      expect(rk_store_get_config(store_, &c), RK_OK, "rk_store_get_config");
+      FZ_CHECK(c.num_pages == num_pages_ && c.page_size == ps_ && c.dtype == dt_ && c.head_dim == D_);
+    }
+  }
+
+  void op_export() {
+    int layer = in_.in(0, L_ - 1);
+    if (in_.u8() % 16 == 0) layer = L_;
+    const int batch = in_.in(0, 3);
+    std::vector<std::int64_t> ids;
+    int want = layer < L_ ? RK_OK : RK_ERR_INVALID_ARGUMENT;
+    for (int i = 0; i < batch; ++i) {
+      bool live = false;
+      ids.push_back(pick_seq(&live));
+      if (!live && want == RK_OK) want = RK_ERR_NOT_FOUND;
+    }
+    std::int64_t n = -1;
+    const Snap before = snap();
+    int st = rk_export_page_table(store_, layer, ids.empty() ? nullptr : ids.data(), batch, nullptr, nullptr,
+                                  0, nullptr, nullptr, &n);
+    // A row FlashInfer's CSR cannot express: an error for a live sequence (possibly before a dead one).
+    if ((want == RK_OK || want == RK_ERR_NOT_FOUND) && st == RK_ERR_INVALID_ARGUMENT &&
+        (std::strstr(rk_last_error(), "cannot express") || std::strstr(rk_last_error(), "partial page"))) {
+      FZ_CHECK(n == -1, "out written on failure");
+      same(before, snap());
+      return;
+    }
+    expect(st, want, "rk_export_page_table (size query)");
+    same(before, snap());
+    if (st != RK_OK) return;
+    const std::size_t rows = ids.size() * static_cast<std::size_t>(H_);
+    std::vector<std::int32_t> indptr(rows + 1, -1), indices(static_cast<std::size_t>(n) + 1, -1),
+        last(rows + 1, -1), pos0(static_cast<std::size_t>(n) + 1, -1);
+    if (n > 0 && in_.u8() % 8 == 0) {  // too small a buffer
+      expect(rk_export_page_table(store_, layer, ids.data(), batch, indptr.data(), indices.data(), n - 1,
+                                  last.data(), pos0.data(), nullptr),
+             RK_ERR_INVALID_ARGUMENT, "rk_export_page_table (small capacity)");
+      FZ_CHECK(indices[0] == -1, "written on failure");
+    }
+    st = rk_export_page_table(store_, layer, ids.empty() ? nullptr : ids.data(), batch, indptr.data(),
+                              indices.data(), n, last.data(), pos0.data(), nullptr);
+    expect(st, RK_OK, "rk_export_page_table");
+    FZ_CHECK(indptr[0] == 0 && indptr[rows] == n, "indptr ends");
+    ++g_reached.exports;
+    DLTensor pool{};
+    FZ_CHECK(rk_store_get_kv_pool(store_, &pool) == RK_OK);
+    for (std::size_t r = 0; r < rows; ++r) {
+      FZ_CHECK(indptr[r] <= indptr[r + 1], "indptr not monotonic");
+      const bool empty = indptr[r] == indptr[r + 1];
+      FZ_CHECK(empty ? last[r] == 0 : (last[r] >= 1 && last[r] <= ps_), "last_page_len");
+      const LayerShadow& ls =
+          seqs_.at(ids[r / static_cast<std::size_t>(H_)]).layers[static_cast<std::size_t>(layer)];
+      const int h = static_cast<int>(r % static_cast<std::size_t>(H_));
+      for (std::int32_t j = indptr[r]; j < indptr[r + 1]; ++j) {
+        const std::int32_t page = indices[static_cast<std::size_t>(j)];
+        FZ_CHECK(page >= 0 && page < num_pages_, "page id out of range");
+        const int used = j + 1 == indptr[r + 1] ? last[r] : ps_;
+        for (int slot = 0; slot < used; ++slot) {
+          const std::int32_t p = pos0[static_cast<std::size_t>(j)] + slot;
+          std::size_t t = 0;
+          while (t < ls.pos.size() && ls.pos[t] != p) ++t;
+          FZ_CHECK(t < ls.pos.size(), "a CSR slot holds a position never appended");
+          for (int d = 0; d < D_; ++d) {
+            const std::size_t kidx = ((static_cast<std::size_t>(page) * 2 + 0) * ps_ + slot) * D_ + d;
+            const std::size_t vidx = ((static_cast<std::size_t>(page) * 2 + 1) * ps_ + slot) * D_ + d;
+            const std::size_t sidx = (t * H_ + h) * D_ + d;
+            FZ_CHECK(get(pool.data, kidx, dt_) == ls.k[sidx], "pool K differs from what was appended");
+            FZ_CHECK(get(pool.data, vidx, dt_) == ls.v[sidx], "pool V differs from what was appended");
+          }
+        }
+      }
+    }
+  }
+
+  void op_head_map() {
+    const int k = in_.u8() % 4;
+    rk_head_map* m = nullptr;
+    if (k == 0) {  // huge grids: an error, never INTERNAL
+      static const std::int32_t big[] = {std::numeric_limits<std::int32_t>::max(), 1 << 16, 1 << 20, -1, 0};
+      const std::int32_t a = big[in_.u8() % 5], b = big[in_.u8() % 5];
+      const int st = in_.u8() % 2 ? rk_head_map_uniform(a, b, RK_HEAD_GLOBAL, -1, 0, &m)
+                                  : rk_head_map_with_global_ratio(a, b, 0.5, 4, 0, &m);
+      expect(st, RK_ERR_INVALID_ARGUMENT, "huge head map");
+      FZ_CHECK(m == nullptr);
+      return;
+    }
+    expect(rk_store_get_head_map(store_, &m), RK_OK, "rk_store_get_head_map");
+    if (k == 1) {
+      size_t len = 0;
+      const int indent = in_.in(-1, 4);
+      expect(rk_head_map_to_json(m, indent, nullptr, 0, &len), RK_OK, "to_json size");
+      std::string buf(len + 1, '\0');
+      const std::size_t cap = buf.size() - (in_.u8() % 2);
+      expect(rk_head_map_to_json(m, indent, buf.data(), cap, nullptr),
+             cap == len + 1 ? RK_OK : RK_ERR_INVALID_ARGUMENT, "to_json");
+      if (cap == len + 1) {  // round trip
+        rk_head_map* again = nullptr;
+        expect(rk_head_map_from_json(buf.c_str(), static_cast<size_t>(-1), &again), RK_OK,
+               "from_json(to_json)");
+        FZ_CHECK(rk_head_map_destroy(again) == RK_OK);
+      }
+    } else if (k == 2) {
+      std::int64_t peak = -1;
+      const std::int64_t tokens =
+          in_.u8() % 8 == 0 ? std::numeric_limits<std::int64_t>::max() : in_.in(0, 200);
+      const std::int64_t chunk = in_.in(0, 32);
+      const int want = tokens <= RK_MAX_TOKENS && chunk >= 1 ? RK_OK : RK_ERR_INVALID_ARGUMENT;
+      expect(rk_head_map_peak_sequence_pages(m, ps_, tokens, chunk, &peak), want, "peak_sequence_pages");
+    } else {
+      rk_head_map_info info{};
+      expect(rk_head_map_get_info(m, &info), RK_OK, "get_info");
+      FZ_CHECK(info.num_layers == L_ && info.num_kv_heads == H_ &&
+               info.num_local + info.num_global_like == L_ * H_);
+      rk_head_policy p{};
+      const int l = in_.in(-1, L_), h = in_.in(-1, H_);
+      expect(rk_head_map_get_policy(m, l, h, &p),
+             l >= 0 && l < L_ && h >= 0 && h < H_ ? RK_OK : RK_ERR_INVALID_ARGUMENT, "get_policy");
+    }
+    FZ_CHECK(rk_head_map_destroy(m) == RK_OK);
+    expect(rk_head_map_destroy(m), RK_ERR_INVALID_ARGUMENT, "double rk_head_map_destroy");
+  }
+
+  // Destroy the store (checking the dead handle) and build another from the following bytes.
+  void op_recreate() {
+    destroy_store();
+    dead_.clear();
+    planned_ = false;
+    plan_ids_.clear();
+    plan_lens_.clear();
+    plan_pos_.clear();
+    create_store();
+  }
+
+  Bytes& in_;
+  rk_store* store_ = nullptr;
+  int dt_ = 0, L_ = 1, H_ = 1, G_ = 1, D_ = 8, ps_ = 1, num_pages_ = 1;
+  std::vector<Policy> pol_;
+  std::vector<Policy> json_pol_;
+  int json_dense_prefix_ = 0;
+  std::map<std::int64_t, SeqModel> seqs_;
+  std::vector<std::int64_t> dead_;
+  bool planned_ = false;
+  std::vector<std::int64_t> plan_ids_;
+  std::vector<std::int32_t> plan_lens_;
+  std::vector<std::int32_t> plan_pos_;
+};
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  Bytes in{data, size};
+  Fuzzer f(in);
+  f.run();
+  return 0;
+}
