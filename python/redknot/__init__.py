@@ -14,6 +14,7 @@ __path__ = _pkgutil.extend_path(__path__, __name__)
 from ._redknot import (  # noqa: E402
     HeadMap,
     HeadPolicy,
+    InternalError,
     InvalidArgument,
     NotFound,
     PoolExhausted,
@@ -34,6 +35,7 @@ __all__ = [
     "Store",
     "RedknotError",
     "InvalidArgument",
+    "InternalError",
     "NotFound",
     "PoolExhausted",
     "Unavailable",

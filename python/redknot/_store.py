@@ -54,9 +54,11 @@ class PageTableCsr(NamedTuple):
 
 def _int_array(x: Any, dtype: Any, name: str) -> np.ndarray:
     """Metadata (ids, lengths, positions) from any 1-D integer sequence, as a contiguous array of ``dtype``."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise InvalidArgument(f"{name} must be a 1-D sequence of integers, got {type(x).__name__} {x!r:.80}")
     try:
         a = np.asarray(x)
-    except Exception as e:  # e.g. a device tensor numpy cannot read
+    except Exception as e:  # e.g. a device tensor numpy cannot read, a ragged list
         raise InvalidArgument(f"{name}: cannot read as a host integer array ({e})") from None
     if a.ndim != 1:
         raise InvalidArgument(f"{name} must be one-dimensional, got shape {tuple(a.shape)}")
@@ -71,17 +73,50 @@ def _int_array(x: Any, dtype: Any, name: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=dtype)
 
 
+_INT_RANGES = {"int32": (-2**31, 2**31 - 1), "int64": (-2**63, 2**63 - 1)}
+
+
+def _int_arg(x: Any, name: str, ctype: str = "int32") -> int:
+    """An integer argument (int or numpy integer; not bool, float, str, None) that fits ``ctype``."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise InvalidArgument(f"{name} must be an integer, got {type(x).__name__} {x!r:.80}")
+    v = int(x)
+    lo, hi = _INT_RANGES[ctype]
+    if not lo <= v <= hi:
+        raise InvalidArgument(f"{name}={v} does not fit in {ctype} [{lo}, {hi}]")
+    return v
+
+
 def _dtype_name(dtype: Any) -> str:
     """'bf16', 'float16', np.float32, torch.bfloat16, ... -> a name the native module parses."""
     if isinstance(dtype, str):
         return dtype
-    s = str(dtype)
+    if dtype is None:  # np.dtype(None) would be float64
+        raise InvalidArgument("dtype must be 'bf16', 'f16' or 'f32' (or a numpy/torch dtype), got None")
+    try:
+        s = str(dtype)
+    except Exception:
+        s = type(dtype).__name__
     if s.startswith("torch."):
         return s[len("torch."):]
     try:
         return np.dtype(dtype).name
-    except TypeError:
+    except Exception:
         return s
+
+
+def _shape(x: Any, name: str) -> Tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in x.shape)
+    except Exception:
+        raise InvalidArgument(f"{name}: cannot read the shape of a {type(x).__name__}") from None
+
+
+def _rows(x: Any, name: str) -> int:
+    shape = _shape(x, name)
+    if not shape:
+        raise InvalidArgument(f"{name} must have at least one dimension, got a scalar")
+    return shape[0]
 
 
 def _check_array(x: Any, name: str) -> None:
@@ -163,9 +198,15 @@ class Store:
         elif not isinstance(head_map, HeadMap):
             raise InvalidArgument(
                 f"head_map must be a HeadMap, JSON text or a path, got {type(head_map).__name__}")
+        if not isinstance(device, str):
+            try:
+                device = str(device)  # torch.device("cpu") -> "cpu"
+            except Exception:
+                raise InvalidArgument(f"device must be a str, got {type(device).__name__}") from None
+        # The native constructor checks every integer (type and range) and names the argument.
         self._impl: Optional[_redknot._Store] = _redknot._Store(
             num_layers, num_q_heads, num_kv_heads, head_dim, _dtype_name(dtype), head_map, page_size, num_pages,
-            str(device))
+            device)
 
     # ---- lifetime ----------------------------------------------------------------------------------------
 
@@ -249,7 +290,9 @@ class Store:
     free_sequence = free
 
     def __contains__(self, seq: object) -> bool:
-        return isinstance(seq, (int, np.integer)) and self._s.contains(int(seq))
+        if isinstance(seq, (bool, np.bool_)) or not isinstance(seq, (int, np.integer)):
+            return False
+        return -2**63 <= int(seq) < 2**63 and self._s.contains(int(seq))
 
     def sequences(self) -> list:
         return self._s.sequences()
@@ -280,9 +323,9 @@ class Store:
         _check_array(k, "k")
         _check_array(v, "v")
         if positions is None:
-            n = int(k.shape[0])
-            start = self._s.next_position(seq, layer)
-            pos = np.arange(start, start + n, dtype=np.int32)
+            n = _rows(k, "k")
+            start = self._s.next_position(_int_arg(seq, "append: seq", "int64"), _int_arg(layer, "append: layer"))
+            pos = _int_array(np.arange(start, start + n, dtype=np.int64), np.int32, "positions")
         else:
             pos = _int_array(positions, np.int32, "positions")
         self._s.append(seq, layer, k, v, pos)
@@ -303,9 +346,14 @@ class Store:
                     f"plan: q_lens has {len(lens)} entries, expected one per sequence ({len(ids)})")
             if (lens < 0).any():
                 raise InvalidArgument(f"plan: q_lens must be >= 0, got {lens.tolist()}")
-            parts = [np.arange(self._s.next_position(int(s), 0), self._s.next_position(int(s), 0) + int(n),
-                               dtype=np.int32) for s, n in zip(ids, lens)]
-            pos = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+            parts = []
+            for s, n in zip(ids, lens):
+                start = self._s.next_position(int(s), 0)
+                if start + int(n) - 1 > 2**31 - 1:
+                    raise InvalidArgument(f"plan: q_lens={int(n)} for sequence {int(s)} (next position {start}) "
+                                          f"would need positions beyond int32")
+                parts.append(np.arange(start, start + int(n), dtype=np.int64))
+            pos = _int_array(np.concatenate(parts), np.int32, "q_positions") if parts else np.zeros(0, np.int32)
         else:
             pos = _int_array(q_positions, np.int32, "q_positions")
         self._s.plan(ids, lens, pos)
@@ -329,14 +377,18 @@ class Store:
         ``sm_scale`` defaults to ``1/sqrt(head_dim)``.
         """
         _check_array(q, "q")
+        if not isinstance(return_lse, (bool, np.bool_)):
+            raise InvalidArgument(f"run: return_lse must be a bool, got {type(return_lse).__name__} "
+                                  f"{return_lse!r:.80}")
+        # Scalars first (the native call checks layer, sm_scale and num_threads again, with the same messages),
+        # so that nothing is allocated for a call that cannot run.
+        _int_arg(layer, "run: layer")
+        _int_arg(num_threads, "run: num_threads")
         if out is None:
-            out = _empty_like(q, tuple(q.shape), float32=False)
+            out = _empty_like(q, _shape(q, "q"), float32=False)
         if return_lse and lse is None:
-            lse = _empty_like(q, (int(q.shape[0]), self._s.num_q_heads), float32=True)
-        scale = 0.0 if sm_scale is None else float(sm_scale)
-        if sm_scale is not None and scale <= 0.0:
-            raise InvalidArgument(f"run: sm_scale={sm_scale} must be > 0 (None selects 1/sqrt(head_dim))")
-        self._s.run(layer, q, out, lse, scale, int(num_threads))
+            lse = _empty_like(q, (_rows(q, "q"), self._s.num_q_heads), float32=True)
+        self._s.run(layer, q, out, lse, sm_scale, num_threads)
         return (out, lse) if return_lse else out
 
     # ---- accounting --------------------------------------------------------------------------------------

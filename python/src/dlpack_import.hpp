@@ -5,8 +5,11 @@
 // done. The tensor memory is the producer's own: nothing is copied here.
 #pragma once
 
+#include <cstring>
+
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 
 #include "redknot/any_store.hpp"
@@ -27,20 +30,37 @@ class ImportedTensor {
                          std::string(py::str(py::type::of(obj).attr("__name__")))));
     // Check the device first: exporting a device tensor may synchronise streams for nothing.
     if (py::hasattr(obj, "__dlpack_device__")) {
-      const py::tuple dev = obj.attr("__dlpack_device__")();
-      const int type = dev[0].cast<int>();
-      if (type != kDLCPU && type != kDLCUDAHost)
+      int type = 0;
+      std::int32_t id = 0;
+      try {
+        const py::tuple dev = obj.attr("__dlpack_device__")();
+        type = dev[0].cast<int>();
+        id = dev[1].cast<std::int32_t>();
+      } catch (const std::exception& e) {  // a Python error, or a result that is not (int, int)
+        throw InvalidArgument(detail::concat(name, ".__dlpack_device__() failed: ", e.what()));
+      }
+      if (type != kDLCPU && type != kDLCUDAHost) {
+        // The producer's integer may be outside DLDeviceType: store its bytes, never cast it to the enum.
+        DLDevice dev{kDLCPU, id};
+        const std::int32_t type32 = type;
+        std::memcpy(&dev.device_type, &type32, sizeof type32);
         throw InvalidArgument(detail::concat(
-            name, " is on device ",
-            device_name(DLDevice{static_cast<DLDeviceType>(type), dev[1].cast<int32_t>()}),
+            name, " is on device ", device_name(dev),
             ", but this store lives on the cpu: pass a host array (CUDA stores are not available yet)"));
+      }
     }
+    // The producer refuses some arrays (numpy: strings, objects, datetimes, ...): that is the argument's
+    // fault.
     py::object cap;
     try {
-      cap = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
+      try {
+        cap = obj.attr("__dlpack__")(py::arg("max_version") = py::make_tuple(1, 0));
+      } catch (py::error_already_set& e) {
+        if (!e.matches(PyExc_TypeError)) throw;
+        cap = obj.attr("__dlpack__")();  // a producer that predates DLPack 1.0
+      }
     } catch (py::error_already_set& e) {
-      if (!e.matches(PyExc_TypeError)) throw;
-      cap = obj.attr("__dlpack__")();  // a producer that predates DLPack 1.0
+      throw InvalidArgument(detail::concat(name, " cannot be exported through DLPack: ", e.what()));
     }
     PyObject* c = cap.ptr();
     if (PyCapsule_IsValid(c, "dltensor_versioned")) {

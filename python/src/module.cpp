@@ -8,11 +8,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <new>
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
 #include <vector>
 
+#include "args.hpp"
 #include "dlpack_import.hpp"
 #include "redknot/any_store.hpp"
 #include "redknot/error.hpp"
@@ -22,7 +28,13 @@
 
 namespace py = pybind11;
 using namespace redknot;
+using py_bindings::float_arg;
 using py_bindings::ImportedTensor;
+using py_bindings::int_arg;
+using py_bindings::int_array_arg;
+using py_bindings::path_arg;
+using py_bindings::str_arg;
+using py_bindings::type_name;
 
 namespace {
 
@@ -49,6 +61,33 @@ DLDevice parse_device(const std::string& s) {
   throw InvalidArgument(detail::concat("device='", s, "' is not 'cpu', 'cuda' or 'cuda:<index>'"));
 }
 
+// Sequence ids are int64 (SeqId).
+SeqId seq_arg(const py::handle& h, const char* fn, const char* name) { return int_arg<SeqId>(h, fn, name); }
+
+// HeadMap.to_json: an indent this large is a mistake (and would make a huge string).
+constexpr int kMaxJsonIndent = 64;
+
+// A head map parsed from user text: any non-redknot C++ exception from the parser (nlohmann's out_of_range
+// for a number like 1e999, ...) is the input's fault, so it becomes InvalidArgument with `where` in front.
+template <class F>
+HeadMap parse_head_map(F&& parse, const std::string& where) {
+  try {
+    return parse();
+  } catch (const InvalidArgument&) {
+    throw;
+  } catch (const NotFound&) {
+    throw;
+  } catch (const PoolExhausted&) {
+    throw;
+  } catch (const Unavailable&) {
+    throw;
+  } catch (const std::bad_alloc&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw InvalidArgument(detail::concat(where, e.what()));
+  }
+}
+
 // An exception class deriving from RedknotError and a builtin; str() shows the message without the quotes
 // KeyError would add.
 py::object make_exception(py::module_& m, const char* name, const py::object& base, PyObject* builtin,
@@ -63,6 +102,18 @@ py::object make_exception(py::module_& m, const char* name, const py::object& ba
   if (!cls) throw py::error_already_set();
   m.attr(name) = cls;
   return cls;
+}
+
+// Raises exc with a C++ message. Messages may quote user bytes (a file's content, a path) that are not valid
+// UTF-8: PyErr_SetString would then raise UnicodeDecodeError instead, so undecodable bytes become \xNN.
+void raise_translated(py::handle exc, const char* what) {
+  PyObject* msg = PyUnicode_DecodeUTF8(what, static_cast<Py_ssize_t>(std::strlen(what)), "backslashreplace");
+  if (!msg) {
+    PyErr_Clear();
+    msg = PyUnicode_FromString("(undecodable error message)");
+  }
+  PyErr_SetObject(exc.ptr(), msg);
+  Py_XDECREF(msg);
 }
 
 py::dict to_dict(const StoreStats& s) {
@@ -178,17 +229,34 @@ PYBIND11_MODULE(_redknot, m) {
   static py::handle unavailable = make_exception(m, "Unavailable", base, PyExc_RuntimeError,
                                                  "The requested backend (e.g. CUDA) is not available.")
                                       .release();
+  static py::handle internal =
+      make_exception(m, "InternalError", base, PyExc_RuntimeError,
+                     "An unexpected failure inside redknot (a C++ exception that is none of the above); "
+                     "please report it with the message.")
+          .release();
+  // Every C++ exception leaves as a RedknotError subclass. pybind11's own exceptions (a Python error raised
+  // in a callback, cast errors, ...) are rethrown for pybind11's translator, which restores them as they
+  // were.
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);
+    } catch (const py::error_already_set&) {
+      throw;
+    } catch (const py::builtin_exception&) {
+      throw;
     } catch (const InvalidArgument& e) {
-      PyErr_SetString(invalid.ptr(), e.what());
+      raise_translated(invalid, e.what());
     } catch (const NotFound& e) {
-      PyErr_SetString(not_found.ptr(), e.what());
+      raise_translated(not_found, e.what());
     } catch (const PoolExhausted& e) {
-      PyErr_SetString(exhausted.ptr(), e.what());
+      raise_translated(exhausted, e.what());
     } catch (const Unavailable& e) {
-      PyErr_SetString(unavailable.ptr(), e.what());
+      raise_translated(unavailable, e.what());
+    } catch (const std::bad_alloc&) {
+      raise_translated(exhausted, "out of host memory (std::bad_alloc): nothing was changed");
+    } catch (const std::exception& e) {
+      raise_translated(internal,
+                       detail::concat("internal error (", typeid(e).name(), "): ", e.what()).c_str());
     }
   });
 
@@ -206,40 +274,94 @@ PYBIND11_MODULE(_redknot, m) {
 
   py::class_<HeadMap>(m, "HeadMap", "Per-(layer, kv_head) classes: the RedKnot JSON head map.")
       .def_static(
-          "from_json", [](const std::string& text) { return HeadMap::from_json(text); }, py::arg("text"))
+          "from_json",
+          [](const py::object& text) {
+            const std::string t = str_arg(text, "HeadMap.from_json", "text", /*allow_bytes=*/true);
+            return parse_head_map([&] { return HeadMap::from_json(t); }, "head map JSON: ");
+          },
+          py::arg("text"))
       .def_static(
           "load",
           [](const py::object& path) {
-            return HeadMap::load(py::str(py::module_::import("os").attr("fspath")(path)));
+            const std::string p = path_arg(path, "HeadMap.load", "path");
+            return parse_head_map([&] { return HeadMap::load(p); },
+                                  detail::concat("head map file '", p, "': "));
           },
           py::arg("path"))
-      .def_static("all_global", &HeadMap::all_global, py::arg("num_layers"), py::arg("num_kv_heads"))
+      .def_static(
+          "all_global",
+          [](const py::object& L, const py::object& H) {
+            return HeadMap::all_global(int_arg<int>(L, "HeadMap.all_global", "num_layers"),
+                                       int_arg<int>(H, "HeadMap.all_global", "num_kv_heads"));
+          },
+          py::arg("num_layers"), py::arg("num_kv_heads"))
       .def_static(
           "uniform",
-          [](int L, int H, const std::string& cls, int window, int sink) {
-            return HeadMap::uniform(L, H, parse_head_class(cls), window, sink);
+          [](const py::object& L, const py::object& H, const py::object& cls, const py::object& window,
+             const py::object& sink) {
+            constexpr const char* fn = "HeadMap.uniform";
+            const int l = int_arg<int>(L, fn, "num_layers"), h = int_arg<int>(H, fn, "num_kv_heads");
+            const HeadClass c = parse_head_class(str_arg(cls, fn, "cls"));
+            return HeadMap::uniform(l, h, c, int_arg<int>(window, fn, "window"),
+                                    int_arg<int>(sink, fn, "sink"));
           },
           py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("cls"), py::arg("window") = -1,
           py::arg("sink") = 0)
-      .def_static("with_global_ratio", &HeadMap::with_global_ratio, py::arg("num_layers"),
-                  py::arg("num_kv_heads"), py::arg("global_ratio"), py::arg("window"), py::arg("sink"))
-      .def("to_json", &HeadMap::to_json, py::arg("indent") = 2)
+      .def_static(
+          "with_global_ratio",
+          [](const py::object& L, const py::object& H, const py::object& ratio, const py::object& window,
+             const py::object& sink) {
+            constexpr const char* fn = "HeadMap.with_global_ratio";
+            const int l = int_arg<int>(L, fn, "num_layers"), h = int_arg<int>(H, fn, "num_kv_heads");
+            const double r = float_arg(ratio, fn, "global_ratio");
+            require(std::isfinite(r) && r >= 0.0 && r <= 1.0, fn,
+                    ": global_ratio=", py_bindings::safe_repr(ratio), " must be in [0, 1]");
+            return HeadMap::with_global_ratio(l, h, r, int_arg<int>(window, fn, "window"),
+                                              int_arg<int>(sink, fn, "sink"));
+          },
+          py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("global_ratio"), py::arg("window"),
+          py::arg("sink"))
+      .def(
+          "to_json",
+          [](const HeadMap& h, const py::object& indent) {
+            const int i = int_arg<int>(indent, "HeadMap.to_json", "indent");
+            require(i >= -1 && i <= kMaxJsonIndent, "HeadMap.to_json: indent=", i, " must be in [-1, ",
+                    kMaxJsonIndent, "] (-1: compact)");
+            return h.to_json(i);
+          },
+          py::arg("indent") = 2)
       .def(
           "save",
-          [](const HeadMap& h, const py::object& path) {
-            h.save(py::str(py::module_::import("os").attr("fspath")(path)));
-          },
+          [](const HeadMap& h, const py::object& path) { h.save(path_arg(path, "HeadMap.save", "path")); },
           py::arg("path"))
       .def_property_readonly("num_layers", &HeadMap::num_layers)
       .def_property_readonly("num_kv_heads", &HeadMap::num_kv_heads)
       .def_property_readonly("dense_prefix_layers", &HeadMap::dense_prefix_layers)
       .def_property_readonly("retrieval_top_p", &HeadMap::retrieval_top_p)
-      .def("policy", &HeadMap::policy, py::arg("layer"), py::arg("kv_head"))
-      .def("raw", &HeadMap::raw, py::arg("layer"), py::arg("kv_head"))
+      .def(
+          "policy",
+          [](const HeadMap& h, const py::object& layer, const py::object& kv_head) {
+            return h.policy(int_arg<int>(layer, "HeadMap.policy", "layer"),
+                            int_arg<int>(kv_head, "HeadMap.policy", "kv_head"));
+          },
+          py::arg("layer"), py::arg("kv_head"))
+      .def(
+          "raw",
+          [](const HeadMap& h, const py::object& layer, const py::object& kv_head) {
+            return h.raw(int_arg<int>(layer, "HeadMap.raw", "layer"),
+                         int_arg<int>(kv_head, "HeadMap.raw", "kv_head"));
+          },
+          py::arg("layer"), py::arg("kv_head"))
       .def(
           "set",
-          [](HeadMap& h, int layer, int kv_head, const std::string& cls, int window, int sink) {
-            const HeadClass c = parse_head_class(cls);
+          [](HeadMap& h, const py::object& layer_o, const py::object& kv_head_o, const py::object& cls_o,
+             const py::object& window_o, const py::object& sink_o) {
+            constexpr const char* fn = "HeadMap.set";
+            const int layer = int_arg<int>(layer_o, fn, "layer");
+            const int kv_head = int_arg<int>(kv_head_o, fn, "kv_head");
+            const HeadClass c = parse_head_class(str_arg(cls_o, fn, "cls"));
+            const int window = int_arg<int>(window_o, fn, "window");
+            const int sink = int_arg<int>(sink_o, fn, "sink");
             HeadPolicy p{c, c == HeadClass::kLocal ? window : -1, sink};
             require(c != HeadClass::kLocal || window >= 1, "set: window=", window,
                     " must be >= 1 for a local head");
@@ -247,14 +369,23 @@ PYBIND11_MODULE(_redknot, m) {
             h.set(layer, kv_head, p);
           },
           py::arg("layer"), py::arg("kv_head"), py::arg("cls"), py::arg("window") = -1, py::arg("sink") = 0)
-      .def("set_dense_prefix_layers", &HeadMap::set_dense_prefix_layers, py::arg("n"))
+      .def(
+          "set_dense_prefix_layers",
+          [](HeadMap& h, const py::object& n) {
+            h.set_dense_prefix_layers(int_arg<int>(n, "HeadMap.set_dense_prefix_layers", "n"));
+          },
+          py::arg("n"))
       .def("count_local", &HeadMap::count_local)
       .def("count_global_like", &HeadMap::count_global_like)
       .def("global_ratio", &HeadMap::global_ratio)
       .def(
           "peak_sequence_pages",
-          [](const HeadMap& m, int page_size, std::int64_t num_tokens, std::int64_t chunk) {
-            return peak_sequence_pages(m, page_size, num_tokens, chunk);
+          [](const HeadMap& m, const py::object& page_size, const py::object& num_tokens,
+             const py::object& chunk) {
+            constexpr const char* fn = "HeadMap.peak_sequence_pages";
+            return peak_sequence_pages(m, int_arg<int>(page_size, fn, "page_size"),
+                                       int_arg<std::int64_t>(num_tokens, fn, "num_tokens"),
+                                       int_arg<std::int64_t>(chunk, fn, "chunk"));
           },
           py::arg("page_size"), py::arg("num_tokens"), py::arg("chunk"),
           "Pages to reserve per sequence for num_tokens positions appended in chunks of at most `chunk`.")
@@ -262,24 +393,39 @@ PYBIND11_MODULE(_redknot, m) {
       .def("__eq__", [](const HeadMap& a, const HeadMap& b) { return a == b; })
       .def("__copy__", [](const HeadMap& h) { return HeadMap(h); })
       .def("__deepcopy__", [](const HeadMap& h, const py::object&) { return HeadMap(h); })
-      .def(py::pickle([](const HeadMap& h) { return h.to_json(-1); },
-                      [](const std::string& s) { return HeadMap::from_json(s); }))
+      .def(py::pickle([](const HeadMap& h) { return py::str(h.to_json(-1)); },
+                      [](const py::str& s) {
+                        const std::string t = str_arg(s, "HeadMap.__setstate__", "state", true);
+                        return parse_head_map([&] { return HeadMap::from_json(t); }, "head map JSON: ");
+                      }))
       .def("__repr__", [](const HeadMap& h) {
         return detail::concat("HeadMap(num_layers=", h.num_layers(), ", num_kv_heads=", h.num_kv_heads(),
                               ", local=", h.count_local(), ", global_like=", h.count_global_like(), ")");
       });
 
   // ---- stores ------------------------------------------------------------------------------------------
+  // Every integer argument goes through int_arg (see args.hpp); SeqId is int64, positions int32.
   py::class_<AnyStore>(m, "_Store", "Native store; use redknot.Store.")
-      .def(py::init([](int num_layers, int num_q_heads, int num_kv_heads, int head_dim,
-                       const std::string& dtype, const HeadMap& map, int page_size, std::int32_t num_pages,
-                       const std::string& device) {
-             ModelShape shape{num_layers, num_q_heads, num_kv_heads, head_dim, parse_dtype(dtype)};
-             return make_store(shape, map, StoreConfig{page_size, num_pages}, parse_device(device));
-           }),
-           py::arg("num_layers"), py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
-           py::arg("dtype"), py::arg("head_map"), py::arg("page_size"), py::arg("num_pages"),
-           py::arg("device"))
+      .def(
+          py::init([](const py::object& num_layers, const py::object& num_q_heads,
+                      const py::object& num_kv_heads, const py::object& head_dim, const py::object& dtype,
+                      const py::object& map, const py::object& page_size, const py::object& num_pages,
+                      const py::object& device) {
+            constexpr const char* fn = "Store";
+            ModelShape shape{
+                int_arg<int>(num_layers, fn, "num_layers"), int_arg<int>(num_q_heads, fn, "num_q_heads"),
+                int_arg<int>(num_kv_heads, fn, "num_kv_heads"), int_arg<int>(head_dim, fn, "head_dim"),
+                parse_dtype(str_arg(dtype, fn, "dtype"))};
+            if (!py::isinstance<HeadMap>(map))
+              throw InvalidArgument(detail::concat(fn, ": head_map must be a HeadMap, got ", type_name(map)));
+            const StoreConfig config{int_arg<int>(page_size, fn, "page_size"),
+                                     int_arg<std::int32_t>(num_pages, fn, "num_pages")};
+            const DLDevice dev = parse_device(str_arg(device, fn, "device"));
+            return make_store(shape, map.cast<const HeadMap&>(), config, dev);
+          }),
+          py::arg("num_layers"), py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
+          py::arg("dtype"), py::arg("head_map"), py::arg("page_size"), py::arg("num_pages"),
+          py::arg("device"))
       .def_property_readonly("num_layers", [](const AnyStore& s) { return s.shape().num_layers; })
       .def_property_readonly("num_q_heads", [](const AnyStore& s) { return s.shape().num_q_heads; })
       .def_property_readonly("num_kv_heads", [](const AnyStore& s) { return s.shape().num_kv_heads; })
@@ -291,28 +437,63 @@ PYBIND11_MODULE(_redknot, m) {
       .def_property_readonly("device", [](const AnyStore& s) { return device_name(s.device()); })
       .def_property_readonly("head_map", [](const AnyStore& s) { return HeadMap(s.head_map()); })
       .def("create_sequence", &AnyStore::create_sequence)
-      .def("fork", &AnyStore::fork, py::arg("parent"))
-      .def("free_sequence", &AnyStore::free_sequence, py::arg("seq"))
-      .def("contains", &AnyStore::contains, py::arg("seq"))
+      .def(
+          "fork",
+          [](AnyStore& s, const py::object& parent) { return s.fork(seq_arg(parent, "fork", "parent")); },
+          py::arg("parent"))
+      .def(
+          "free_sequence",
+          [](AnyStore& s, const py::object& seq) { s.free_sequence(seq_arg(seq, "free_sequence", "seq")); },
+          py::arg("seq"))
+      .def(
+          "contains",
+          [](const AnyStore& s, const py::object& seq) {
+            return s.contains(seq_arg(seq, "contains", "seq"));
+          },
+          py::arg("seq"))
       .def("sequences", &AnyStore::sequences)
-      .def("next_position", &AnyStore::next_position, py::arg("seq"), py::arg("layer"))
-      .def("query_floor", &AnyStore::query_floor, py::arg("seq"), py::arg("layer"))
-      .def("retire_queries", &AnyStore::retire_queries, py::arg("seq"), py::arg("next_query_pos"),
-           py::arg("layer") = -1)
+      .def(
+          "next_position",
+          [](const AnyStore& s, const py::object& seq, const py::object& layer) {
+            return s.next_position(seq_arg(seq, "next_position", "seq"),
+                                   int_arg<int>(layer, "next_position", "layer"));
+          },
+          py::arg("seq"), py::arg("layer"))
+      .def(
+          "query_floor",
+          [](const AnyStore& s, const py::object& seq, const py::object& layer) {
+            return s.query_floor(seq_arg(seq, "query_floor", "seq"),
+                                 int_arg<int>(layer, "query_floor", "layer"));
+          },
+          py::arg("seq"), py::arg("layer"))
+      .def(
+          "retire_queries",
+          [](AnyStore& s, const py::object& seq, const py::object& next_query_pos, const py::object& layer) {
+            constexpr const char* fn = "retire_queries";
+            s.retire_queries(seq_arg(seq, fn, "seq"),
+                             int_arg<std::int32_t>(next_query_pos, fn, "next_query_pos"),
+                             int_arg<int>(layer, fn, "layer"));
+          },
+          py::arg("seq"), py::arg("next_query_pos"), py::arg("layer") = -1)
       .def(
           "page_table",
-          [](const AnyStore& s, SeqId id, int layer, int kv_head) {
+          [](const AnyStore& s, const py::object& seq, const py::object& layer, const py::object& kv_head) {
+            constexpr const char* fn = "page_table";
             std::vector<py::tuple> rows;
-            for (const PageEntry& e : s.table(id, layer, kv_head))
+            for (const PageEntry& e : s.table(seq_arg(seq, fn, "seq"), int_arg<int>(layer, fn, "layer"),
+                                              int_arg<int>(kv_head, fn, "kv_head")))
               rows.push_back(py::make_tuple(e.page_id, e.first, e.count, e.pos0));
             return rows;
           },
           py::arg("seq"), py::arg("layer"), py::arg("kv_head"))
       .def(
           "append",
-          [](AnyStore& s, SeqId id, int layer, const py::handle& k, const py::handle& v,
-             const CArray<std::int32_t>& positions) {
-            const auto pos = span_of(positions, "positions");
+          [](AnyStore& s, const py::object& seq, const py::object& layer_o, const py::handle& k,
+             const py::handle& v, const py::object& positions) {
+            const SeqId id = seq_arg(seq, "append", "seq");
+            const int layer = int_arg<int>(layer_o, "append", "layer");
+            const auto pos_a = int_array_arg<std::int32_t>(positions, "append", "positions");
+            const auto pos = span_of(pos_a, "positions");
             const ImportedTensor kt(k, "k", false);
             const ImportedTensor vt(v, "v", false);
             py::gil_scoped_release nogil;
@@ -321,24 +502,37 @@ PYBIND11_MODULE(_redknot, m) {
           py::arg("seq"), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("positions"))
       .def(
           "plan",
-          [](AnyStore& s, const CArray<std::int64_t>& seq_ids, const CArray<std::int32_t>& q_lens,
-             const CArray<std::int32_t>& q_positions) {
-            s.plan(span_of(seq_ids, "seq_ids"), span_of(q_lens, "q_lens"),
-                   span_of(q_positions, "q_positions"));
+          [](AnyStore& s, const py::object& seq_ids, const py::object& q_lens,
+             const py::object& q_positions) {
+            const auto ids = int_array_arg<std::int64_t>(seq_ids, "plan", "seq_ids");
+            const auto lens = int_array_arg<std::int32_t>(q_lens, "plan", "q_lens");
+            const auto pos = int_array_arg<std::int32_t>(q_positions, "plan", "q_positions");
+            s.plan(span_of(ids, "seq_ids"), span_of(lens, "q_lens"), span_of(pos, "q_positions"));
           },
           py::arg("seq_ids"), py::arg("q_lens"), py::arg("q_positions"))
       .def("planned_queries", &AnyStore::planned_queries)
       .def(
           "run",
-          [](AnyStore& s, int layer, const py::handle& q, const py::handle& out, const py::object& lse,
-             float sm_scale, int num_threads) {
+          [](AnyStore& s, const py::object& layer_o, const py::handle& q, const py::handle& out,
+             const py::object& lse, const py::object& sm_scale, const py::object& num_threads) {
+            const int layer = int_arg<int>(layer_o, "run", "layer");
+            // sm_scale: None (or 0.0, the C default) selects 1/sqrt(head_dim).
+            double scale = 0.0;
+            if (!sm_scale.is_none()) {
+              scale = float_arg(sm_scale, "run", "sm_scale");
+              require(std::isfinite(scale) && scale > 0.0 && scale <= FLT_MAX,
+                      "run: sm_scale=", py_bindings::safe_repr(sm_scale),
+                      " must be a finite number > 0 (None selects 1/sqrt(head_dim))");
+            }
+            // The range [0, kMaxAttentionThreads] is checked once, by AnyStore::run.
+            const int threads = int_arg<int>(num_threads, "run", "num_threads");
             const ImportedTensor qt(q, "q", false);
             const ImportedTensor ot(out, "out", true);
             std::optional<ImportedTensor> lt;
             if (!lse.is_none()) lt.emplace(lse, "lse", true);
             AttentionParams params;
-            params.scale = sm_scale;
-            params.num_threads = num_threads;
+            params.scale = static_cast<float>(scale);
+            params.num_threads = threads;
             py::gil_scoped_release nogil;
             s.run(layer, qt.tensor(), ot.tensor(), lt ? lt->get() : nullptr, params);
           },
@@ -346,20 +540,36 @@ PYBIND11_MODULE(_redknot, m) {
           py::arg("num_threads"))
       .def(
           "kv_pool_capsule",
-          [](const py::object& self, bool versioned) {
-            return pool_capsule(self, self.cast<const AnyStore&>().kv_pool(), versioned);
+          [](const py::object& self, const py::object& versioned) {
+            return pool_capsule(self, self.cast<const AnyStore&>().kv_pool(),
+                                py::bool_(versioned).cast<bool>());
           },
           py::arg("versioned"))
       .def("stats", [](const AnyStore& s) { return to_dict(s.stats()); })
       .def(
-          "sequence_stats", [](const AnyStore& s, SeqId id) { return to_dict(s.sequence_stats(id)); },
+          "sequence_stats",
+          [](const AnyStore& s, const py::object& seq) {
+            return to_dict(s.sequence_stats(seq_arg(seq, "sequence_stats", "seq")));
+          },
           py::arg("seq"))
-      .def("pages_per_sequence", &AnyStore::pages_per_sequence, py::arg("num_tokens"))
-      .def("sequences_that_fit", &AnyStore::sequences_that_fit, py::arg("num_tokens"))
+      .def(
+          "pages_per_sequence",
+          [](const AnyStore& s, const py::object& n) {
+            return s.pages_per_sequence(int_arg<std::int64_t>(n, "pages_per_sequence", "num_tokens"));
+          },
+          py::arg("num_tokens"))
+      .def(
+          "sequences_that_fit",
+          [](const AnyStore& s, const py::object& n) {
+            return s.sequences_that_fit(int_arg<std::int64_t>(n, "sequences_that_fit", "num_tokens"));
+          },
+          py::arg("num_tokens"))
       .def(
           "export_page_table",
-          [](const AnyStore& s, int layer, const CArray<std::int64_t>& seq_ids) {
-            const PageTableCsr csr = s.export_page_table(layer, span_of(seq_ids, "seq_ids"));
+          [](const AnyStore& s, const py::object& layer, const py::object& seq_ids) {
+            const int l = int_arg<int>(layer, "export_page_table", "layer");
+            const auto ids = int_array_arg<std::int64_t>(seq_ids, "export_page_table", "seq_ids");
+            const PageTableCsr csr = s.export_page_table(l, span_of(ids, "seq_ids"));
             return py::make_tuple(to_numpy(csr.indptr), to_numpy(csr.indices), to_numpy(csr.last_page_len),
                                   to_numpy(csr.page_pos0));
           },
