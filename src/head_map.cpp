@@ -1,4 +1,4 @@
-// HeadMap construction, validation and the RedKnot JSON schema (DESIGN §2).
+// HeadMap construction, validation and the RedKnot JSON schema.
 #include "redknot/head_map.hpp"
 
 #include <cerrno>

@@ -5,7 +5,6 @@
 #include <cmath>
 #include <limits>
 
-#include "redknot/cuda_allocator.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/page_pool.hpp"
 
@@ -65,9 +64,4 @@ TEST_CASE("page pool: O(1) alloc/free, refcounts, all-or-nothing batches", "[poo
   REQUIRE(pool.used_pages() == 4);
   for (std::size_t i = 1; i < got.size(); ++i) pool.decref(got[i]);
   REQUIRE(pool.free_pages() == 8);
-}
-
-TEST_CASE("cuda allocator fails cleanly without a device", "[pool]") {
-  if (cuda_device_count() > 0) SKIP("a CUDA device is present; covered by the gpu tests");
-  REQUIRE_THROWS_AS((PagePool<Half, CudaAllocator>(4, 16, 64)), Unavailable);
 }

@@ -1,9 +1,9 @@
 // Memory backends for the page pool.
 //
 // An Allocator provides raw storage plus the three copies the store needs (host rows into pages, page to page
-// for copy-on-write). HostAllocator keeps pages in host memory, CudaAllocator in device memory (declared in
-// cuda_allocator.hpp), NullAllocator keeps only the bookkeeping: it lets capacity studies run the real append
-// path for pools far larger than host RAM.
+// for copy-on-write). HostAllocator keeps pages in host memory, NullAllocator keeps only the bookkeeping: it
+// lets capacity studies run the real append path for pools far larger than host RAM. Device memory:
+// redknot::cuda::CudaPagedAllocator (cuda/store.hpp, part of redknot::cuda).
 #pragma once
 
 #include <concepts>
@@ -18,7 +18,6 @@ namespace redknot {
 template <class A>
 concept Allocator = requires(A a, void* p, const void* cp, std::size_t n) {
   { A::kHostAccessible } -> std::convertible_to<bool>;
-  { A::kName } -> std::convertible_to<const char*>;
   { a.allocate(n) } -> std::same_as<void*>;
   a.deallocate(p, n);
   // Copy `rows` rows of `row_bytes` from host memory with a source stride into contiguous page memory.
@@ -29,16 +28,16 @@ concept Allocator = requires(A a, void* p, const void* cp, std::size_t n) {
 
 struct HostAllocator {
   static constexpr bool kHostAccessible = true;
-  static constexpr const char* kName = "host";
   static constexpr std::size_t kAlignment = 64;
 
   void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
-    try {
-      return ::operator new (bytes, std::align_val_t{kAlignment});
-    } catch (const std::bad_alloc&) {
-      throw PoolExhausted(detail::concat("host allocation of ", bytes, " bytes failed"));
-    }
+    // nothrow: a pool larger than memory is an error the caller handles (PoolExhausted), also under ASan,
+    // whose throwing operator new aborts instead of throwing std::bad_alloc.
+    void* p = ::operator new (bytes, std::align_val_t{kAlignment}, std::nothrow);
+    if (p == nullptr)
+      throw PoolExhausted(detail::concat("out of memory: host allocation of ", bytes, " bytes failed"));
+    return p;
   }
   void deallocate(void* p, std::size_t) {
     if (p) ::operator delete (p, std::align_val_t{kAlignment});
@@ -56,7 +55,6 @@ struct HostAllocator {
 // Bookkeeping only: no bytes are stored. Page pointers are null; attention cannot run on such a store.
 struct NullAllocator {
   static constexpr bool kHostAccessible = false;
-  static constexpr const char* kName = "null";
   void* allocate(std::size_t) { return nullptr; }
   void deallocate(void*, std::size_t) {}
   void copy_rows_from_host(void*, const void*, std::size_t, std::size_t, std::size_t) {}

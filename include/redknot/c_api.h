@@ -103,7 +103,7 @@ RK_API const char* rk_status_string(int status);
 /* Live handles in this process (leak checks in tests). Either pointer may be NULL. */
 RK_API int rk_live_handles(int64_t* num_stores, int64_t* num_head_maps);
 
-/* ---- head maps (DESIGN §2) ----------------------------------------------------------------------------- */
+/* ---- head maps (RedKnot JSON, head_map.hpp) ------------------------------------------------------------- */
 
 /* Loads the published RedKnot JSON schema from a file. */
 RK_API int rk_head_map_load(const char* path, rk_head_map** out);

@@ -1,6 +1,6 @@
 // Head classes, per-head retention parameters and the RedKnot JSON head map.
 //
-// The canonical visibility rule (DESIGN §2) lives in visibility.hpp; this header only describes which class,
+// The canonical visibility rule lives in visibility.hpp; this header only describes which class,
 // window and sink each (layer, kv_head) has.
 #pragma once
 
@@ -45,7 +45,7 @@ class HeadMap {
   static HeadMap with_global_ratio(int num_layers, int num_kv_heads, double global_ratio, int window,
                                    int sink);
 
-  // The published RedKnot schema (DESIGN §2). Errors name the field, layer and head at fault.
+  // The published RedKnot schema. Errors name the field, layer and head at fault.
   //
   // Defaults and limits of the loader:
   //  - When kv_head_sink_size is absent, every head's sink is 4 (only local heads use it); when

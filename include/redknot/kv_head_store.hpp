@@ -1,4 +1,4 @@
-// KVHeadStore: the head-aware paged KV cache (DESIGN §3).
+// KVHeadStore: the head-aware paged KV cache.
 //
 // Every (sequence, layer, kv_head) owns its own HeadTable of page entries in one shared PagePool. Global
 // heads append forever; local heads drop whole pages once no future query can see them (sink + window rule).

@@ -1,5 +1,5 @@
 // The oracle: naive dense attention over a shadow copy of everything ever appended, masked by the canonical
-// rule (DESIGN §2) and accumulated in fp64. It shares nothing with the store but HeadMap and is_visible(), so
+// rule (visibility.hpp) and accumulated in fp64. It shares nothing with the store but HeadMap and is_visible(), so
 // eviction, paging, forks and the fast paths are all checked against it. It keeps every token: test sizes
 // only.
 #pragma once

@@ -45,7 +45,7 @@ class PagePool {
   std::size_t page_bytes() const { return page_elems() * sizeof(T); }
   std::size_t bytes() const { return page_bytes() * static_cast<std::size_t>(num_pages_); }
 
-  // Safe to read concurrently with a writer (DESIGN thread-safety contract).
+  // Safe to read concurrently with a writer (docs/design.md, "Contracts": thread safety).
   std::int32_t free_pages() const { return free_count_.load(std::memory_order_relaxed); }
   std::int32_t used_pages() const { return num_pages_ - free_pages(); }
 
@@ -61,11 +61,6 @@ class PagePool {
       out.push_back(p);
     }
     free_count_.store(static_cast<std::int32_t>(free_.size()), std::memory_order_relaxed);
-  }
-  PageId alloc_one() {
-    std::vector<PageId> v;
-    alloc(1, v);
-    return v[0];
   }
 
   void incref(PageId p) {

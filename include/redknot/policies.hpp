@@ -1,7 +1,8 @@
 // Policy interfaces: the extension points of the store, with their defaults.
 //
 //  - RetentionPolicy: which positions a head keeps once every query before some position has run.
-//    The default, CanonicalRetention, is the DESIGN §2 rule: a local head keeps its sink and its window.
+//    The default, CanonicalRetention, is the canonical rule (docs/design.md, "Contracts"): a local head keeps
+//    its sink and its window.
 //  - RecomputeSelector: when a precomputed chunk is spliced at a new position, which heads take the relocated
 //    KV and which must be recomputed (position-independent reuse; the splice path is a later feature).
 //  - PlacementPolicy: which pages a head will read every step (hot, stay on the device) and which may be

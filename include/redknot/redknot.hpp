@@ -4,7 +4,6 @@
 #include "redknot/allocator.hpp"
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
-#include "redknot/cuda_allocator.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"

@@ -1,4 +1,4 @@
-// The canonical visibility rule (DESIGN §2), the single definition every code path uses.
+// The canonical visibility rule, the single definition every code path uses.
 //
 // A query at absolute position p in a head with policy P sees key position k iff k <= p and
 //   - P is not local: always;

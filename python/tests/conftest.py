@@ -32,7 +32,7 @@ def np_dtype(dtype: str):
 
 
 def visible_mask(policy: redknot.HeadPolicy, qpos: np.ndarray, kpos: np.ndarray) -> np.ndarray:
-    """[len(qpos), len(kpos)] canonical rule (DESIGN §2)."""
+    """[len(qpos), len(kpos)] canonical rule (include/redknot/visibility.hpp)."""
     q = qpos[:, None].astype(np.int64)
     k = kpos[None, :].astype(np.int64)
     causal = k <= q

@@ -16,6 +16,7 @@
 #include "redknot/dtype.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/oracle.hpp"
+#include "redknot/version.hpp"
 
 namespace {
 
@@ -91,7 +92,7 @@ bool contains(const char* haystack, const char* needle) { return std::strstr(hay
 
 TEST_CASE("library version, ABI and status names") {
   CHECK(rk_abi_version() == RK_ABI_VERSION);
-  CHECK(std::string(rk_version()) == "0.1.0");
+  CHECK(std::string(rk_version()) == REDKNOT_VERSION);
   CHECK(std::string(rk_status_string(RK_ERR_POOL_EXHAUSTED)) == "RK_ERR_POOL_EXHAUSTED");
   CHECK(std::string(rk_status_string(42)) == "RK_ERR_UNKNOWN_STATUS");
 }

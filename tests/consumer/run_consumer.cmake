@@ -2,7 +2,7 @@
 #
 # 1. cmake --install <REDKNOT_BUILD_DIR> --prefix <WORK_DIR>/prefix
 # 2. configure + build tests/consumer against it (CMAKE_PREFIX_PATH=prefix)
-# 3. run the consumer and check that it prints EXPECTED_VERSION
+# 3. run both consumers (redknot::core; redknot::headers alone) and check that each prints EXPECTED_VERSION
 #
 # Inputs (-D): REDKNOT_BUILD_DIR CONSUMER_SOURCE_DIR WORK_DIR
 #   optional: CONFIG GENERATOR CXX_COMPILER CXX_COMPILER_LAUNCHER EXPECTED_VERSION
@@ -50,26 +50,32 @@ endif()
 _step("configure consumer" "${CMAKE_COMMAND}" ${_configure_args})
 _step("build consumer" "${CMAKE_COMMAND}" --build "${_build}" --config "${CONFIG}")
 
-set(_exe "")
-foreach(_candidate "${_build}/redknot_consumer" "${_build}/${CONFIG}/redknot_consumer"
-                   "${_build}/redknot_consumer.exe" "${_build}/${CONFIG}/redknot_consumer.exe")
-  if(EXISTS "${_candidate}")
-    set(_exe "${_candidate}")
-    break()
+# Runs the consumer program <name> and checks that it printed EXPECTED_VERSION.
+function(_run_consumer name)
+  set(_exe "")
+  foreach(_candidate "${_build}/${name}" "${_build}/${CONFIG}/${name}"
+                     "${_build}/${name}.exe" "${_build}/${CONFIG}/${name}.exe")
+    if(EXISTS "${_candidate}")
+      set(_exe "${_candidate}")
+      break()
+    endif()
+  endforeach()
+  if(NOT _exe)
+    message(FATAL_ERROR "consumer: built, but ${name} was not found under ${_build}")
   endif()
-endforeach()
-if(NOT _exe)
-  message(FATAL_ERROR "consumer: built, but redknot_consumer was not found under ${_build}")
-endif()
 
-execute_process(COMMAND "${_exe}" RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
-message(STATUS "consumer printed: ${_out}${_err}")
-if(NOT _rc EQUAL 0)
-  message(FATAL_ERROR "consumer: redknot_consumer exited with ${_rc}")
-endif()
-string(FIND "${_out}" "${EXPECTED_VERSION}" _pos)
-if(EXPECTED_VERSION AND _pos EQUAL -1)
-  message(FATAL_ERROR "consumer: expected redknot::version_string() to contain "
-                      "'${EXPECTED_VERSION}' (the CMake project version)")
-endif()
+  execute_process(COMMAND "${_exe}" RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+  message(STATUS "${name} printed: ${_out}${_err}")
+  if(NOT _rc EQUAL 0)
+    message(FATAL_ERROR "consumer: ${name} exited with ${_rc}")
+  endif()
+  string(FIND "${_out}" "${EXPECTED_VERSION}" _pos)
+  if(EXPECTED_VERSION AND _pos EQUAL -1)
+    message(FATAL_ERROR "consumer: expected ${name} to print redknot::version_string() containing "
+                        "'${EXPECTED_VERSION}' (the CMake project version)")
+  endif()
+endfunction()
+
+_run_consumer(redknot_consumer)          # redknot::core
+_run_consumer(redknot_consumer_headers)  # redknot::headers alone
 message(STATUS "consumer: OK")

@@ -1,4 +1,4 @@
-// GPU kernels vs the CPU oracle (DESIGN §6): one parametrised harness runs decode, prefill, append and RoPE
+// GPU kernels vs the CPU oracle: one parametrised harness runs decode, prefill, append and RoPE
 // relocation over dtype {f16, bf16} x head_dim {64, 128} x GQA {1, 4, 8} x page size {16, 32, 64}, with heads
 // of every kind in one layer (global; local with a small sink and window; window larger than the context;
 // sink 0; window 1), partial pages, spliced position jumps and contexts shorter than the sink. Also: the

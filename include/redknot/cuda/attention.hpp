@@ -1,5 +1,5 @@
 // CudaAttention: the plan/run pair an engine (or the Python and C bindings) calls, FlashInfer-style, over a
-// CudaKVHeadStore (DESIGN §5: plan(...) once per step and layer, run(q, ...) per layer).
+// CudaKVHeadStore (plan(...) once per step and layer, run(q, ...) per layer).
 //
 //   CudaAttention<BFloat16> attn(store, {.max_batch = 64, .max_queries = 8192});
 //   attn.plan(layer, seqs, q_lens, q_positions, stream);   // host: incremental plan + device upload

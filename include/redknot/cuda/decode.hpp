@@ -7,7 +7,7 @@
 // whole decode step (plan + attention + merge) can be captured in a CUDA graph.
 //
 // Semantics are those of redknot::cpu_attention for q_len = 1: out[b, qh, :] attends over the visible keys of
-// kv head qh / g (canonical rule, DESIGN §2); a query that sees no key yields zeros and lse = -inf.
+// kv head qh / g (canonical rule, visibility.hpp); a query that sees no key yields zeros and lse = -inf.
 //
 // Plain host functions (pointers, sizes, cudaStream_t); C++17; no kernels here.
 #pragma once

@@ -1,5 +1,5 @@
-// DevicePlan: the device mirror of an AttentionPlan (DESIGN §3, "device-side tables stay resident and are
-// updated incrementally"). It owns preallocated device buffers for the plan arena, the slots, the layer's
+// DevicePlan: the device mirror of an AttentionPlan (docs/design.md, "AttentionPlan layout"): device-side
+// tables stay resident and are updated incrementally. It owns preallocated device buffers for the plan arena, the slots, the layer's
 // head policies and the query metadata, and sync() uploads only the arena spans the last
 // AttentionPlan::update() wrote (dirty_spans()), so the host->device bytes of a decode step are proportional
 // to changed entries, not to context length. Buffers keep their addresses until a capacity is exceeded

@@ -1,4 +1,4 @@
-// Split-KV work partition for decode (DESIGN §4): how the (batch item, kv_head) units of a decode step are
+// Split-KV work partition for decode: how the (batch item, kv_head) units of a decode step are
 // cut into chunks of page entries so that long global heads and short local heads keep every SM busy.
 //
 // The rule, shared bit-for-bit by the host reference below and the device plan (decode.cu, CUB prefix sums):

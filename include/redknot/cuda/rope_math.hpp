@@ -1,4 +1,4 @@
-// RoPE relocation of cached keys (position-independent reuse, DESIGN §1 and §4).
+// RoPE relocation of cached keys (position-independent reuse).
 //
 // A key stored with RoPE applied at position `old` is moved to position `new` by rotating each pair of its
 // rotary dims by delta = new - old: R(new) = R(delta) R(old), since rotations of one plane compose

@@ -1,4 +1,4 @@
-// The KVHeadStore's CUDA backend: same API, pages in device memory (DESIGN §3).
+// The KVHeadStore's CUDA backend: same API, pages in device memory.
 //
 //   CudaKVHeadStore<T>  = KVHeadStore<T, CudaPagedAllocator>
 //   append(...)         the store's own append takes host K/V and copies rows host->device (cudaMemcpy2D);
@@ -22,12 +22,12 @@
 
 namespace redknot::cuda {
 
-// Device-memory page allocator. Like redknot::CudaAllocator, plus two switches append_device() uses: host
-// writes can be deferred (the store then only does bookkeeping; a kernel writes the rows), and page copies
-// (copy-on-write) are enqueued on `stream` so they are ordered before that kernel.
+// Device-memory page allocator (cudaMalloc'd pages; Unavailable when the device is absent), with two
+// switches append_device() uses: host writes can be deferred (the store then only does bookkeeping; a kernel
+// writes the rows), and page copies (copy-on-write) are enqueued on `stream` so they are ordered before that
+// kernel.
 struct CudaPagedAllocator {
   static constexpr bool kHostAccessible = false;
-  static constexpr const char* kName = "cuda";
   int device = 0;
   bool defer_host_writes = false;
   cudaStream_t stream = nullptr;

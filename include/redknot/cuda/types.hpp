@@ -34,7 +34,7 @@ struct DevSlot {
 };
 static_assert(sizeof(DevSlot) == 28, "DevSlot mirrors PlanSlot (7 x int32)");
 
-// One kv head's visibility parameters for a layer (the canonical rule, DESIGN §2).
+// One kv head's visibility parameters for a layer (the canonical rule of visibility.hpp).
 // is_local == 0: sees every k <= p. Otherwise: k <= p and (k < sink or k > p - window).
 struct DevPolicy {
   std::int32_t is_local;

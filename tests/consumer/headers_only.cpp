@@ -1,0 +1,70 @@
+// Downstream check that redknot::headers works on its own: this program links only redknot::headers (no
+// libredknot) and includes every public header that needs no compiled code. Not usable header-only:
+// HeadMap's members and head_class_name()/parse_head_class() (head_map.hpp; compiled in src/head_map.cpp, so
+// redknot::core), hence pool_sizing.hpp, kv_head_store.hpp, attention_plan.hpp, cpu_attention.hpp, oracle.hpp
+// and redknot.hpp; any_store.hpp (redknot::anystore), c_api.h (redknot::c), cuda/*.hpp (redknot::cuda).
+// head_map.hpp itself may be included for HeadClass and HeadPolicy.
+#include <redknot/allocator.hpp>
+#include <redknot/dtype.hpp>
+#include <redknot/error.hpp>
+#include <redknot/head_map.hpp>
+#include <redknot/head_table.hpp>
+#include <redknot/model_shape.hpp>
+#include <redknot/page_pool.hpp>
+#include <redknot/policies.hpp>
+#include <redknot/version.hpp>
+#include <redknot/visibility.hpp>
+
+#include <iostream>
+#include <string>
+#include <vector>
+
+int main() {
+  using namespace redknot;
+  std::cout << "redknot " << version_string() << " (headers only)\n";
+  int failures = 0;
+  const auto check = [&](bool ok, const char* what) {
+    if (!ok) {
+      std::cerr << "headers-only check failed: " << what << '\n';
+      ++failures;
+    }
+  };
+
+  // Visibility: a local head with sink 2 and window 3, query at position 10 sees {0, 1, 8, 9, 10}.
+  const HeadPolicy local{HeadClass::kLocal, 3, 2};
+  const HeadPolicy global{};
+  check(is_visible(local, 10, 1) && !is_visible(local, 10, 2) && is_visible(local, 10, 8),
+        "local visibility");
+  check(!is_visible(local, 10, 11) && is_visible(global, 10, 0), "causality / global");
+  const VisibleRanges r = visible_ranges(local, 10);
+  check(r.sink_end == 2 && r.win_begin == 8 && r.win_end == 11, "visible_ranges");
+  check(CanonicalRetention{}.sink_end(local) == 2 && CanonicalRetention{}.window_begin(local, 10) == 8,
+        "canonical retention");
+
+  // dtypes: exact round trips of representable values.
+  check(static_cast<float>(Half(1.5f)) == 1.5f && static_cast<float>(BFloat16(-2.0f)) == -2.0f,
+        "Half/BFloat16");
+  check(parse_dtype("bf16") == DType::kBF16, "parse_dtype");
+
+  // Errors carry their message.
+  try {
+    const ModelShape bad{1, 3, 2, 8, DType::kF32};
+    bad.validate();
+    check(false, "ModelShape::validate must throw");
+  } catch (const InvalidArgument& e) {
+    check(std::string(e.what()).find("num_q_heads=3") != std::string::npos, "InvalidArgument message");
+  }
+
+  // Page pool and a head table.
+  PagePool<float> pool(4, 16, 8);
+  std::vector<PageId> pages;
+  pool.alloc(2, pages);
+  HeadTable table;
+  table.body.push_back(PageEntry{pages[0], 0, 16, 0});
+  table.body.push_back(PageEntry{pages[1], 0, 4, 16});
+  check(table.size() == 2 && !table.empty() && table[1].pos0 == 16, "HeadTable");
+  check(pool.used_pages() == 2 && pool.decref(pages[0]) && pool.free_pages() == 3, "PagePool");
+
+  if (failures == 0) std::cout << "headers-only ok\n";
+  return failures == 0 ? 0 : 1;
+}
