@@ -26,9 +26,11 @@
 #include <vector>
 
 #include "redknot/allocator.hpp"
+#include "redknot/append_plan.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/head_ops.hpp"
 #include "redknot/head_table.hpp"
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
@@ -179,57 +181,50 @@ class KVHeadStore {
   // ----------------------------------------------------------------------------------------------
 
   // Appends n tokens of one layer: k and v in the engine's layout [n, num_kv_heads, head_dim] (contiguous),
-  // positions[n] strictly increasing and beyond everything appended to (seq, layer) so far.
+  // positions[n] strictly increasing and beyond everything appended to (seq, layer) so far. A convenience for
+  // reserve_append followed by the host mover.
   void append(SeqId id, int layer, std::span<const T> k, std::span<const T> v,
-              std::span<const std::int32_t> positions) {
-    Sequence& s = seq(id, "append");
-    check_layer(layer);
-    const std::size_t n = positions.size();
-    const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
-    const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
-    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
-    require(k.size() == n * H * D, "append: k has ", k.size(),
-            " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ", n * H * D);
-    require(v.size() == n * H * D, "append: v has ", v.size(),
-            " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ", n * H * D);
-    const std::int32_t next = s.next_pos[static_cast<std::size_t>(layer)];
-    require(positions[0] >= next, "append: positions[0]=", positions[0], " must be >= ", next,
-            " (positions of sequence ", id, " layer ", layer, " must increase; last appended was ", next - 1,
-            ")");
-    for (std::size_t i = 1; i < n; ++i)
-      require(positions[i] > positions[i - 1], "append: positions[", i, "]=", positions[i],
-              " must be > positions[", i - 1, "]=", positions[i - 1], " (strictly increasing)");
-    require(positions[n - 1] < std::numeric_limits<std::int32_t>::max(), "append: positions[", n - 1,
-            "]=", positions[n - 1], " is too large");
+              std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible ||
+                                                                std::is_same_v<Alloc, NullAllocator>) {
+    check_token_count(positions.size());
+    check_kv_sizes("append", k.size(), v.size(), positions.size());
+    const std::int32_t offsets[2] = {0, static_cast<std::int32_t>(positions.size())};
+    reserve(layer, std::span<const SeqId>(&id, 1), std::span<const std::int32_t>(offsets, 2), positions,
+            "append", scratch_plan_);
+    if constexpr (Alloc::kHostAccessible) move_host_rows(pool_, scratch_plan_, k.data(), v.data());
+  }
 
-    // Dry run: pages this append needs and pages its evictions give back, all heads together.
-    const std::int64_t q_earliest = positions[0];
-    std::int64_t need = 0, reclaim = 0;
-    for (std::size_t h = 0; h < H; ++h) {
-      const HeadTable& t = s.table(layer, static_cast<int>(h), shape_);
-      const HeadPolicy& p = policies_[layer * H + h];
-      const EvictionPlan ev = plan_eviction(t, p, q_earliest);
-      reclaim += ev.pages_freed;
-      need += pages_needed(ev, n);
-    }
-    require<PoolExhausted>(need <= pool_.free_pages() + reclaim, "append(seq=", id, ", layer=", layer,
-                           ", n_tokens=", n, "): needs ", need, " pages, pool has ", pool_.free_pages(),
-                           " free (+", reclaim, " this append would evict) of ", pool_.num_pages());
+  // Batched append of one layer (vLLM's reshape_and_cache over a batch): sequence seqs[i] takes the tokens
+  // [token_offsets[i], token_offsets[i + 1]) of k, v ([total, num_kv_heads, head_dim]) and positions. Items
+  // may be empty; a sequence may appear once. All-or-nothing across the batch.
+  void append_batch(int layer, std::span<const SeqId> seqs, std::span<const std::int32_t> token_offsets,
+                    std::span<const T> k, std::span<const T> v,
+                    std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible ||
+                                                                      std::is_same_v<Alloc, NullAllocator>) {
+    check_kv_sizes("append_batch", k.size(), v.size(), positions.size());
+    reserve(layer, seqs, token_offsets, positions, "append_batch", scratch_plan_);
+    if constexpr (Alloc::kHostAccessible) move_host_rows(pool_, scratch_plan_, k.data(), v.data());
+  }
 
-    // Commit: evict first so the freed pages can serve this append, then allocate everything at once.
-    for (std::size_t h = 0; h < H; ++h)
-      evict(s.table(layer, static_cast<int>(h), shape_), policies_[layer * H + h], q_earliest, layer,
-            static_cast<int>(h));
-    std::vector<PageId> fresh;
-    fresh.reserve(static_cast<std::size_t>(need));
-    pool_.alloc(static_cast<std::int32_t>(need), fresh);
-    std::size_t next_fresh = 0;
-    for (std::size_t h = 0; h < H; ++h) {
-      write_head(s.table(layer, static_cast<int>(h), shape_), layer, static_cast<int>(h), k.data() + h * D,
-                 v.data() + h * D, H * D, positions, fresh, next_fresh);
-    }
-    s.next_pos[static_cast<std::size_t>(layer)] = positions[n - 1] + 1;
-    s.query_floor[static_cast<std::size_t>(layer)] = positions[0];
+  // Decides where n tokens of (seq, layer) go and commits that decision: evictions, fresh pages,
+  // copy-on-write of a shared tail page, and the head tables' new entries. Returns the plan a byte mover must
+  // carry out before anything reads these tokens. Validates everything and checks capacity first: on an
+  // exception nothing changed.
+  AppendPlan reserve_append(SeqId id, int layer, std::span<const std::int32_t> positions) {
+    check_token_count(positions.size());
+    const std::int32_t offsets[2] = {0, static_cast<std::int32_t>(positions.size())};
+    AppendPlan plan;
+    reserve(layer, std::span<const SeqId>(&id, 1), std::span<const std::int32_t>(offsets, 2), positions,
+            "append", plan);
+    return plan;
+  }
+
+  AppendPlan reserve_append_batch(int layer, std::span<const SeqId> seqs,
+                                  std::span<const std::int32_t> token_offsets,
+                                  std::span<const std::int32_t> positions) {
+    AppendPlan plan;
+    reserve(layer, seqs, token_offsets, positions, "append_batch", plan);
+    return plan;
   }
 
   // Declares that every query of (seq, layer) — or of every layer when layer == -1 — before
@@ -251,9 +246,7 @@ class KVHeadStore {
       floor = std::max(floor, next_query_pos);
     }
     for (int l = l0; l < l1; ++l)
-      for (int h = 0; h < shape_.num_kv_heads; ++h)
-        evict(s.table(l, h, shape_), policies_[static_cast<std::size_t>(l) * shape_.num_kv_heads + h],
-              next_query_pos, l, h);
+      for (int h = 0; h < shape_.num_kv_heads; ++h) evict_head(s.table(l, h, shape_), l, h, next_query_pos);
   }
 
   // ---- accounting
@@ -326,13 +319,6 @@ class KVHeadStore {
     std::vector<std::int32_t> query_floor;  // [layer]: queries below this were declared done (may be evicted)
   };
 
-  struct EvictionPlan {
-    std::size_t pops = 0;          // entries leaving the front of body
-    std::int64_t pages_freed = 0;  // pages whose last reference goes (refcount 1, no neighbour on the page)
-    bool has_tail = false;         // the last entry of sink ++ body once the eviction is applied
-    PageEntry tail;
-  };
-
   static std::uint64_t next_uid() {
     static std::atomic<std::uint64_t> counter{0};
     return counter.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -378,162 +364,120 @@ class KVHeadStore {
   bool is_local_head(int l, int h) const {
     return policies_[static_cast<std::size_t>(l) * shape_.num_kv_heads + h].is_local();
   }
-
-  void count_alloc(int l, int h, std::int64_t n) {
-    (is_local_head(l, h) ? pages_local_ : pages_global_).fetch_add(n, std::memory_order_relaxed);
+  head_ops::PageCounter& class_pages(int l, int h) {
+    return is_local_head(l, h) ? pages_local_ : pages_global_;
   }
-  void release_page(PageId p, int l, int h) {
-    if (pool_.decref(p))
-      (is_local_head(l, h) ? pages_local_ : pages_global_).fetch_sub(1, std::memory_order_relaxed);
+  head_ops::Retained retained(int l, int h, std::int64_t q_earliest) const {
+    const HeadPolicy& p = policies_[static_cast<std::size_t>(l) * shape_.num_kv_heads + h];
+    return {retention_.sink_end(p), retention_.window_begin(p, q_earliest)};
   }
-
-  // The entry new tokens continue from: the last of sink ++ body (sink entries are frozen, but their page's
-  // free slots can still take new body entries).
-  static const PageEntry* tail_entry(const HeadTable& t) {
-    if (!t.body.empty()) return &t.body.back();
-    if (!t.sink.empty()) return &t.sink.back();
-    return nullptr;
+  void release_page(PageId p, int l, int h) { head_ops::release_page(pool_, p, class_pages(l, h)); }
+  void evict_head(HeadTable& t, int l, int h, std::int64_t q_earliest) {
+    head_ops::evict(t, pool_, is_local_head(l, h), retained(l, h, q_earliest), class_pages(l, h));
   }
 
-  // Which body entries leave under the retention rule for queries at >= q_earliest, without changing
-  // anything.
-  EvictionPlan plan_eviction(const HeadTable& t, const HeadPolicy& p, std::int64_t q_earliest) const {
-    EvictionPlan ev;
-    if (const PageEntry* tail = tail_entry(t)) {
-      ev.has_tail = true;
-      ev.tail = *tail;
-    }
-    if (!p.is_local()) return ev;
-    const std::int64_t wb = retention_.window_begin(p, q_earliest);
-    const std::int64_t se = retention_.sink_end(p);
-    PageId kept_before =
-        t.sink.empty() ? -1 : t.sink.back().page_id;  // page of the entry before body.front()
-    while (ev.pops < t.body.size() && t.body[ev.pops].last_pos() < wb) {
-      const PageEntry& e = t.body[ev.pops];
-      if (e.pos0 < se) {
-        kept_before = e.page_id;  // its sink part moves to the sink list, with the page reference
-      } else {
-        const bool next_on_page = ev.pops + 1 < t.body.size() && t.body[ev.pops + 1].page_id == e.page_id;
-        if (kept_before != e.page_id && !next_on_page && pool_.refcount(e.page_id) == 1) ++ev.pages_freed;
-      }
-      ++ev.pops;
-    }
-    if (ev.pops == t.body.size() && ev.pops > 0) {  // the whole body leaves: the tail is what the sink keeps
-      ev.has_tail = false;
-      for (std::size_t i = ev.pops; i-- > 0;)
-        if (t.body[i].pos0 < se) {
-          ev.has_tail = true;
-          ev.tail = sink_part(t.body[i], se);
-          break;
-        }
-      if (!ev.has_tail && !t.sink.empty()) {
-        ev.has_tail = true;
-        ev.tail = t.sink.back();
-      }
-    }
-    return ev;
+  static void check_token_count(std::size_t n) {
+    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
+    require(n <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), "append: n_tokens=", n,
+            " is too large (positions are strictly increasing int32)");
   }
-
-  static PageEntry sink_part(PageEntry e, std::int64_t se) {
-    e.count = static_cast<std::int32_t>(std::min<std::int64_t>(e.count, se - e.pos0));
-    return e;
-  }
-
-  void evict(HeadTable& t, const HeadPolicy& p, std::int64_t q_earliest, int l, int h) {
-    if (!p.is_local()) return;
-    const EvictionPlan ev = plan_eviction(t, p, q_earliest);
-    const std::int64_t se = retention_.sink_end(p);
-    for (std::size_t i = 0; i < ev.pops; ++i) {
-      const PageEntry e = t.body.front();
-      t.body.pop_front();
-      ++t.body_popped;
-      if (e.pos0 < se) {
-        const PageEntry kept = sink_part(e, se);
-        PageEntry* last = t.sink.empty() ? nullptr : &t.sink.back();
-        if (last && last->page_id == kept.page_id && last->end_slot() == kept.first &&
-            last->last_pos() + 1 == kept.pos0) {
-          last->count += kept.count;  // contiguous with the previous sink entry: merge (rare: tiny windows)
-          ++t.layout_version;
-        } else {
-          t.sink.push_back(kept);
-          ++t.sink_pushed;
-        }
-      } else {
-        const bool shared = (!t.sink.empty() && t.sink.back().page_id == e.page_id) ||
-                            (!t.body.empty() && t.body.front().page_id == e.page_id);
-        if (!shared) release_page(e.page_id, l, h);
-      }
-    }
-  }
-
-  // Pages needed to write n tokens once ev has been applied: a private copy of a shared tail page, then
-  // whatever does not fit in the tail page's free slots.
-  std::int64_t pages_needed(const EvictionPlan& ev, std::size_t n) const {
-    const std::int64_t ps = cfg_.page_size;
-    std::int64_t room = 0, cow = 0;
-    if (ev.has_tail) {
-      room = ps - ev.tail.end_slot();
-      if (room > 0 && pool_.refcount(ev.tail.page_id) > 1) cow = 1;
-    }
-    const std::int64_t rest =
-        static_cast<std::int64_t>(n) - std::min<std::int64_t>(room, static_cast<std::int64_t>(n));
-    return cow + (rest + ps - 1) / ps;
-  }
-
-  // Makes the tail page private before writing into it: copy its used slots, repoint every entry on it.
-  void copy_on_write_tail(HeadTable& t, int l, int h, std::vector<PageId>& fresh, std::size_t& next_fresh) {
-    const PageEntry* tail = tail_entry(t);
-    const PageId old = tail->page_id;
-    if (pool_.refcount(old) <= 1) return;
-    const PageId np = fresh[next_fresh++];
-    count_alloc(l, h, 1);
-    pool_.copy_page(np, old, tail->end_slot());
-    for (auto it = t.body.rbegin(); it != t.body.rend() && it->page_id == old; ++it) it->page_id = np;
-    if (t.body.empty() || t.body.front().page_id == np)
-      for (auto it = t.sink.rbegin(); it != t.sink.rend() && it->page_id == old; ++it) it->page_id = np;
-    release_page(old, l, h);
-    ++t.layout_version;
-  }
-
-  void write_head(HeadTable& t, int l, int h, const T* k, const T* v, std::size_t src_stride,
-                  std::span<const std::int32_t> pos, std::vector<PageId>& fresh, std::size_t& next_fresh) {
-    const int ps = cfg_.page_size;
+  void check_kv_sizes(const char* op, std::size_t k, std::size_t v, std::size_t n) const {
+    const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
     const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
-    const std::size_t row_bytes = D * sizeof(T);
-    const std::size_t n = pos.size();
-    std::size_t i = 0;
-    while (i < n) {
-      // Where the next token goes: the tail page if it has room, else a fresh page.
-      const PageEntry* tail = tail_entry(t);
-      const bool new_page = tail == nullptr || tail->end_slot() >= ps;
-      if (!new_page) {
-        copy_on_write_tail(t, l, h, fresh, next_fresh);
-        tail = tail_entry(t);
+    require(k == n * H * D, op, ": k has ", k, " elements, expected n_tokens*num_kv_heads*head_dim = ", n,
+            "*", H, "*", D, " = ", n * H * D);
+    require(v == n * H * D, op, ": v has ", v, " elements, expected n_tokens*num_kv_heads*head_dim = ", n,
+            "*", H, "*", D, " = ", n * H * D);
+  }
+
+  // Validate, dry-run, commit (see reserve_append). Evictions of every item run before any page is taken, so
+  // pages one item's eviction frees can serve another item; the capacity check counts only pages this call
+  // alone would free, so it never admits more than the commit can allocate.
+  // The plan's vectors are reused (append keeps one scratch plan, so a decode step allocates nothing).
+  void reserve(int layer, std::span<const SeqId> seqs, std::span<const std::int32_t> offsets,
+               std::span<const std::int32_t> positions, const char* op, AppendPlan& plan) {
+    const std::size_t B = seqs.size();
+    const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
+    require(offsets.size() == B + 1, op, ": token_offsets has ", offsets.size(),
+            " entries, expected one per sequence + 1 (", B + 1, ")");
+    require(offsets[0] == 0, op, ": token_offsets[0]=", offsets[0], " must be 0");
+    for (std::size_t i = 0; i < B; ++i)
+      require(offsets[i + 1] >= offsets[i], op, ": token_offsets[", i + 1, "]=", offsets[i + 1],
+              " must be >= token_offsets[", i, "]=", offsets[i]);
+    require(static_cast<std::size_t>(offsets[B]) == positions.size(), op, ": token_offsets[", B,
+            "]=", offsets[B], " must equal the number of positions (", positions.size(), ")");
+    std::vector<Sequence*>& items = scratch_items_;
+    items.resize(B);
+    for (std::size_t i = 0; i < B; ++i) items[i] = &seq(seqs[i], op);
+    check_layer(layer);  // after the lookups: a dead sequence is NotFound whatever else is wrong
+    if (B > 1) {         // each sequence once: sorted ids have no equal neighbours
+      scratch_ids_.assign(seqs.begin(), seqs.end());
+      std::sort(scratch_ids_.begin(), scratch_ids_.end());
+      const auto dup = std::adjacent_find(scratch_ids_.begin(), scratch_ids_.end());
+      require(dup == scratch_ids_.end(), op, ": sequence id=", dup == scratch_ids_.end() ? 0 : *dup,
+              " appears twice in the batch");
+    }
+    for (std::size_t i = 0; i < B; ++i) {
+      const auto pos = positions.subspan(static_cast<std::size_t>(offsets[i]),
+                                         static_cast<std::size_t>(offsets[i + 1] - offsets[i]));
+      if (pos.empty()) continue;
+      const std::int32_t next = items[i]->next_pos[static_cast<std::size_t>(layer)];
+      require(pos[0] >= next, op, ": positions[", offsets[i], "]=", pos[0], " must be >= ", next,
+              " (positions of sequence ", seqs[i], " layer ", layer, " must increase; last appended was ",
+              next - 1, ")");
+      for (std::size_t j = 1; j < pos.size(); ++j)
+        require(pos[j] > pos[j - 1], op, ": positions[", offsets[i] + static_cast<std::int64_t>(j),
+                "]=", pos[j], " must be > positions[", offsets[i] + static_cast<std::int64_t>(j) - 1,
+                "]=", pos[j - 1], " (strictly increasing)");
+      require(pos.back() < std::numeric_limits<std::int32_t>::max(), op, ": positions[", offsets[i + 1] - 1,
+              "]=", pos.back(), " is too large (the largest position is ",
+              std::numeric_limits<std::int32_t>::max() - 1, ")");
+    }
+
+    // Dry run: pages the appends need and pages their evictions give back, all items and heads together.
+    std::int64_t need = 0, reclaim = 0;
+    for (std::size_t i = 0; i < B; ++i) {
+      const std::size_t n = static_cast<std::size_t>(offsets[i + 1] - offsets[i]);
+      if (n == 0) continue;
+      const std::int64_t q_earliest = positions[static_cast<std::size_t>(offsets[i])];
+      for (std::size_t h = 0; h < H; ++h) {
+        const int hh = static_cast<int>(h);
+        const auto ev = head_ops::plan_eviction(items[i]->table(layer, hh, shape_), pool_,
+                                                is_local_head(layer, hh), retained(layer, hh, q_earliest));
+        reclaim += ev.pages_freed;
+        need += head_ops::pages_needed(ev, pool_, cfg_.page_size, n);
       }
-      const PageId page = new_page ? fresh[next_fresh++] : tail->page_id;
-      const std::int32_t slot = new_page ? 0 : tail->end_slot();
-      if (new_page) count_alloc(l, h, 1);
-      // The run: consecutive positions that fit in this page.
-      std::size_t j = i + 1;
-      while (j < n && slot + static_cast<std::int32_t>(j - i) < ps && pos[j] == pos[j - 1] + 1) ++j;
-      const auto run = static_cast<std::int32_t>(j - i);
-      // Only a body entry grows in place; sink entries are frozen, so a run after one starts a new entry.
-      const bool extends = !new_page && !t.body.empty() && t.body.back().last_pos() + 1 == pos[i];
-      if (extends) {
-        t.body.back().count += run;
-        ++t.tail_version;
-      } else {
-        t.body.push_back(PageEntry{page, slot, run, pos[i]});
-        ++t.body_pushed;
+    }
+    require<PoolExhausted>(need <= pool_.free_pages() + reclaim, op, "(layer=", layer, ", sequences=", B,
+                           ", n_tokens=", positions.size(), "): needs ", need, " pages, pool has ",
+                           pool_.free_pages(), " free (+", reclaim, " this append would evict) of ",
+                           pool_.num_pages());
+
+    plan.layer = layer;
+    plan.num_kv_heads = shape_.num_kv_heads;
+    plan.page_size = cfg_.page_size;
+    plan.num_tokens = static_cast<std::int32_t>(positions.size());
+    plan.copies.clear();
+    plan.rows.resize(positions.size() * H);
+    // Commit: evict first so the freed pages can serve the appends, then reserve rows head by head.
+    for (std::size_t i = 0; i < B; ++i) {
+      if (offsets[i + 1] == offsets[i]) continue;
+      const std::int64_t q_earliest = positions[static_cast<std::size_t>(offsets[i])];
+      for (std::size_t h = 0; h < H; ++h)
+        evict_head(items[i]->table(layer, static_cast<int>(h), shape_), layer, static_cast<int>(h),
+                   q_earliest);
+    }
+    for (std::size_t i = 0; i < B; ++i) {
+      const auto begin = static_cast<std::size_t>(offsets[i]);
+      const auto pos = positions.subspan(begin, static_cast<std::size_t>(offsets[i + 1]) - begin);
+      if (pos.empty()) continue;
+      for (std::size_t h = 0; h < H; ++h) {
+        const int hh = static_cast<int>(h);
+        head_ops::reserve_rows(items[i]->table(layer, hh, shape_), pool_, cfg_.page_size, pos, begin, hh,
+                               class_pages(layer, hh), plan);
       }
-      if constexpr (!std::is_same_v<Alloc, NullAllocator>) {
-        auto& a = pool_.allocator();
-        a.copy_rows_from_host(pool_.k_ptr(page) + static_cast<std::size_t>(slot) * D, k + i * src_stride, run,
-                              row_bytes, src_stride * sizeof(T));
-        a.copy_rows_from_host(pool_.v_ptr(page) + static_cast<std::size_t>(slot) * D, v + i * src_stride, run,
-                              row_bytes, src_stride * sizeof(T));
-      }
-      i = j;
+      items[i]->next_pos[static_cast<std::size_t>(layer)] = pos.back() + 1;
+      items[i]->query_floor[static_cast<std::size_t>(layer)] = pos.front();
     }
   }
 
@@ -546,6 +490,10 @@ class KVHeadStore {
   std::unordered_map<SeqId, Sequence> seqs_;
   SeqId next_id_ = 1;
   std::uint64_t uid_ = next_uid();
+  // Scratch of the writer (one at a time): reused across appends so a decode step does not allocate.
+  AppendPlan scratch_plan_;
+  std::vector<Sequence*> scratch_items_;
+  std::vector<SeqId> scratch_ids_;
   std::atomic<std::int64_t> num_sequences_{0};
   std::atomic<std::int64_t> pages_global_{0};
   std::atomic<std::int64_t> pages_local_{0};

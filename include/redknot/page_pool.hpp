@@ -93,12 +93,6 @@ class PagePool {
   const T* data() const { return data_; }
   Alloc& allocator() { return alloc_; }
 
-  // Copies slots [0, n_slots) of K and V from page src to page dst (copy-on-write).
-  void copy_page(PageId dst, PageId src, int n_slots) {
-    const std::size_t row = static_cast<std::size_t>(head_dim_) * sizeof(T);
-    alloc_.copy(k_ptr(dst), k_ptr(src), row * n_slots);
-    alloc_.copy(v_ptr(dst), v_ptr(src), row * n_slots);
-  }
 
  private:
   void check_id(PageId p) const {

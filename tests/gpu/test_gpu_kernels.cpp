@@ -156,7 +156,7 @@ struct World {
   }
 
   // Appends to both layers (layer 0 only to keep the stores' contracts); alternates the device store between
-  // its host-copy append and append_device (the kernel path).
+  // append_from_host (host K/V, row copies) and append_device (the kernel path).
   void append(std::size_t si, const std::vector<std::int32_t>& pos) {
     const std::size_t n = pos.size() * kHk * static_cast<std::size_t>(shape.head_dim);
     for (int layer = 0; layer < kLayers; ++layer) {
@@ -164,7 +164,7 @@ struct World {
       host.append(seqs[si], layer, std::span<const T>(k), std::span<const T>(v), pos);
       oracle.append<T>(seqs[si], layer, k, v, pos);
       if (appends++ % 2 == 0) {
-        dev.append(seqs[si], layer, std::span<const T>(k), std::span<const T>(v), pos);
+        append_from_host(dev, seqs[si], layer, std::span<const T>(k), std::span<const T>(v), pos);
       } else {
         k_dev->upload(k);
         v_dev->upload(v);

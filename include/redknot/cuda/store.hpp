@@ -1,10 +1,12 @@
 // The KVHeadStore's CUDA backend: same API, pages in device memory.
 //
 //   CudaKVHeadStore<T>  = KVHeadStore<T, CudaPagedAllocator>
-//   append(...)         the store's own append takes host K/V and copies rows host->device (cudaMemcpy2D);
-//   append_device(...)  takes K/V already on the device [n, Hk, D]: the store does its page bookkeeping with
-//                       writes deferred, then one append_kv kernel scatters all rows through the slot
-//                       mapping.
+//   append_from_host()  host K/V: the store's AppendPlan, then its page copies and one host-to-device copy
+//   per
+//                       row;
+//   append_device()     K/V already on the device [n, Hk, D]: the AppendPlan's page copies on the stream,
+//   then
+//                       one append_kv kernel scatters every row to the plan's destinations.
 //
 // C++20 host code.
 #pragma once
@@ -12,25 +14,23 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <limits>
 #include <span>
 #include <vector>
 
 #include "redknot/allocator.hpp"
+#include "redknot/append_plan.hpp"
 #include "redknot/cuda/append.hpp"
 #include "redknot/cuda/common.hpp"
 #include "redknot/kv_head_store.hpp"
 
 namespace redknot::cuda {
 
-// Device-memory page allocator (cudaMalloc'd pages; Unavailable when the device is absent), with two
-// switches append_device() uses: host writes can be deferred (the store then only does bookkeeping; a kernel
-// writes the rows), and page copies (copy-on-write) are enqueued on `stream` so they are ordered before that
-// kernel.
+// Device-memory page allocator (cudaMalloc'd pages; Unavailable when the device is absent, PoolExhausted when
+// it is full). Allocate and free only: bytes move by the AppendPlan movers below.
 struct CudaPagedAllocator {
   static constexpr bool kHostAccessible = false;
   int device = 0;
-  bool defer_host_writes = false;
-  cudaStream_t stream = nullptr;
 
   void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
@@ -53,17 +53,6 @@ struct CudaPagedAllocator {
   void deallocate(void* p, std::size_t) {
     if (p) cudaFree(p);
   }
-  void copy_rows_from_host(void* dst, const void* src, std::size_t rows, std::size_t row_bytes,
-                           std::size_t src_stride_bytes) {
-    if (defer_host_writes) return;  // append_device writes these rows with a kernel
-    check_cuda(cudaMemcpy2D(dst, row_bytes, src, src_stride_bytes, row_bytes, rows, cudaMemcpyHostToDevice),
-               "cudaMemcpy2D(append)");
-  }
-  void copy(void* dst, const void* src, std::size_t bytes) {
-    check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream),
-               "cudaMemcpyAsync(page copy)");
-    if (!defer_host_writes) check_cuda(cudaStreamSynchronize(stream), "cudaStreamSynchronize(page copy)");
-  }
 };
 static_assert(Allocator<CudaPagedAllocator>);
 
@@ -76,33 +65,56 @@ constexpr KvType kv_type_of() {
   return std::is_same_v<T, Half> ? KvType::kF16 : KvType::kBF16;
 }
 
-// Where the tokens at `positions` of (seq, layer) live, per head: out[t * Hk + h] = page_id * 2 * page_size +
-// slot
-// (-1 where a head does not hold the position). Walks each head's body from the back, so it costs
-// O(positions + entries touched) right after an append of those positions.
-template <class Store>
-void slot_mapping(const Store& store, SeqId seq, int layer, std::span<const std::int32_t> positions,
-                  std::vector<std::int32_t>& out) {
-  const int H = store.shape().num_kv_heads;
-  const int ps = store.page_size();
-  const std::size_t n = positions.size();
-  out.assign(n * static_cast<std::size_t>(H), -1);
-  if (n == 0) return;
-  for (int h = 0; h < H; ++h) {
-    const HeadTable& t = store.table(seq, layer, h);
-    std::size_t i = n;  // tokens [i, n) are mapped; walk entries and tokens backwards together
-    for (std::size_t e = t.size(); e-- > 0 && i > 0;) {
-      const PageEntry& pe = t[e];
-      while (i > 0 && positions[i - 1] > pe.last_pos()) --i;  // not stored (cannot happen right after append)
-      while (i > 0 && positions[i - 1] >= pe.pos0 && positions[i - 1] <= pe.last_pos()) {
-        const std::int32_t p = positions[i - 1];
-        out[(i - 1) * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)] =
-            pe.page_id * 2 * ps + pe.first + (p - pe.pos0);
-        --i;
-      }
-      if (pe.pos0 <= positions[0]) break;
-    }
+// The append kernel's row index of every (token, kv_head) of a plan: page * 2 * page_size + slot (the pool's
+// [page][K|V][slot] layout; V rows are page_size further). The kernel indexes rows with int32: guarded.
+inline void plan_rows_i32(const AppendPlan& plan, std::vector<std::int32_t>& out) {
+  out.resize(plan.rows.size());
+  for (std::size_t i = 0; i < plan.rows.size(); ++i) {
+    const RowDest& d = plan.rows[i];
+    const std::int64_t row = static_cast<std::int64_t>(d.page) * 2 * plan.page_size + d.slot;
+    require(row + plan.page_size <= std::numeric_limits<std::int32_t>::max(), "append: pool row ", row,
+            " does not fit the append kernel's int32 row index (pool too large)");
+    out[i] = static_cast<std::int32_t>(row);
   }
+}
+
+// The plan's page copies (copy-on-write), enqueued on `stream` before any row is written.
+template <StorageType T>
+void move_device_copies(CudaKVHeadStore<T>& store, const AppendPlan& plan, cudaStream_t stream) {
+  auto& pool = store.pool();
+  const std::size_t row_bytes = static_cast<std::size_t>(pool.head_dim()) * sizeof(T);
+  for (const PageCopy& c : plan.copies) {
+    const std::size_t bytes = row_bytes * static_cast<std::size_t>(c.slots);
+    check_cuda(cudaMemcpyAsync(pool.k_ptr(c.dst), pool.k_ptr(c.src), bytes, cudaMemcpyDeviceToDevice, stream),
+               "cudaMemcpyAsync(page copy K)");
+    check_cuda(cudaMemcpyAsync(pool.v_ptr(c.dst), pool.v_ptr(c.src), bytes, cudaMemcpyDeviceToDevice, stream),
+               "cudaMemcpyAsync(page copy V)");
+  }
+}
+
+// Appends n tokens of one layer whose K/V are on the host ([n, Hk, D], contiguous). Synchronous. Same
+// validation and all-or-nothing guarantee as KVHeadStore::append.
+template <StorageType T>
+void append_from_host(CudaKVHeadStore<T>& store, SeqId seq, int layer, std::span<const T> k,
+                      std::span<const T> v, std::span<const std::int32_t> positions) {
+  const std::size_t D = static_cast<std::size_t>(store.shape().head_dim);
+  const std::size_t elems = positions.size() * static_cast<std::size_t>(store.shape().num_kv_heads) * D;
+  require(k.size() == elems && v.size() == elems, "append: k has ", k.size(), " and v ", v.size(),
+          " elements, expected n_tokens*num_kv_heads*head_dim = ", elems);
+  const AppendPlan plan = store.reserve_append(seq, layer, positions);
+  move_device_copies(store, plan, nullptr);
+  auto& pool = store.pool();
+  const std::size_t row_bytes = D * sizeof(T);
+  for (std::size_t i = 0; i < plan.rows.size(); ++i) {  // rows are [token][kv_head], like k and v
+    const RowDest& d = plan.rows[i];
+    check_cuda(cudaMemcpyAsync(pool.k_ptr(d.page) + static_cast<std::size_t>(d.slot) * D, k.data() + i * D,
+                               row_bytes, cudaMemcpyHostToDevice, nullptr),
+               "cudaMemcpyAsync(append K)");
+    check_cuda(cudaMemcpyAsync(pool.v_ptr(d.page) + static_cast<std::size_t>(d.slot) * D, v.data() + i * D,
+                               row_bytes, cudaMemcpyHostToDevice, nullptr),
+               "cudaMemcpyAsync(append V)");
+  }
+  check_cuda(cudaStreamSynchronize(nullptr), "cudaStreamSynchronize(append)");
 }
 
 // Appends n tokens of one layer whose K/V are already on the device ([n, Hk, D], contiguous). dst_rows: a
@@ -112,25 +124,13 @@ template <StorageType T>
 void append_device(CudaKVHeadStore<T>& store, SeqId seq, int layer, const T* k_dev, const T* v_dev,
                    std::span<const std::int32_t> positions, std::int32_t* dst_rows, cudaStream_t stream) {
   const auto& sh = store.shape();
-  const std::size_t elems = positions.size() * static_cast<std::size_t>(sh.num_kv_heads) * sh.head_dim;
-  auto& alloc = store.pool().allocator();
-  alloc.defer_host_writes = true;
-  alloc.stream = stream;
-  try {
-    // The spans only carry device addresses: with writes deferred the store never dereferences them.
-    store.append(seq, layer, std::span<const T>(k_dev, elems), std::span<const T>(v_dev, elems), positions);
-  } catch (...) {
-    alloc.defer_host_writes = false;
-    alloc.stream = nullptr;
-    throw;
-  }
-  alloc.defer_host_writes = false;
-  alloc.stream = nullptr;
-  thread_local std::vector<std::int32_t> map;
-  slot_mapping(store, seq, layer, positions, map);
-  check_cuda(cudaMemcpyAsync(dst_rows, map.data(), map.size() * sizeof(std::int32_t), cudaMemcpyHostToDevice,
-                             stream),
-             "cudaMemcpyAsync(slot mapping)");
+  const AppendPlan plan = store.reserve_append(seq, layer, positions);
+  move_device_copies(store, plan, stream);
+  thread_local std::vector<std::int32_t> rows;
+  plan_rows_i32(plan, rows);
+  check_cuda(cudaMemcpyAsync(dst_rows, rows.data(), rows.size() * sizeof(std::int32_t),
+                             cudaMemcpyHostToDevice, stream),
+             "cudaMemcpyAsync(append rows)");
   append_kv(store.pool().data(), kv_type_of<T>(), store.page_size(), sh.head_dim, sh.num_kv_heads, k_dev,
             v_dev, dst_rows, static_cast<int>(positions.size()), stream);
 }
