@@ -77,8 +77,10 @@ class Driver {
         fork();
       else if (op < 19)
         free_one();
-      else if (op < 44)
+      else if (op < 36)
         append_only();
+      else if (op < 44)
+        append_batch();
       else if (op < 54)
         retire();
       else if (op < 80)
@@ -131,22 +133,32 @@ class Driver {
     return pos;
   }
 
+  // Runs a mutating call; false when it ran out of pages, in which case nothing may have changed. Only a
+  // tight pool can run out; snapshotting a roomy one on every append would dominate the run time.
+  template <class F>
+  bool all_or_nothing(F&& f) {
+    std::optional<Snapshot<KVHeadStore<T>>> before;
+    if (c_.num_pages < 4096) before.emplace(*store_);
+    try {
+      f();
+    } catch (const PoolExhausted&) {
+      REQUIRE(before.has_value());
+      REQUIRE(Snapshot(*store_) == *before);
+      return false;
+    }
+    return true;
+  }
+
   // Appends to (s, layer); false (and nothing changed) when the pool is full.
   bool append(SeqId s, int layer, const std::vector<std::int32_t>& pos) {
     const std::size_t row = static_cast<std::size_t>(c_.kv_heads) * c_.head_dim;
     const auto k = random_tensor<T>(rng_, pos.size() * row);
     const auto v = random_tensor<T>(rng_, pos.size() * row);
-    // Only a tight pool can run out; snapshotting a roomy one on every append would dominate the run time.
-    std::optional<Snapshot<KVHeadStore<T>>> before;
-    if (c_.num_pages < 4096) before.emplace(*store_);
-    try {
-      store_->append(s, layer, std::span<const T>(k), std::span<const T>(v),
-                     std::span<const std::int32_t>(pos));
-    } catch (const PoolExhausted&) {
-      REQUIRE(before.has_value());
-      REQUIRE(Snapshot(*store_) == *before);  // all-or-nothing
+    if (!all_or_nothing([&] {
+          store_->append(s, layer, std::span<const T>(k), std::span<const T>(v),
+                         std::span<const std::int32_t>(pos));
+        }))
       return false;
-    }
     // The oracle keeps a sequence's whole history; forks copy it, so seed it for sequences created empty.
     if (!oracle_has(s)) appended_.insert(s);
     oracle_.append<T>(s, layer, std::span<const T>(k), std::span<const T>(v), pos);
@@ -157,6 +169,40 @@ class Driver {
     const SeqId s = any_live();
     const int layer = uniform(0, c_.layers - 1);
     append(s, layer, new_positions(s, layer, uniform(1, 2 * c_.page_size + 3)));
+  }
+
+  // A batched append of one layer over a random subset of live sequences (some with no tokens); on
+  // PoolExhausted nothing of the batch may have changed.
+  void append_batch() {
+    const int layer = uniform(0, c_.layers - 1);
+    std::vector<SeqId> batch = live_;
+    std::shuffle(batch.begin(), batch.end(), rng_);
+    batch.resize(static_cast<std::size_t>(uniform(1, static_cast<int>(batch.size()))));
+    std::vector<std::int32_t> offsets{0}, pos;
+    std::vector<std::vector<std::int32_t>> per_item;
+    for (SeqId s : batch) {
+      std::vector<std::int32_t> p;
+      if (uniform(0, 3) != 0) p = new_positions(s, layer, uniform(1, c_.page_size + 4));
+      pos.insert(pos.end(), p.begin(), p.end());
+      offsets.push_back(static_cast<std::int32_t>(pos.size()));
+      per_item.push_back(std::move(p));
+    }
+    const std::size_t row = static_cast<std::size_t>(c_.kv_heads) * c_.head_dim;
+    const auto k = random_tensor<T>(rng_, pos.size() * row);
+    const auto v = random_tensor<T>(rng_, pos.size() * row);
+    if (!all_or_nothing([&] {
+          store_->append_batch(layer, std::span<const SeqId>(batch), std::span<const std::int32_t>(offsets),
+                               std::span<const T>(k), std::span<const T>(v),
+                               std::span<const std::int32_t>(pos));
+        }))
+      return;
+    for (std::size_t b = 0; b < batch.size(); ++b) {
+      if (per_item[b].empty()) continue;
+      const std::size_t r0 = static_cast<std::size_t>(offsets[b]) * row, n = per_item[b].size() * row;
+      appended_.insert(batch[b]);
+      oracle_.append<T>(batch[b], layer, std::span<const T>(k.data() + r0, n),
+                        std::span<const T>(v.data() + r0, n), per_item[b]);
+    }
   }
 
   void retire() {

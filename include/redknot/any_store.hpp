@@ -64,6 +64,11 @@ class AnyStore {
   // k, v: [n, num_kv_heads, head_dim] or [n, num_kv_heads * head_dim], store dtype or f32, host memory.
   virtual void append(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
                       std::span<const std::int32_t> positions) = 0;
+  // Batched append of one layer: seqs[i] takes rows [token_offsets[i], token_offsets[i + 1]) of k, v and
+  // positions (token_offsets has seqs.size() + 1 entries, starts at 0). All-or-nothing across the batch.
+  virtual void append_batch(int layer, std::span<const SeqId> seqs,
+                            std::span<const std::int32_t> token_offsets, const DLTensor& k, const DLTensor& v,
+                            std::span<const std::int32_t> positions) = 0;
   // Records the step's batch (see rk_plan). Replaces the previous plan.
   virtual void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
                     std::span<const std::int32_t> q_positions) = 0;

@@ -19,7 +19,9 @@
  * Typical step of an engine (layer-by-layer forward):
  *   rk_plan(store, seq_ids, q_lens, batch, q_positions, total_q);       once per step
  *   for each layer l:
- *     rk_append(store, seq, l, k, v, positions, n, stream);             per sequence, the step's new K/V
+ *     rk_append_batch(store, l, seq_ids, batch, token_offsets, k, v, positions, stream);
+ *                                                                       the step's new K/V of every sequence
+ *       (or rk_append(store, seq, l, k, v, positions, n, stream) per sequence)
  *     rk_attention(store, l, q, out, lse_or_NULL, NULL, stream);        the batch's attention in layer l
  */
 #ifndef REDKNOT_C_API_H_
@@ -200,6 +202,15 @@ RK_API int rk_sequence_retire_queries(rk_store* store, int64_t id, int32_t next_
  * to (id, layer) so far. */
 RK_API int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, const DLTensor* v,
                      const int32_t* positions, int64_t n_tokens, void* stream);
+
+/* Batched append of one layer (vLLM's reshape_and_cache over a batch): sequence seq_ids[i] takes rows
+ * [token_offsets[i], token_offsets[i + 1]) of k, v and positions; token_offsets has batch_size + 1 entries,
+ * token_offsets[0] == 0, non-decreasing (a sequence may take no tokens), and token_offsets[batch_size] rows
+ * in k and v ([n, num_kv_heads, head_dim] or [n, num_kv_heads * head_dim], as for rk_append). Each sequence at
+ * most once. All-or-nothing: on any error no sequence of the batch changed. */
+RK_API int rk_append_batch(rk_store* store, int32_t layer, const int64_t* seq_ids, int32_t batch_size,
+                           const int32_t* token_offsets, const DLTensor* k, const DLTensor* v,
+                           const int32_t* positions, void* stream);
 
 /* Describes the step's batch once: batch_size sequences, sequence i has q_lens[i] queries (1 for decode, the
  * chunk length for prefill) at the positions q_positions[sum(q_lens[:i]) ...]; total_q = sum(q_lens). Only

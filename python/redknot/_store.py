@@ -330,6 +330,21 @@ class Store:
             pos = _int_array(positions, np.int32, "positions")
         self._s.append(seq, layer, k, v, pos)
 
+    def append_batch(self, layer: int, seq_ids: IntArrayLike, token_offsets: IntArrayLike, k: Any, v: Any,
+                     positions: IntArrayLike) -> None:
+        """Appends one layer's K/V for a batch of sequences in one call (vLLM's ``reshape_and_cache``).
+
+        Sequence ``seq_ids[i]`` takes rows ``token_offsets[i]:token_offsets[i + 1]`` of ``k``, ``v``
+        (``[n, num_kv_heads, head_dim]``, store dtype or float32) and ``positions``; ``token_offsets`` has
+        ``len(seq_ids) + 1`` non-decreasing entries starting at 0. All-or-nothing: on an error no sequence of
+        the batch changed.
+        """
+        _check_array(k, "k")
+        _check_array(v, "v")
+        self._s.append_batch(layer, _int_array(seq_ids, np.int64, "seq_ids"),
+                             _int_array(token_offsets, np.int32, "token_offsets"), k, v,
+                             _int_array(positions, np.int32, "positions"))
+
     def plan(self, seq_ids: IntArrayLike, q_lens: IntArrayLike, q_positions: Optional[IntArrayLike] = None) -> None:
         """Describes the step's batch, once per step (FlashInfer's ``plan``).
 

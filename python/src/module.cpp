@@ -501,6 +501,22 @@ PYBIND11_MODULE(_redknot, m) {
           },
           py::arg("seq"), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("positions"))
       .def(
+          "append_batch",
+          [](AnyStore& s, const py::object& layer_o, const py::object& seq_ids, const py::object& token_offsets,
+             const py::handle& k, const py::handle& v, const py::object& positions) {
+            const int layer = int_arg<int>(layer_o, "append_batch", "layer");
+            const auto ids = int_array_arg<std::int64_t>(seq_ids, "append_batch", "seq_ids");
+            const auto offs = int_array_arg<std::int32_t>(token_offsets, "append_batch", "token_offsets");
+            const auto pos = int_array_arg<std::int32_t>(positions, "append_batch", "positions");
+            const ImportedTensor kt(k, "k", false);
+            const ImportedTensor vt(v, "v", false);
+            py::gil_scoped_release nogil;
+            s.append_batch(layer, span_of(ids, "seq_ids"), span_of(offs, "token_offsets"), kt.tensor(), vt.tensor(),
+                           span_of(pos, "positions"));
+          },
+          py::arg("layer"), py::arg("seq_ids"), py::arg("token_offsets"), py::arg("k"), py::arg("v"),
+          py::arg("positions"))
+      .def(
           "plan",
           [](AnyStore& s, const py::object& seq_ids, const py::object& q_lens,
              const py::object& q_positions) {

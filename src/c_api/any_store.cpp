@@ -138,13 +138,31 @@ class StoreImpl final : public AnyStore {
     require(n > 0, "append: positions is empty (n_tokens must be > 0)");
     require(n <= std::int64_t{std::numeric_limits<std::int32_t>::max()} + 1, "append: n_tokens=", n,
             " exceeds 2^31 (positions are strictly increasing int32)");
-    check_kv(k, "append: k", n);
-    check_kv(v, "append: v", n);
+    with_kv(k, v, n, "append: k", "append: v", [&](std::span<const T> ks, std::span<const T> vs) {
+      store_.append(id, layer, ks, vs, positions);
+    });
+  }
+
+  void append_batch(int layer, std::span<const SeqId> seqs, std::span<const std::int32_t> token_offsets,
+                    const DLTensor& k, const DLTensor& v, std::span<const std::int32_t> positions) override {
+    with_kv(k, v, static_cast<std::int64_t>(positions.size()), "append_batch: k", "append_batch: v",
+            [&](std::span<const T> ks, std::span<const T> vs) {
+              store_.append_batch(layer, seqs, token_offsets, ks, vs, positions);
+            });
+  }
+
+  // Checks k and v hold n rows, views them in the store's dtype (converting f32 when needed) and calls f with
+  // the store locked.
+  template <class F>
+  void with_kv(const DLTensor& k, const DLTensor& v, std::int64_t n, const char* k_name, const char* v_name,
+               F&& f) {
+    check_kv(k, k_name, n);
+    check_kv(v, v_name, n);
     std::vector<T> kbuf, vbuf;
     const std::span<const T> ks = as_store_elems(k, kbuf);
     const std::span<const T> vs = as_store_elems(v, vbuf);
     std::lock_guard lk(mu_);
-    store_.append(id, layer, ks, vs, positions);
+    f(ks, vs);
   }
 
   void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,

@@ -455,6 +455,26 @@ int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, co
   });
 }
 
+int rk_append_batch(rk_store* store, int32_t layer, const int64_t* seq_ids, int32_t batch_size,
+                    const int32_t* token_offsets, const DLTensor* k, const DLTensor* v,
+                    const int32_t* positions, void* /*stream: CPU stores ignore it*/) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_append_batch");
+    require(k != nullptr, "rk_append_batch: k is NULL");
+    require(v != nullptr, "rk_append_batch: v is NULL");
+    require(batch_size >= 0, "rk_append_batch: batch_size=", batch_size, " must be >= 0");
+    const auto ids = host_array(seq_ids, batch_size, "rk_append_batch", "seq_ids");
+    const auto offsets =
+        host_array(token_offsets, std::int64_t{batch_size} + 1, "rk_append_batch", "token_offsets");
+    require(offsets[0] == 0, "rk_append_batch: token_offsets[0]=", offsets[0], " must be 0");
+    for (std::size_t i = 1; i < offsets.size(); ++i)
+      require(offsets[i] >= offsets[i - 1], "rk_append_batch: token_offsets[", i, "]=", offsets[i],
+              " must be >= token_offsets[", i - 1, "]=", offsets[i - 1]);
+    const auto pos = host_array(positions, offsets.back(), "rk_append_batch", "positions");
+    s.append_batch(layer, ids, offsets, *k, *v, pos);
+  });
+}
+
 int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_lens, int32_t batch_size,
             const int32_t* q_positions, int64_t total_q) {
   return guard([&] {

@@ -930,3 +930,70 @@ TEST_CASE("cpu_attention itself rejects num_threads beyond kMaxAttentionThreads 
   cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(out), {}, ok);
   for (const float x : out) CHECK(std::abs(x - 0.5f) < 1e-6f);
 }
+
+TEST_CASE("rk_append_batch equals per-sequence rk_append, and is all-or-nothing") {
+  Fixture batched(RK_DTYPE_F32, 4, 64), single(RK_DTYPE_F32, 4, 64);
+  const int Hk = 2, D = 16;
+  std::mt19937 rng(11);
+  std::int64_t ids[3];
+  for (auto& id : ids) {
+    REQUIRE(rk_sequence_create(batched.store, &id) == RK_OK);
+    std::int64_t same = 0;
+    REQUIRE(rk_sequence_create(single.store, &same) == RK_OK);
+    REQUIRE(same == id);
+  }
+  // Sequence 1 takes no tokens; the others 3 and 2.
+  const std::vector<std::int32_t> offsets = {0, 3, 3, 5}, pos = {0, 1, 2, 0, 1};
+  auto k = random_vec<float>(5 * Hk * D, rng), v = random_vec<float>(5 * Hk * D, rng);
+  Tensor kt{{5, Hk, D}}, vt{{5, Hk, D}};
+  REQUIRE(rk_append_batch(batched.store, 1, ids, 3, offsets.data(), kt.make(k.data(), kF32),
+                          vt.make(v.data(), kF32), pos.data(), nullptr) == RK_OK);
+  for (int i = 0; i < 3; ++i) {
+    const std::int32_t b = offsets[static_cast<std::size_t>(i)], e = offsets[static_cast<std::size_t>(i) + 1];
+    if (b == e) continue;
+    Tensor ki{{e - b, Hk, D}}, vi{{e - b, Hk, D}};
+    REQUIRE(rk_append(single.store, ids[i], 1, ki.make(k.data() + b * Hk * D, kF32),
+                      vi.make(v.data() + b * Hk * D, kF32), pos.data() + b, e - b, nullptr) == RK_OK);
+  }
+  CHECK(batched.stats().pages_in_use == single.stats().pages_in_use);
+  for (int i = 0; i < 3; ++i) {
+    std::int32_t nb = 0, ns = 0;
+    REQUIRE(rk_sequence_next_position(batched.store, ids[i], 1, &nb) == RK_OK);
+    REQUIRE(rk_sequence_next_position(single.store, ids[i], 1, &ns) == RK_OK);
+    CHECK(nb == ns);
+  }
+
+  const rk_store_stats before = batched.stats();
+  auto expect = [&](int got, int status, const char* needle) {
+    INFO(rk_last_error());
+    CHECK(got == status);
+    CHECK(contains(rk_last_error(), needle));
+    CHECK(batched.stats().pages_in_use == before.pages_in_use);
+    std::int32_t n0 = 0;
+    REQUIRE(rk_sequence_next_position(batched.store, ids[0], 1, &n0) == RK_OK);
+    CHECK(n0 == 3);
+  };
+  // The last item is stale: the first item (fine on its own) must not land either.
+  const std::vector<std::int32_t> stale = {3, 4, 5, 0, 1};
+  expect(rk_append_batch(batched.store, 1, ids, 3, offsets.data(), kt.make(k.data(), kF32),
+                         vt.make(v.data(), kF32), stale.data(), nullptr),
+         RK_ERR_INVALID_ARGUMENT, "must be >= 2");
+  const std::vector<std::int32_t> bad_offsets = {0, 3, 2, 5};
+  expect(rk_append_batch(batched.store, 1, ids, 3, bad_offsets.data(), kt.make(k.data(), kF32),
+                         vt.make(v.data(), kF32), stale.data(), nullptr),
+         RK_ERR_INVALID_ARGUMENT, "token_offsets[2]=2");
+  expect(rk_append_batch(batched.store, 1, ids, -1, offsets.data(), kt.make(k.data(), kF32),
+                         vt.make(v.data(), kF32), stale.data(), nullptr),
+         RK_ERR_INVALID_ARGUMENT, "batch_size=-1");
+  expect(rk_append_batch(batched.store, 1, ids, 3, nullptr, kt.make(k.data(), kF32), vt.make(v.data(), kF32),
+                         stale.data(), nullptr),
+         RK_ERR_INVALID_ARGUMENT, "token_offsets");
+  const std::int64_t dead[3] = {ids[0], 999, ids[2]};
+  expect(rk_append_batch(batched.store, 1, dead, 3, offsets.data(), kt.make(k.data(), kF32),
+                         vt.make(v.data(), kF32), stale.data(), nullptr),
+         RK_ERR_NOT_FOUND, "999");
+  Tensor short_k{{4, Hk, D}};
+  expect(rk_append_batch(batched.store, 1, ids, 3, offsets.data(), short_k.make(k.data(), kF32),
+                         vt.make(v.data(), kF32), stale.data(), nullptr),
+         RK_ERR_INVALID_ARGUMENT, "append_batch: k");
+}

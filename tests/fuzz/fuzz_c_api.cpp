@@ -6,6 +6,8 @@
 // sinks 0..8, dense prefix), then each following group of bytes is one call: sequence create / fork (of
 // forks) / free, rk_append with valid or deliberately invalid arguments (one defect per call: dead id, bad
 // layer, stale or non-increasing positions, wrong shape / dtype / device, huge counts, NULL pointers),
+// rk_append_batch over a random subset of the live sequences (valid, or with one defect: bad offsets, dead or
+// duplicate ids, stale positions, wrong row counts, NULL arrays),
 // rk_sequence_retire_queries per layer or for all layers, rk_plan (zero-query items, duplicates, dead ids,
 // bad lengths), rk_attention (f32 or store-dtype q, optional lse, valid and invalid params incl.
 // num_threads), stats and capacity queries, the FlashInfer CSR export and the pool view, head-map calls, and
@@ -130,14 +132,15 @@ struct SeqModel {
 // goes without coverage tools).
 struct Reached {
   long long appends = 0, attention_ok = 0, attention_rows = 0, attention_err = 0, plans = 0, exports = 0,
-            forks = 0, retires = 0, pool_full = 0;
+            forks = 0, retires = 0, pool_full = 0, batch_appends = 0, batch_items = 0;
   ~Reached() {
     if (std::getenv("FUZZ_C_API_STATS"))
       std::fprintf(
           stderr,
-          "fuzz_c_api: appends %lld (pool full %lld), forks %lld, retires %lld, plans %lld, attention ok "
-          "%lld (%lld rows) / failed %lld, csr exports %lld\n",
-          appends, pool_full, forks, retires, plans, attention_ok, attention_rows, attention_err, exports);
+          "fuzz_c_api: appends %lld (pool full %lld), batch appends %lld (%lld non-empty items), forks %lld, "
+          "retires %lld, plans %lld, attention ok %lld (%lld rows) / failed %lld, csr exports %lld\n",
+          appends, pool_full, batch_appends, batch_items, forks, retires, plans, attention_ok, attention_rows,
+          attention_err, exports);
   }
 } g_reached;
 
@@ -421,12 +424,16 @@ class Fuzzer {
       case 14:
         op_head_map();
         break;
-      default:  // 15..19: the engine step, the way most attention calls succeed
-        if (in_.u8() % 32 == 0)
+      default: {  // 15..19: the engine step, the way most attention calls succeed
+        const int b = in_.u8() % 32;
+        if (b == 0)
           op_recreate();
+        else if (b <= 3)
+          op_append_batch();  // valid or with one defect
         else
           op_plan_and_attend();
         break;
+      }
     }
     check_model();
   }
@@ -498,7 +505,7 @@ class Fuzzer {
     switch (defect) {
       case 1:
         layer = in_.u8() % 2 ? L_ + in_.in(0, 3) : -1 - in_.in(0, 3);
-        if (live) want = RK_ERR_INVALID_ARGUMENT;
+        if (live) want = RK_ERR_INVALID_ARGUMENT;  // a dead sequence is NOT_FOUND first
         break;
       case 2:  // stale position: not beyond what was appended
         if (live && seqs_.at(id).layers[static_cast<std::size_t>(layer)].next > 0) {
@@ -609,6 +616,202 @@ class Fuzzer {
     ls.next = pos[static_cast<std::size_t>(n - 1)] + 1;
     ls.floor = pos[0];
     ++g_reached.appends;
+  }
+
+  // rk_append_batch of one layer: a random subset of the live sequences in random order, some items empty,
+  // positions with jumps and gaps; valid (forced_layer >= 0: the engine step, always valid) or with one
+  // defect: batch_size < 0, NULL seq_ids / token_offsets / positions / k / v, token_offsets[0] != 0,
+  // decreasing offsets, a dead id, a duplicate, a stale or non-increasing position, INT32_MAX, wrong k/v row
+  // counts, a bad layer. Checked exactly as rk_append: predicted status (a valid batch may also be
+  // RK_ERR_POOL_EXHAUSTED), nothing changed on failure, the shadow updated for every item on success.
+  void op_append_batch(int forced_layer = -1) {
+    const bool forced = forced_layer >= 0;
+    int layer = forced ? forced_layer : in_.in(0, L_ - 1);
+    int defect = forced ? 0 : in_.u8();
+    defect = defect < 112 ? 0 : defect % 16;  // 0 and 15: valid
+    // The items: distinct live sequences, a partial Fisher-Yates shuffle picks B of them in random order.
+    std::vector<std::int64_t> ids;
+    for (const auto& kv : seqs_) ids.push_back(kv.first);
+    const int B = in_.in(0, static_cast<int>(std::min<std::size_t>(ids.size(), 6)));
+    for (int i = 0; i < B; ++i) {
+      const std::size_t j =
+          static_cast<std::size_t>(i) + in_.u8() % (ids.size() - static_cast<std::size_t>(i));
+      std::swap(ids[static_cast<std::size_t>(i)], ids[j]);
+    }
+    ids.resize(static_cast<std::size_t>(B));
+    std::vector<std::int32_t> offsets{0};
+    std::vector<std::int32_t> pos;
+    for (int i = 0; i < B; ++i) {
+      const int b = in_.u8();
+      const int len = b % 4 == 0 ? 0 : b % 16 == 1 ? in_.in(9, 24) : in_.in(1, 6);
+      std::int32_t p =
+          seqs_.at(ids[static_cast<std::size_t>(i)]).layers[static_cast<std::size_t>(layer)].next;
+      if (len > 0) p += in_.u8() % 4 == 0 ? in_.in(0, 40) : 0;
+      for (int j = 0; j < len; ++j) {
+        pos.push_back(p);
+        p += in_.u8() % 8 == 0 ? in_.in(2, 5) : 1;
+      }
+      offsets.push_back(static_cast<std::int32_t>(pos.size()));
+    }
+    const auto total = static_cast<std::int64_t>(pos.size());
+    const bool store_dtype_in = in_.u8() % 2;
+    const bool flat = in_.u8() % 4 == 0;
+    Rng rng{in_.u8() * 2654435761u + 3};
+    const std::vector<std::int32_t> pos_ok = pos;  // what the model takes on success
+    int want = RK_OK;
+    std::int32_t batch_arg = B;
+    bool null_ids = false, null_offsets = false, null_pos = false, null_k = false, null_v = false;
+    std::int64_t rows_k = total, rows_v = total;
+    // The item of the defect (and its first row).
+    const int item = B > 0 ? in_.u8() % B : 0;
+    auto item_len = [&](int i) {
+      return offsets[static_cast<std::size_t>(i) + 1] - offsets[static_cast<std::size_t>(i)];
+    };
+    switch (defect) {
+      case 1:
+        batch_arg = -1 - in_.in(0, 3);
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 2:
+        null_ids = true;
+        if (B > 0) want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 3:
+        null_offsets = true;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 4:
+        null_pos = true;
+        if (total > 0) want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 5:
+        (in_.u8() % 2 ? null_k : null_v) = true;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 6: {
+        static const std::int32_t firsts[] = {1, -1, 3, std::numeric_limits<std::int32_t>::min()};
+        offsets[0] = firsts[in_.u8() % 4];
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      }
+      case 7:  // decreasing offsets (the last one too: a negative total)
+        if (B > 0) {
+          const auto i = static_cast<std::size_t>(in_.in(1, B));
+          offsets[i] = offsets[i - 1] - 1 - in_.in(0, 2);
+          want = RK_ERR_INVALID_ARGUMENT;
+        }
+        break;
+      case 8:  // a dead or never created id (maybe an empty item)
+        if (B > 0) {
+          const int b = in_.u8();
+          ids[static_cast<std::size_t>(item)] =
+              !dead_.empty() && b % 2 ? dead_[static_cast<std::size_t>(b >> 1) % dead_.size()] : 1000000 + b;
+          want = RK_ERR_NOT_FOUND;
+        }
+        break;
+      case 9:  // a duplicate (maybe of or as an empty item)
+        if (B >= 2) {
+          const int j = in_.in(0, B - 1);
+          if (j != item) {
+            ids[static_cast<std::size_t>(std::max(j, item))] =
+                ids[static_cast<std::size_t>(std::min(j, item))];
+            want = RK_ERR_INVALID_ARGUMENT;
+          }
+        }
+        break;
+      case 10:  // stale first position of an item
+        if (B > 0 && item_len(item) > 0) {
+          const std::int32_t next =
+              seqs_.at(ids[static_cast<std::size_t>(item)]).layers[static_cast<std::size_t>(layer)].next;
+          if (next > 0) {
+            pos[static_cast<std::size_t>(offsets[static_cast<std::size_t>(item)])] = next - 1 - in_.in(0, 3);
+            want = RK_ERR_INVALID_ARGUMENT;
+          }
+        }
+        break;
+      case 11:  // not strictly increasing inside an item
+        if (B > 0 && item_len(item) >= 2) {
+          const auto r = static_cast<std::size_t>(offsets[static_cast<std::size_t>(item)] +
+                                                  in_.in(1, item_len(item) - 1));
+          pos[r] = pos[r - 1] - in_.in(0, 1);
+          want = RK_ERR_INVALID_ARGUMENT;
+        }
+        break;
+      case 12: {  // k / v rows != token_offsets[batch_size]
+        const std::int64_t delta = total > 0 && in_.u8() % 2 ? -1 : 1 + in_.in(0, 2);
+        const int which = in_.u8() % 3;
+        if (which != 1) rows_k += delta;
+        if (which != 0) rows_v += delta;
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      }
+      case 13:
+        layer = in_.u8() % 2 ? L_ + in_.in(0, 3) : -1 - in_.in(0, 3);
+        want = RK_ERR_INVALID_ARGUMENT;
+        break;
+      case 14:  // the last position of an item too large
+        if (B > 0 && item_len(item) > 0) {
+          pos[static_cast<std::size_t>(offsets[static_cast<std::size_t>(item) + 1] - 1)] =
+              std::numeric_limits<std::int32_t>::max();
+          want = RK_ERR_INVALID_ARGUMENT;
+        }
+        break;
+      default:
+        break;
+    }
+    const DLDataType kdt = store_dtype_in ? dl_of(dt_) : kF32;
+    const int kst = store_dtype_in ? dt_ : RK_DTYPE_F32;
+    const std::size_t row = static_cast<std::size_t>(H_) * static_cast<std::size_t>(D_);
+    Tensor kt, vt;
+    auto shape_of = [&](std::int64_t rows) {
+      return flat ? std::vector<std::int64_t>{rows, static_cast<std::int64_t>(row)}
+                  : std::vector<std::int64_t>{rows, H_, D_};
+    };
+    DLTensor* k = kt.make(shape_of(rows_k), kdt, static_cast<std::size_t>(rows_k) * row, elem_size(kst));
+    DLTensor* v = vt.make(shape_of(rows_v), kdt, static_cast<std::size_t>(rows_v) * row, elem_size(kst));
+    std::vector<float> kf(static_cast<std::size_t>(std::max(rows_k, rows_v)) * row), vf(kf.size());
+    for (std::size_t i = 0; i < kf.size(); ++i) {
+      kf[i] = rng.val();
+      vf[i] = rng.val();
+      if (i < static_cast<std::size_t>(rows_k) * row) put(kt.buf.data(), i, kst, kf[i]);
+      if (i < static_cast<std::size_t>(rows_v) * row) put(vt.buf.data(), i, kst, vf[i]);
+    }
+    const Snap before = snap();
+    const int st =
+        rk_append_batch(store_, layer, null_ids || ids.empty() ? nullptr : ids.data(), batch_arg,
+                        null_offsets ? nullptr : offsets.data(), null_k ? nullptr : k, null_v ? nullptr : v,
+                        null_pos || pos.empty() ? nullptr : pos.data(), nullptr);
+    if (want == RK_OK && st == RK_ERR_POOL_EXHAUSTED) {
+      FZ_CHECK(rk_last_error()[0] != '\0', "empty error message");
+      ++g_reached.pool_full;
+      same(before, snap());  // a valid batch that does not fit: nothing changed
+      return;
+    }
+    if (st != want)
+      std::fprintf(stderr, "fuzz_c_api: rk_append_batch defect %d, batch %d, total %lld, layer %d\n", defect,
+                   B, static_cast<long long>(total), layer);
+    expect(st, want, "rk_append_batch");
+    if (st != RK_OK) {
+      same(before, snap());
+      return;
+    }
+    for (int i = 0; i < B; ++i) {
+      const auto r0 = static_cast<std::size_t>(offsets[static_cast<std::size_t>(i)]);
+      const auto r1 = static_cast<std::size_t>(offsets[static_cast<std::size_t>(i) + 1]);
+      if (r0 == r1) continue;
+      LayerShadow& ls = seqs_.at(ids[static_cast<std::size_t>(i)]).layers[static_cast<std::size_t>(layer)];
+      for (std::size_t r = r0; r < r1; ++r) {
+        ls.pos.push_back(pos_ok[r]);
+        ls.k.insert(ls.k.end(), kf.begin() + static_cast<std::ptrdiff_t>(r * row),
+                    kf.begin() + static_cast<std::ptrdiff_t>((r + 1) * row));
+        ls.v.insert(ls.v.end(), vf.begin() + static_cast<std::ptrdiff_t>(r * row),
+                    vf.begin() + static_cast<std::ptrdiff_t>((r + 1) * row));
+      }
+      ls.next = pos_ok[r1 - 1] + 1;
+      ls.floor = pos_ok[r0];
+      ++g_reached.batch_items;
+    }
+    ++g_reached.batch_appends;
   }
 
   void op_retire() {
@@ -878,8 +1081,11 @@ class Fuzzer {
     const int layer = in_.in(0, L_ - 1);
     const int k = in_.u8();
     int appended = 0;
-    for (auto it = seqs_.begin(); it != seqs_.end() && appended < 3; ++it)
-      if (k & (1 << appended++)) op_append(it->first, layer);
+    if ((k & 0x70) == 0x70)  // the step's appends as one rk_append_batch (valid)
+      op_append_batch(layer);
+    else
+      for (auto it = seqs_.begin(); it != seqs_.end() && appended < 3; ++it)
+        if (k & (1 << appended++)) op_append(it->first, layer);
     if (k & 0x80) op_plan(layer);
     op_attention(layer);
   }
