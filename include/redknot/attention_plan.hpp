@@ -234,6 +234,15 @@ class AttentionPlan {
                        t.sink_pushed < seen.sink_pushed || t.body_popped < seen.body_popped ||
                        t.body_pushed < seen.body_pushed;
     if (stale) return rebuild(s, seen, t);
+    // Fast path (most decode steps): nothing pushed or popped, at most the tail entry grew in place.
+    if (t.sink_pushed == seen.sink_pushed && t.body_popped == seen.body_popped &&
+        t.body_pushed == seen.body_pushed && static_cast<std::size_t>(s.ring_len) == t.body.size()) {
+      if (t.tail_version != seen.tail_version && s.ring_len > 0) {
+        write_ring(s, s.ring_len - 1, t.body.back());
+        seen.tail_version = t.tail_version;
+      }
+      return;
+    }
     const std::uint64_t new_sink = t.sink_pushed - seen.sink_pushed;
     const std::uint64_t popped = t.body_popped - seen.body_popped;
     const std::uint64_t pushed = t.body_pushed - seen.body_pushed;
