@@ -171,3 +171,27 @@ TEST_CASE("append_batch is all-or-nothing and names the bad item", "[append-plan
   REQUIRE(Snapshot(store) == before);
   check_accounting(store);
 }
+
+TEST_CASE("adopt takes one reference per distinct page and keeps the counters a plan mirrors",
+          "[append-plan]") {
+  PagePool<float> pool(8, 4, 8);
+  std::vector<PageId> pages;
+  pool.alloc(3,
+             pages);  // refcount 1 each: page 0 is the table's own tail page, pages 1 and 2 a chunk owner's
+  HeadTable t;
+  t.body.push_back(PageEntry{pages[0], 0, 2, 0});
+  // Adopt: slots of page 0 (the tail's page: no second reference), then pages 1 and 2 (shared with the
+  // owner).
+  const std::vector<PageEntry> chunk = {{pages[0], 2, 2, 10}, {pages[1], 0, 4, 12}, {pages[2], 0, 1, 16}};
+  head_ops::adopt(t, pool, std::span<const PageEntry>(chunk));
+  REQUIRE(t.body.size() == 4);
+  REQUIRE(t.body_pushed == 3);
+  REQUIRE(pool.refcount(pages[0]) == 1);
+  REQUIRE(pool.refcount(pages[1]) == 2);
+  REQUIRE(pool.refcount(pages[2]) == 2);
+  REQUIRE(t.num_pages() == 3);
+  // The owner lets go: the table's references keep pages 1 and 2 alive.
+  REQUIRE_FALSE(pool.decref(pages[1]));
+  REQUIRE_FALSE(pool.decref(pages[2]));
+  REQUIRE(pool.used_pages() == 3);
+}
