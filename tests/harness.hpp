@@ -13,7 +13,7 @@
 #include <span>
 #include <vector>
 
-#include "redknot/oracle.hpp"
+#include "support/oracle.hpp"
 #include "redknot/redknot.hpp"
 
 namespace rktest {

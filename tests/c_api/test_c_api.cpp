@@ -15,7 +15,7 @@
 #include "redknot/cpu_attention.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/head_map.hpp"
-#include "redknot/oracle.hpp"
+#include "../support/oracle.hpp"
 #include "redknot/version.hpp"
 
 namespace {

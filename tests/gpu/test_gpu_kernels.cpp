@@ -24,7 +24,7 @@
 #include "redknot/cuda/rope.hpp"
 #include "redknot/cuda/store.hpp"
 #include "redknot/kv_head_store.hpp"
-#include "redknot/oracle.hpp"
+#include "../support/oracle.hpp"
 
 using namespace redknot;
 using namespace redknot::cuda;
