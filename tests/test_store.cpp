@@ -241,39 +241,33 @@ TEST_CASE("plan updates are incremental: a decode step writes O(heads) entries",
   check_plan_mirrors_store(plan, store);
 }
 
-TEST_CASE("default policies", "[policies]") {
-  const CanonicalRetention r;
+TEST_CASE("retention keeps exactly what later queries can see", "[policies][retention]") {
   const HeadPolicy local{HeadClass::kLocal, 8, 4}, global{HeadClass::kGlobal, -1, 4};
-  REQUIRE(r.sink_end(local) == 4);
-  REQUIRE(r.window_begin(local, 100) == 93);  // a query at 100 sees 93..100: 8 positions
-  REQUIRE(r.window_begin(global, 100) == std::numeric_limits<std::int64_t>::min());
-  // Consistency with the visibility rule: window_begin is the first window position the query sees.
-  for (std::int64_t k = 80; k <= 100; ++k)
-    REQUIRE(is_visible(local, 100, k) == (k >= r.window_begin(local, 100)));
+  REQUIRE(retained_sink_end(local) == 4);
+  REQUIRE(retained_window_begin(local, 100) == 93);  // a query at 100 sees 93..100: 8 positions
+  REQUIRE(retained_window_begin(global, 100) == std::numeric_limits<std::int64_t>::min());
+  // For windows and sinks around the edge cases: a key is retained for queries >= q0 iff some query
+  // q in [q0, q0 + W + S + 2] sees it (later queries see nothing earlier ones do not, within the window).
+  for (int w : {1, 2, 5, 8})
+    for (int sink : {0, 1, 4})
+      for (std::int64_t q0 : {0, 3, 9, 40}) {
+        const HeadPolicy p{HeadClass::kLocal, w, sink};
+        for (std::int64_t k = 0; k <= q0 + w + sink + 2; ++k) {
+          bool seen = false;
+          for (std::int64_t q = q0; q <= q0 + w + sink + 2; ++q) seen = seen || is_visible(p, q, k);
+          const bool kept = k < retained_sink_end(p) || k >= retained_window_begin(p, q0);
+          INFO("w " << w << " sink " << sink << " q0 " << q0 << " k " << k);
+          REQUIRE(kept == seen);
+        }
+      }
+}
 
+TEST_CASE("default policies", "[policies]") {
+  const HeadPolicy local{HeadClass::kLocal, 8, 4}, global{HeadClass::kGlobal, -1, 4};
   const HeadClassRecomputeSelector sel;
   REQUIRE(sel.select(0, 0, local) == ReuseAction::kRelocate);
   REQUIRE(sel.select(0, 0, global) == ReuseAction::kRecompute);
   REQUIRE(sel.select(0, 0, HeadPolicy{HeadClass::kDense, -1, 0}) == ReuseAction::kRecompute);
   const AllHotPlacement hot;
   REQUIRE(hot.place(local, HeadTable{}, 0) == Tier::kDevice);
-}
-
-TEST_CASE("a custom retention policy plugs into the store", "[policies]") {
-  // Keeps only the window, never the sink (StreamingLLM without sinks).
-  struct NoSink {
-    std::int64_t sink_end(const HeadPolicy&) const { return 0; }
-    std::int64_t window_begin(const HeadPolicy& p, std::int64_t q) const {
-      return p.is_local() ? q - p.window + 1 : std::numeric_limits<std::int64_t>::min();
-    }
-  };
-  const ModelShape shape{1, 1, 1, 8, DType::kF32};
-  KVHeadStore<float, HostAllocator, NoSink> store(shape, HeadMap::uniform(1, 1, HeadClass::kLocal, 16, 16),
-                                                  StoreConfig{16, 64});
-  const SeqId s = store.create_sequence();
-  std::mt19937 rng(9);
-  append_n(store, s, 0, 0, 200, rng);
-  store.retire_queries(s, 200);
-  REQUIRE(store.table(s, 0, 0).sink.empty());
-  REQUIRE(store.table(s, 0, 0)[0].pos0 >= 200 - 16 - 16);
 }

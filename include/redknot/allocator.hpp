@@ -1,9 +1,9 @@
 // Memory backends for the page pool.
 //
-// An Allocator provides the pool's raw storage: allocate and free. Bytes move elsewhere: the store decides where
-// an append's rows go (AppendPlan, append_plan.hpp) and a mover for the memory kind copies them.
-// HostAllocator keeps pages in host memory, NullAllocator keeps only the bookkeeping: it lets capacity studies
-// run the real append path for pools far larger than host RAM. Device memory:
+// An Allocator provides the pool's raw storage: allocate and free. Bytes move elsewhere: the store decides
+// where an append's rows go (AppendPlan, append_plan.hpp) and a mover for the memory kind copies them.
+// HostAllocator keeps pages in host memory, NullAllocator keeps only the bookkeeping: it lets capacity
+// studies run the real append path for pools far larger than host RAM. Device memory:
 // redknot::cuda::CudaPagedAllocator (cuda/store.hpp, part of redknot::cuda).
 #pragma once
 

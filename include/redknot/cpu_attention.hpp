@@ -155,8 +155,8 @@ struct SplitState {
 
 // One (item, kv_head, query tile) of attention over entries [e_begin, e_end) of the slot. Rows are (query,
 // q-head-in-group) pairs, padded to a multiple of kRowBlock with zero rows whose results are dropped.
-template <class QT, StorageType T, Allocator A, RetentionPolicy R>
-void attend_tile(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, std::size_t item, int kv_head,
+template <class QT, StorageType T, Allocator A>
+void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std::size_t item, int kv_head,
                  std::int32_t q0, std::int32_t nq, std::int32_t e_begin, std::int32_t e_end, const QT* q,
                  QT* out, float* lse, float scale, const SplitState* split) {
   const ModelShape& sh = store.shape();
@@ -335,8 +335,8 @@ void merge_splits(const float* m, const float* l, const float* acc, int n, int r
 // out[total_q, Hq, D] = attention of q[total_q, Hq, D] over the plan's sequences in the plan's layer.
 // lse (optional, [total_q, Hq]) receives the natural-log sum of exp(scaled scores) per row.
 // QT is the activation type (float, Half or BFloat16); storage is the store's T.
-template <class QT, StorageType T, Allocator A, RetentionPolicy R>
-void cpu_attention(const KVHeadStore<T, A, R>& store, const AttentionPlan& plan, std::span<const QT> q,
+template <class QT, StorageType T, Allocator A>
+void cpu_attention(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std::span<const QT> q,
                    std::span<QT> out, std::span<float> lse = {}, AttentionParams params = {}) {
   static_assert(A::kHostAccessible, "cpu_attention needs a store whose pages live in host memory");
   const ModelShape& sh = store.shape();

@@ -34,8 +34,8 @@
 #include "redknot/head_table.hpp"
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
-#include "redknot/policies.hpp"
 #include "redknot/pool_sizing.hpp"
+#include "redknot/visibility.hpp"
 
 namespace redknot {
 
@@ -70,19 +70,17 @@ struct SequenceStats {
   std::int64_t bytes() const { return bytes_global + bytes_local; }
 };
 
-template <StorageType T, Allocator Alloc = HostAllocator, RetentionPolicy Retention = CanonicalRetention>
+template <StorageType T, Allocator Alloc = HostAllocator>
 class KVHeadStore {
  public:
   using value_type = T;
   using allocator_type = Alloc;
 
-  KVHeadStore(const ModelShape& shape, HeadMap map, StoreConfig cfg, Alloc alloc = Alloc{},
-              Retention retention = Retention{})
+  KVHeadStore(const ModelShape& shape, HeadMap map, StoreConfig cfg, Alloc alloc = Alloc{})
       : shape_(checked_shape(shape)),
         map_(checked_map(std::move(map), shape)),
         cfg_(cfg),
-        pool_(cfg.num_pages, cfg.page_size, shape.head_dim, std::move(alloc)),
-        retention_(retention) {
+        pool_(cfg.num_pages, cfg.page_size, shape.head_dim, std::move(alloc)) {
     policies_.reserve(static_cast<std::size_t>(shape_.num_layers) * shape_.num_kv_heads);
     for (int l = 0; l < shape_.num_layers; ++l)
       for (int h = 0; h < shape_.num_kv_heads; ++h) policies_.push_back(map_.policy(l, h));
@@ -93,7 +91,6 @@ class KVHeadStore {
   int page_size() const { return cfg_.page_size; }
   const PagePool<T, Alloc>& pool() const { return pool_; }
   PagePool<T, Alloc>& pool() { return pool_; }
-  const Retention& retention() const { return retention_; }
   // Unique per store object in this process: plans bound to one store rebuild when handed another (sequence
   // ids restart at 1 in every store, so ids alone cannot tell two stores apart).
   std::uint64_t uid() const { return uid_; }
@@ -299,7 +296,7 @@ class KVHeadStore {
 
   // Pages a single head holds for a sequence of num_tokens tokens at steady state.
   std::int64_t head_pages(const HeadPolicy& p, std::int64_t num_tokens) const {
-    return steady_head_pages(p, cfg_.page_size, num_tokens, retention_);
+    return steady_head_pages(p, cfg_.page_size, num_tokens);
   }
 
  private:
@@ -369,7 +366,7 @@ class KVHeadStore {
   }
   head_ops::Retained retained(int l, int h, std::int64_t q_earliest) const {
     const HeadPolicy& p = policies_[static_cast<std::size_t>(l) * shape_.num_kv_heads + h];
-    return {retention_.sink_end(p), retention_.window_begin(p, q_earliest)};
+    return {retained_sink_end(p), retained_window_begin(p, q_earliest)};
   }
   void release_page(PageId p, int l, int h) { head_ops::release_page(pool_, p, class_pages(l, h)); }
   void evict_head(HeadTable& t, int l, int h, std::int64_t q_earliest) {
@@ -485,7 +482,6 @@ class KVHeadStore {
   HeadMap map_;
   StoreConfig cfg_;
   PagePool<T, Alloc> pool_;
-  Retention retention_;
   std::vector<HeadPolicy> policies_;  // effective policy per [layer][kv_head]
   std::unordered_map<SeqId, Sequence> seqs_;
   SeqId next_id_ = 1;

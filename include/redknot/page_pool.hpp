@@ -93,7 +93,6 @@ class PagePool {
   const T* data() const { return data_; }
   Alloc& allocator() { return alloc_; }
 
-
  private:
   void check_id(PageId p) const {
     if (p < 0 || p >= num_pages_)

@@ -1,8 +1,5 @@
 // Policy interfaces: the extension points of the store, with their defaults.
 //
-//  - RetentionPolicy: which positions a head keeps once every query before some position has run.
-//    The default, CanonicalRetention, is the canonical rule (docs/design.md, "Contracts"): a local head keeps
-//    its sink and its window.
 //  - RecomputeSelector: when a precomputed chunk is spliced at a new position, which heads take the relocated
 //    KV and which must be recomputed (position-independent reuse; the splice path is a later feature).
 //  - PlacementPolicy: which pages a head will read every step (hot, stay on the device) and which may be
@@ -17,26 +14,6 @@
 #include "redknot/head_table.hpp"
 
 namespace redknot {
-
-// A head keeps key position k iff k < sink_end(p) or k >= window_begin(p, q), where q is the earliest
-// position any future query of that head can have. Pages are dropped only when none of their positions is
-// kept.
-template <class R>
-concept RetentionPolicy = requires(const R r, const HeadPolicy& p, std::int64_t q) {
-  { r.sink_end(p) } -> std::same_as<std::int64_t>;
-  { r.window_begin(p, q) } -> std::same_as<std::int64_t>;
-};
-
-struct CanonicalRetention {
-  std::int64_t sink_end(const HeadPolicy& p) const {
-    return p.is_local() ? p.sink : std::numeric_limits<std::int64_t>::max();
-  }
-  // A query at q >= q_earliest sees k > q - W, so every k > q_earliest - W may still be read.
-  std::int64_t window_begin(const HeadPolicy& p, std::int64_t q_earliest) const {
-    return p.is_local() ? q_earliest - p.window + 1 : std::numeric_limits<std::int64_t>::min();
-  }
-};
-static_assert(RetentionPolicy<CanonicalRetention>);
 
 // What to do with one head of a spliced chunk.
 enum class ReuseAction : std::uint8_t {

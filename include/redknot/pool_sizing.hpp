@@ -12,23 +12,21 @@
 
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
-#include "redknot/policies.hpp"
+#include "redknot/visibility.hpp"
 
 namespace redknot {
 
 // Pages one (sequence, layer, kv_head) holds after positions [0, num_tokens) were appended and the query at
 // num_tokens - 1 ran alone: the steady state of decoding, by the page-granular retention rule.
 // KVHeadStore::pages_per_sequence() sums this over its heads.
-template <RetentionPolicy Retention = CanonicalRetention>
-std::int64_t steady_head_pages(const HeadPolicy& p, int page_size, std::int64_t num_tokens,
-                               const Retention& retention = {}) {
+inline std::int64_t steady_head_pages(const HeadPolicy& p, int page_size, std::int64_t num_tokens) {
   require(page_size > 0, "steady_head_pages: page_size=", page_size, " must be > 0");
   require(num_tokens >= 0, "steady_head_pages: num_tokens=", num_tokens, " must be >= 0");
   const std::int64_t ps = page_size;
   if (num_tokens == 0) return 0;
   const std::int64_t last_page = (num_tokens - 1) / ps;
-  const std::int64_t se = std::min(retention.sink_end(p), num_tokens);
-  const std::int64_t wb = std::max<std::int64_t>(0, retention.window_begin(p, num_tokens - 1));
+  const std::int64_t se = std::min(retained_sink_end(p), num_tokens);
+  const std::int64_t wb = std::max<std::int64_t>(0, retained_window_begin(p, num_tokens - 1));
   const std::int64_t win_first = std::min(wb / ps, last_page + 1);
   const std::int64_t sink_pages = se > 0 ? (se - 1) / ps + 1 : 0;  // pages [0, sink_pages)
   const std::int64_t window_pages = last_page - win_first + 1;     // pages [win_first, last_page]
@@ -37,43 +35,39 @@ std::int64_t steady_head_pages(const HeadPolicy& p, int page_size, std::int64_t 
 }
 
 // Sum of steady_head_pages() over every (layer, kv_head) of `map`.
-template <RetentionPolicy Retention = CanonicalRetention>
-std::int64_t steady_sequence_pages(const HeadMap& map, int page_size, std::int64_t num_tokens,
-                                   const Retention& retention = {}) {
+inline std::int64_t steady_sequence_pages(const HeadMap& map, int page_size, std::int64_t num_tokens) {
   std::int64_t total = 0;
   for (int l = 0; l < map.num_layers(); ++l)
     for (int h = 0; h < map.num_kv_heads(); ++h)
-      total += steady_head_pages(map.policy(l, h), page_size, num_tokens, retention);
+      total += steady_head_pages(map.policy(l, h), page_size, num_tokens);
   return total;
 }
 
 // Upper bound on the pages one (sequence, layer, kv_head) holds at any moment while positions
 // [0, num_tokens) are appended in chunks of at most `chunk` positions (decode: chunk 1).
-template <RetentionPolicy Retention = CanonicalRetention>
-std::int64_t peak_head_pages(const HeadPolicy& p, int page_size, std::int64_t num_tokens, std::int64_t chunk,
-                             const Retention& retention = {}) {
+inline std::int64_t peak_head_pages(const HeadPolicy& p, int page_size, std::int64_t num_tokens,
+                                    std::int64_t chunk) {
   require(page_size > 0, "peak_head_pages: page_size=", page_size, " must be > 0");
   require(num_tokens >= 0, "peak_head_pages: num_tokens=", num_tokens, " must be >= 0");
   require(chunk > 0, "peak_head_pages: chunk=", chunk, " must be > 0");
   const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
   const std::int64_t all = ceil_div(num_tokens, page_size);
   if (!p.is_local() || num_tokens == 0) return all;
-  const std::int64_t sink_pages = ceil_div(std::min(retention.sink_end(p), num_tokens), page_size);
+  const std::int64_t sink_pages = ceil_div(std::min(retained_sink_end(p), num_tokens), page_size);
   // Keys [window_begin(q), q + chunk - 1] for the chunk's earliest query q: `span` consecutive positions,
   // which touch at most ceil((span - 1) / page_size) + 1 pages whatever their alignment.
   const std::int64_t q = num_tokens;  // any query far enough from 0; the canonical window is shift-invariant
-  const std::int64_t span = std::max<std::int64_t>(1, q + chunk - retention.window_begin(p, q));
+  const std::int64_t span = std::max<std::int64_t>(1, q + chunk - retained_window_begin(p, q));
   return std::min(all, sink_pages + ceil_div(span - 1, page_size) + 1);
 }
 
 // Sum of peak_head_pages() over every (layer, kv_head) of `map`: pages to reserve per sequence.
-template <RetentionPolicy Retention = CanonicalRetention>
-std::int64_t peak_sequence_pages(const HeadMap& map, int page_size, std::int64_t num_tokens,
-                                 std::int64_t chunk, const Retention& retention = {}) {
+inline std::int64_t peak_sequence_pages(const HeadMap& map, int page_size, std::int64_t num_tokens,
+                                        std::int64_t chunk) {
   std::int64_t total = 0;
   for (int l = 0; l < map.num_layers(); ++l)
     for (int h = 0; h < map.num_kv_heads(); ++h)
-      total += peak_head_pages(map.policy(l, h), page_size, num_tokens, chunk, retention);
+      total += peak_head_pages(map.policy(l, h), page_size, num_tokens, chunk);
   return total;
 }
 

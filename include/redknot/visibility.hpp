@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "redknot/head_map.hpp"
 
@@ -46,6 +47,18 @@ inline VisibleRanges visible_ranges(const HeadPolicy& p, std::int64_t q_pos) {
   r.win_begin = std::max<std::int64_t>(r.sink_end, q_pos - p.window + 1);
   r.win_begin = std::min(r.win_begin, r.win_end);
   return r;
+}
+
+// Which keys a head must keep once no query before q_earliest remains: exactly the ones some query at
+// q >= q_earliest can still see under is_visible(), so retention can never drop a key the kernels would read.
+// A local head keeps k < retained_sink_end(p) or k >= retained_window_begin(p, q_earliest); other heads keep
+// everything.
+inline std::int64_t retained_sink_end(const HeadPolicy& p) {
+  return p.is_local() ? p.sink : std::numeric_limits<std::int64_t>::max();
+}
+// A query at q >= q_earliest sees k > q - W, so every k > q_earliest - W may still be read.
+inline std::int64_t retained_window_begin(const HeadPolicy& p, std::int64_t q_earliest) {
+  return p.is_local() ? q_earliest - p.window + 1 : std::numeric_limits<std::int64_t>::min();
 }
 
 }  // namespace redknot

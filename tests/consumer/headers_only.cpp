@@ -38,8 +38,8 @@ int main() {
   check(!is_visible(local, 10, 11) && is_visible(global, 10, 0), "causality / global");
   const VisibleRanges r = visible_ranges(local, 10);
   check(r.sink_end == 2 && r.win_begin == 8 && r.win_end == 11, "visible_ranges");
-  check(CanonicalRetention{}.sink_end(local) == 2 && CanonicalRetention{}.window_begin(local, 10) == 8,
-        "canonical retention");
+  check(retained_sink_end(local) == 2 && retained_window_begin(local, 10) == 8,
+        "retention follows visibility");
 
   // dtypes: exact round trips of representable values.
   check(static_cast<float>(Half(1.5f)) == 1.5f && static_cast<float>(BFloat16(-2.0f)) == -2.0f,
