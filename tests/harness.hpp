@@ -13,8 +13,8 @@
 #include <span>
 #include <vector>
 
-#include "support/oracle.hpp"
 #include "redknot/redknot.hpp"
+#include "support/oracle.hpp"
 
 namespace rktest {
 

@@ -105,7 +105,7 @@ RK_API const char* rk_status_string(int status);
 /* Live handles in this process (leak checks in tests). Either pointer may be NULL. */
 RK_API int rk_live_handles(int64_t* num_stores, int64_t* num_head_maps);
 
-/* ---- head maps (RedKnot JSON, head_map.hpp) ------------------------------------------------------------- */
+/* ---- head maps (RedKnot JSON, head_map.hpp) --------------------------------------------------------- */
 
 /* Loads the published RedKnot JSON schema from a file. */
 RK_API int rk_head_map_load(const char* path, rk_head_map** out);
@@ -206,8 +206,8 @@ RK_API int rk_append(rk_store* store, int64_t seq, int32_t layer, const DLTensor
 /* Batched append of one layer (vLLM's reshape_and_cache over a batch): sequence seq_ids[i] takes rows
  * [token_offsets[i], token_offsets[i + 1]) of k, v and positions; token_offsets has batch_size + 1 entries,
  * token_offsets[0] == 0, non-decreasing (a sequence may take no tokens), and token_offsets[batch_size] rows
- * in k and v ([n, num_kv_heads, head_dim] or [n, num_kv_heads * head_dim], as for rk_append). Each sequence at
- * most once. All-or-nothing: on any error no sequence of the batch changed. */
+ * in k and v ([n, num_kv_heads, head_dim] or [n, num_kv_heads * head_dim], as for rk_append). Each sequence
+ * at most once. All-or-nothing: on any error no sequence of the batch changed. */
 RK_API int rk_append_batch(rk_store* store, int32_t layer, const int64_t* seq_ids, int32_t batch_size,
                            const int32_t* token_offsets, const DLTensor* k, const DLTensor* v,
                            const int32_t* positions, void* stream);

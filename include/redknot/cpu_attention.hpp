@@ -40,6 +40,17 @@ struct AttentionParams {
   int kv_chunk = 4096;
 };
 
+// The one check of AttentionParams, for cpu_attention and for bindings that must reject bad parameters even
+// when a call has no query to run (`op` prefixes the message).
+inline void check_attention_params(const AttentionParams& params, const char* op) {
+  require(params.scale >= 0.f && std::isfinite(params.scale), op, ": scale=", params.scale,
+          " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
+  require(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads, op,
+          ": num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
+          "] (0: the OpenMP default)");
+  require(params.kv_chunk >= 0, op, ": kv_chunk=", params.kv_chunk, " must be >= 0 (0: no split)");
+}
+
 namespace detail {
 
 inline constexpr int kQueryTile = 16;  // queries per work item (x g query heads = rows)
@@ -350,14 +361,8 @@ void cpu_attention(const KVHeadStore<T, A>& store, const AttentionPlan& plan, st
   require(out.size() == q.size(), "cpu_attention: out has ", out.size(), " elements, expected ", q.size());
   require(lse.empty() || lse.size() == rows, "cpu_attention: lse has ", lse.size(),
           " elements, expected total_queries*num_q_heads = ", rows, " (or none)");
-  require(params.scale >= 0.f && std::isfinite(params.scale), "cpu_attention: scale=", params.scale,
-          " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
+  check_attention_params(params, "cpu_attention");
   const float scale = params.scale > 0.f ? params.scale : 1.f / std::sqrt(static_cast<float>(sh.head_dim));
-
-  require(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads,
-          "cpu_attention: num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
-          "] (0: the OpenMP default)");
-  require(params.kv_chunk >= 0, "cpu_attention: kv_chunk=", params.kv_chunk, " must be >= 0 (0: no split)");
 
   // Work items: (item, kv_head, query tile), cut by split-KV into entry ranges of ~kv_chunk keys each.
   struct Work {

@@ -502,8 +502,9 @@ PYBIND11_MODULE(_redknot, m) {
           py::arg("seq"), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("positions"))
       .def(
           "append_batch",
-          [](AnyStore& s, const py::object& layer_o, const py::object& seq_ids, const py::object& token_offsets,
-             const py::handle& k, const py::handle& v, const py::object& positions) {
+          [](AnyStore& s, const py::object& layer_o, const py::object& seq_ids,
+             const py::object& token_offsets, const py::handle& k, const py::handle& v,
+             const py::object& positions) {
             const int layer = int_arg<int>(layer_o, "append_batch", "layer");
             const auto ids = int_array_arg<std::int64_t>(seq_ids, "append_batch", "seq_ids");
             const auto offs = int_array_arg<std::int32_t>(token_offsets, "append_batch", "token_offsets");
@@ -511,8 +512,8 @@ PYBIND11_MODULE(_redknot, m) {
             const ImportedTensor kt(k, "k", false);
             const ImportedTensor vt(v, "v", false);
             py::gil_scoped_release nogil;
-            s.append_batch(layer, span_of(ids, "seq_ids"), span_of(offs, "token_offsets"), kt.tensor(), vt.tensor(),
-                           span_of(pos, "positions"));
+            s.append_batch(layer, span_of(ids, "seq_ids"), span_of(offs, "token_offsets"), kt.tensor(),
+                           vt.tensor(), span_of(pos, "positions"));
           },
           py::arg("layer"), py::arg("seq_ids"), py::arg("token_offsets"), py::arg("k"), py::arg("v"),
           py::arg("positions"))
@@ -540,7 +541,7 @@ PYBIND11_MODULE(_redknot, m) {
                       "run: sm_scale=", py_bindings::safe_repr(sm_scale),
                       " must be a finite number > 0 (None selects 1/sqrt(head_dim))");
             }
-            // The range [0, kMaxAttentionThreads] is checked once, by AnyStore::run.
+            // The range [0, kMaxAttentionThreads] is checked once, by check_attention_params (AnyStore::run).
             const int threads = int_arg<int>(num_threads, "run", "num_threads");
             const ImportedTensor qt(q, "q", false);
             const ImportedTensor ot(out, "out", true);

@@ -204,11 +204,7 @@ class StoreImpl final : public AnyStore {
     const ModelShape& sh = store_.shape();
     require(layer >= 0 && layer < sh.num_layers, "run: layer=", layer, " out of range [0, ", sh.num_layers,
             ")");
-    require(std::isfinite(params.scale) && params.scale >= 0.f, "run: sm_scale=", params.scale,
-            " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
-    require(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads,
-            "run: num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
-            "] (0: the OpenMP default)");
+    check_attention_params(params, "run");  // also when the plan has no query to run
     detail::check_tensor(&q, "run: q");
     detail::check_tensor(&out, "run: out");
     if (lse) detail::check_tensor(lse, "run: lse");

@@ -499,11 +499,8 @@ int rk_attention(rk_store* store, int32_t layer, const DLTensor* q, DLTensor* ou
       require(std::isfinite(params->sm_scale) && params->sm_scale >= 0.f,
               "rk_attention: params->sm_scale=", params->sm_scale,
               " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
-      require(params->num_threads >= 0 && params->num_threads <= RK_MAX_NUM_THREADS,
-              "rk_attention: params->num_threads=", params->num_threads, " must be in [0, ",
-              RK_MAX_NUM_THREADS, "] (0 selects the OpenMP default: RK_MAX_NUM_THREADS)");
       p.scale = params->sm_scale;
-      p.num_threads = params->num_threads;
+      p.num_threads = params->num_threads;  // range-checked by check_attention_params (AnyStore::run)
     }
     s.run(layer, *q, *out, lse, p);
   });

@@ -11,11 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "../support/oracle.hpp"
 #include "redknot/c_api.h"
 #include "redknot/cpu_attention.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/head_map.hpp"
-#include "../support/oracle.hpp"
 #include "redknot/version.hpp"
 
 namespace {

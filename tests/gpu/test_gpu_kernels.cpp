@@ -15,6 +15,7 @@
 #include <sstream>
 #include <vector>
 
+#include "../support/oracle.hpp"
 #include "gpu_test.hpp"
 #include "redknot/attention_plan.hpp"
 #include "redknot/cuda/attention.hpp"
@@ -24,7 +25,6 @@
 #include "redknot/cuda/rope.hpp"
 #include "redknot/cuda/store.hpp"
 #include "redknot/kv_head_store.hpp"
-#include "../support/oracle.hpp"
 
 using namespace redknot;
 using namespace redknot::cuda;

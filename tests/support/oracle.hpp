@@ -1,7 +1,7 @@
 // The oracle: naive dense attention over a shadow copy of everything ever appended, masked by the canonical
-// rule (visibility.hpp) and accumulated in fp64. It shares nothing with the store but HeadMap and is_visible(), so
-// eviction, paging, forks and the fast paths are all checked against it. It keeps every token: test sizes
-// only.
+// rule (visibility.hpp) and accumulated in fp64. It shares nothing with the store but HeadMap and
+// is_visible(), so eviction, paging, forks and the fast paths are all checked against it. It keeps every
+// token: test sizes only.
 #pragma once
 
 #include <cmath>

@@ -1,9 +1,9 @@
 // DevicePlan: the device mirror of an AttentionPlan (docs/design.md, "AttentionPlan layout"): device-side
-// tables stay resident and are updated incrementally. It owns preallocated device buffers for the plan arena, the slots, the layer's
-// head policies and the query metadata, and sync() uploads only the arena spans the last
-// AttentionPlan::update() wrote (dirty_spans()), so the host->device bytes of a decode step are proportional
-// to changed entries, not to context length. Buffers keep their addresses until a capacity is exceeded
-// (generation() then changes, and a captured CUDA graph must be re-captured).
+// tables stay resident and are updated incrementally. It owns preallocated device buffers for the plan arena,
+// the slots, the layer's head policies and the query metadata, and sync() uploads only the arena spans the
+// last AttentionPlan::update() wrote (dirty_spans()), so the host->device bytes of a decode step are
+// proportional to changed entries, not to context length. Buffers keep their addresses until a capacity is
+// exceeded (generation() then changes, and a captured CUDA graph must be re-captured).
 //
 // C++20 host code (it reads the core's AttentionPlan); implementation in cuda/device_plan.cpp.
 #pragma once
