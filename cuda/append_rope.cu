@@ -26,13 +26,13 @@ __global__ void append_kernel(uint4* __restrict__ pool, int page_size, int vec_p
   pool[dst] = (is_v ? v : k)[j];
 }
 
-template <KvType K>
+template <DType K>
 __global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page_size, int head_dim,
-                            const DevPageEntry* __restrict__ entries, const int32_t* __restrict__ deltas,
+                            const PageEntry* __restrict__ entries, const int32_t* __restrict__ deltas,
                             int half, bool interleaved, const double* __restrict__ inv_freq) {
   using T = typename KvTraits<K>::T;
   extern __shared__ float s_cs[];  // [2][rot / 2]: cos, sin
-  const DevPageEntry e = entries[blockIdx.x];
+  const PageEntry e = entries[blockIdx.x];
   const long long delta = deltas[blockIdx.x];
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
     double sn, cs;
@@ -56,7 +56,7 @@ __global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page
     }
     T* row = base + static_cast<long long>(slot) * head_dim;
     float x, y;
-    if constexpr (K == KvType::kBF16) {
+    if constexpr (K == DType::kBF16) {
       x = __bfloat162float(row[a]);
       y = __bfloat162float(row[b]);
     } else {
@@ -65,7 +65,7 @@ __global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page
     }
     const float cs = s_cs[i], sn = s_cs[half + i];
     const float nx = x * cs - y * sn, ny = x * sn + y * cs;
-    if constexpr (K == KvType::kBF16) {
+    if constexpr (K == DType::kBF16) {
       row[a] = __float2bfloat16_rn(nx);
       row[b] = __float2bfloat16_rn(ny);
     } else {
@@ -77,7 +77,7 @@ __global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page
 
 }  // namespace detail
 
-void append_kv(void* pool, KvType dtype, int page_size, int head_dim, int num_kv_heads, const void* k,
+void append_kv(void* pool, DType dtype, int page_size, int head_dim, int num_kv_heads, const void* k,
                const void* v, const std::int32_t* dst_row, int n_tokens, cudaStream_t stream) {
   (void)dtype;  // a byte copy: both 16-bit dtypes move alike
   check_arg(head_dim > 0 && head_dim % 8 == 0, "append_kv: head_dim must be a positive multiple of 8");
@@ -94,7 +94,7 @@ void append_kv(void* pool, KvType dtype, int page_size, int head_dim, int num_kv
   check_cuda(cudaGetLastError(), "append_kv launch");
 }
 
-void rope_relocate(void* pool, KvType dtype, int page_size, const DevPageEntry* entries,
+void rope_relocate(void* pool, DType dtype, int page_size, const PageEntry* entries,
                    const std::int32_t* deltas, int num_entries, const RopeConfig& cfg, const double* inv_freq,
                    cudaStream_t stream) {
   validate(cfg);
@@ -104,12 +104,12 @@ void rope_relocate(void* pool, KvType dtype, int page_size, const DevPageEntry* 
   const std::size_t smem = static_cast<std::size_t>(cfg.rot()) * sizeof(float);
   const int half = cfg.rot() / 2;
   const bool interleaved = cfg.pairing == RopePairing::kInterleaved;
-  if (dtype == KvType::kBF16)
-    detail::rope_kernel<KvType::kBF16>
+  if (dtype == DType::kBF16)
+    detail::rope_kernel<DType::kBF16>
         <<<num_entries, 128, smem, stream>>>(static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim,
                                              entries, deltas, half, interleaved, inv_freq);
   else
-    detail::rope_kernel<KvType::kF16><<<num_entries, 128, smem, stream>>>(
+    detail::rope_kernel<DType::kF16><<<num_entries, 128, smem, stream>>>(
         static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, interleaved, inv_freq);
   check_cuda(cudaGetLastError(), "rope_relocate launch");
 }

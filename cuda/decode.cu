@@ -18,7 +18,7 @@ namespace detail {
 // ---- plan kernels
 // ----------------------------------------------------------------------------------------------
 
-__global__ void plan_count_kernel(const DevSlot* __restrict__ slots, int units,
+__global__ void plan_count_kernel(const PlanSlot* __restrict__ slots, int units,
                                   int32_t* __restrict__ entries) {
   const int u = blockIdx.x * blockDim.x + threadIdx.x;
   if (u < units) entries[u] = slots[u].sink_len + slots[u].ring_len;
@@ -112,7 +112,7 @@ void check_params(const DecodeParams& p, int max_units) {
   check_arg((p.kv.head_dim == 64 || p.kv.head_dim == 128) && (g == 1 || g == 2 || g == 4 || g == 8),
             "decode: unsupported head_dim=" + std::to_string(p.kv.head_dim) +
                 " group_size=" + std::to_string(g) + " (supported: head_dim 64/128, group size 1/2/4/8)");
-  check_arg(p.dtype == KvType::kF16 || p.dtype == KvType::kBF16, "decode: dtype must be f16 or bf16");
+  check_arg(p.dtype == DType::kF16 || p.dtype == DType::kBF16, "decode: dtype must be f16 or bf16");
   check_arg(p.kv.pool && p.kv.arena && p.kv.slots && p.kv.policies && p.q && p.q_pos && p.out,
             "decode: null device pointer");
 }
@@ -155,8 +155,8 @@ void decode_plan(const DecodeParams& p, void* workspace, std::size_t workspace_b
   detail::check_params(p, max_units);
   const int G = p.num_q_heads / p.kv.num_kv_heads;
   const auto w = detail::ws_layout(max_units, cfg, G, p.kv.head_dim);
-  check_arg(workspace && workspace_bytes >= w.total,
-            "decode: workspace too small: need " + std::to_string(w.total) + " bytes");
+  check_arg(workspace && workspace_bytes >= w.total, "decode: workspace_bytes=", workspace_bytes,
+            " too small: need ", w.total, " bytes");
   char* b = static_cast<char*>(workspace);
   auto* entries = reinterpret_cast<int32_t*>(b + w.entries);
   auto* scan = reinterpret_cast<int32_t*>(b + w.entries_scan);
@@ -201,7 +201,7 @@ void decode_attention(const DecodeParams& p, void* workspace, std::size_t worksp
   // once.
   const long long grid = max_decode_chunks(U, cfg);
   const detail::DecodeLaunch l{&p, scale * detail::kLog2e, offsets, chunks, U, pout, plse, grid, stream};
-  if (p.dtype == KvType::kBF16)
+  if (p.dtype == DType::kBF16)
     detail::launch_decode_bf16(l, D, G);
   else
     detail::launch_decode_f16(l, D, G);

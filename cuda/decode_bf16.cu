@@ -4,7 +4,7 @@
 namespace redknot::cuda::detail {
 
 void launch_decode_bf16(const DecodeLaunch& l, int head_dim, int group) {
-  launch_decode_dtype<KvType::kBF16>(l, head_dim, group);
+  launch_decode_dtype<DType::kBF16>(l, head_dim, group);
 }
 
 }  // namespace redknot::cuda::detail

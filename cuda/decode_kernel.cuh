@@ -23,7 +23,7 @@ constexpr int kStage = kDecodeThreads;  // entries staged per round
 // 128 at a time into shared memory (one per thread: clip to the visible hull, block prefix sum of the key
 // counts; rules.hpp) so that keys are spread evenly over row groups however partial the pages are.
 
-template <KvType K, int D, int G>
+template <DType K, int D, int G>
 struct DecodeCfg {
   static constexpr int kLanesPerRow = D / 8;
   static constexpr int kGroups = kDecodeThreads / kLanesPerRow;
@@ -33,7 +33,7 @@ struct DecodeCfg {
   static constexpr int kKeysPerIter = kGroups * kBatch;
 };
 
-template <KvType K, int D, int G>
+template <DType K, int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads)
     decode_kernel(DecodeParams p, float qk_scale_log2, const int32_t* __restrict__ chunk_offset,
                   const DecodeChunk* __restrict__ chunks, int units, float* __restrict__ partial_out,
@@ -59,8 +59,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const DecodeChunk ck = chunks[chunk_id];
   const int Hk = p.kv.num_kv_heads;
   const int item = ck.unit / Hk, kv_head = ck.unit % Hk;
-  const DevSlot slot = p.kv.slots[ck.unit];
-  const DevPolicy pol = p.kv.policies[kv_head];
+  const PlanSlot slot = p.kv.slots[ck.unit];
+  const HeadPolicy pol = p.kv.policies[kv_head];
   const int q_pos = p.q_pos[item];
   const int ps = p.kv.page_size;
   const T* __restrict__ pool = static_cast<const T*>(p.kv.pool);
@@ -88,11 +88,12 @@ __global__ void __launch_bounds__(kDecodeThreads)
     for (int i = 0; i < 8; ++i) acc[h][i] = 0.f;
   }
 
+  const VisibleHull<int> hull = visible_hull<int>(pol, q_pos, q_pos);
   for (int e0 = ck.entry_begin; e0 < ck.entry_end; e0 += kStage) {
     // Stage: one entry per thread, clipped to what the query can see.
     int n = 0, row = 0, pos = 0;
     if (e0 + tid < ck.entry_end) {
-      stage_entry(pol, slot_entry(p.kv.arena, slot, e0 + tid), q_pos, q_pos, ps, n, row, pos);
+      stage_entry(pol, plan_entry(p.kv.arena, slot, e0 + tid), hull, ps, n, row, pos);
     }
     int start, total;
     BlockScan(s_scan).ExclusiveSum(n, start, total);
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
           for (int i = 0; i < 8; ++i) d = fmaf(qf[h][i], kf[i], d);
 #pragma unroll
           for (int off = L / 2; off > 0; off >>= 1) d += __shfl_xor_sync(0xffffffffu, d, off);
-          s[j][h] = (kpos[j] >= 0 && visible(pol, q_pos, kpos[j])) ? d : -INFINITY;
+          s[j][h] = (kpos[j] >= 0 && is_visible(pol, q_pos, kpos[j])) ? d : -INFINITY;
         }
       }
 #pragma unroll
@@ -202,7 +203,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
     const long long qrow = static_cast<long long>(item) * p.num_q_heads + kv_head * G + h;
     if (nchunks == 1) {
       T* out = static_cast<T*>(p.out) + qrow * D + d;
-      if constexpr (K == KvType::kBF16)
+      if constexpr (K == DType::kBF16)
         *out = __float2bfloat16_rn(o);
       else
         *out = __float2half_rn(o);
@@ -215,7 +216,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
 }
 
 // One CTA per unit: merge its chunks (natural-log LSE weights). Units with one chunk were written directly.
-template <KvType K, int D, int G>
+template <DType K, int D, int G>
 __global__ void __launch_bounds__(kDecodeThreads)
     decode_merge_kernel(DecodeParams p, const int32_t* __restrict__ chunk_offset, int units,
                         const float* __restrict__ partial_out, const float* __restrict__ partial_lse) {
@@ -241,7 +242,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
     const long long qrow = static_cast<long long>(item) * p.num_q_heads + kv_head * G + h;
     const float o = Lsum > 0.f ? O / Lsum : 0.f;
     T* out = static_cast<T*>(p.out) + qrow * D + d;
-    if constexpr (K == KvType::kBF16)
+    if constexpr (K == DType::kBF16)
       *out = __float2bfloat16_rn(o);
     else
       *out = __float2half_rn(o);
@@ -264,7 +265,7 @@ struct DecodeLaunch {
 void launch_decode_f16(const DecodeLaunch& l, int head_dim, int group);
 void launch_decode_bf16(const DecodeLaunch& l, int head_dim, int group);
 
-template <KvType K>
+template <DType K>
 void launch_decode_dtype(const DecodeLaunch& l, int head_dim, int group) {
 #define REDKNOT_DECODE_CASE(DD, GG)                                                                         \
   if (head_dim == DD && group == GG) {                                                                      \
@@ -283,9 +284,9 @@ void launch_decode_dtype(const DecodeLaunch& l, int head_dim, int group) {
   REDKNOT_DECODE_CASE(128, 4)
   REDKNOT_DECODE_CASE(128, 8)
 #undef REDKNOT_DECODE_CASE
-  throw std::invalid_argument("decode_attention: unsupported head_dim=" + std::to_string(head_dim) +
-                              " group_size=" + std::to_string(group) +
-                              " (supported: head_dim 64/128, group size 1/2/4/8)");
+  throw InvalidArgument(redknot::detail::concat("decode_attention: unsupported head_dim=", head_dim,
+                                                " group_size=", group,
+                                                " (supported: head_dim 64/128, group size 1/2/4/8)"));
 }
 
 }  // namespace redknot::cuda::detail

@@ -22,8 +22,8 @@ DevicePlan::DevicePlan(int max_items, int num_kv_heads, int max_queries, std::in
   check_arg(max_items > 0 && num_kv_heads > 0 && max_queries > 0,
             "DevicePlan: max_items, num_kv_heads and max_queries must be > 0");
   try {
-    slots_ = device_alloc<DevSlot>(static_cast<std::int64_t>(max_items) * num_kv_heads, "cudaMalloc(slots)");
-    policies_ = device_alloc<DevPolicy>(num_kv_heads, "cudaMalloc(policies)");
+    slots_ = device_alloc<PlanSlot>(static_cast<std::int64_t>(max_items) * num_kv_heads, "cudaMalloc(slots)");
+    policies_ = device_alloc<HeadPolicy>(num_kv_heads, "cudaMalloc(policies)");
     q_pos_ = device_alloc<std::int32_t>(max_queries, "cudaMalloc(q_pos)");
     q_begin_ = device_alloc<std::int32_t>(max_items, "cudaMalloc(q_begin)");
     q_len_ = device_alloc<std::int32_t>(max_items, "cudaMalloc(q_len)");
@@ -48,7 +48,7 @@ DevicePlan::~DevicePlan() {
 }
 
 void DevicePlan::grow_arena(std::int64_t entries) {
-  DevPageEntry* p = device_alloc<DevPageEntry>(entries, "cudaMalloc(plan arena)");
+  PageEntry* p = device_alloc<PageEntry>(entries, "cudaMalloc(plan arena)");
   cudaFree(arena_);
   arena_ = p;
   arena_cap_ = entries;
@@ -58,15 +58,12 @@ void DevicePlan::grow_arena(std::int64_t entries) {
 
 void DevicePlan::sync(const AttentionPlan& plan, std::span<const HeadPolicy> policies, cudaStream_t stream) {
   const auto items = plan.items();
-  check_arg(plan.num_kv_heads() == num_kv_heads_, "DevicePlan::sync: plan has " +
-                                                      std::to_string(plan.num_kv_heads()) +
-                                                      " kv heads, expected " + std::to_string(num_kv_heads_));
-  check_arg(static_cast<int>(items.size()) <= max_items_,
-            "DevicePlan::sync: batch of " + std::to_string(items.size()) + " exceeds max_items " +
-                std::to_string(max_items_));
-  check_arg(plan.total_queries() <= max_queries_,
-            "DevicePlan::sync: " + std::to_string(plan.total_queries()) + " queries exceed max_queries " +
-                std::to_string(max_queries_));
+  check_arg(plan.num_kv_heads() == num_kv_heads_, "DevicePlan::sync: plan has ", plan.num_kv_heads(),
+            " kv heads, expected ", num_kv_heads_);
+  check_arg(static_cast<int>(items.size()) <= max_items_, "DevicePlan::sync: batch of ", items.size(),
+            " exceeds max_items ", max_items_);
+  check_arg(plan.total_queries() <= max_queries_, "DevicePlan::sync: ", plan.total_queries(),
+            " queries exceed max_queries ", max_queries_);
   check_arg(static_cast<int>(policies.size()) == num_kv_heads_,
             "DevicePlan::sync: policies must hold one entry per kv head");
   last_ = {};
@@ -97,13 +94,11 @@ void DevicePlan::sync(const AttentionPlan& plan, std::span<const HeadPolicy> pol
     check_cuda(cudaMemcpyAsync(slots_, slots.data(), slots.size() * sizeof(PlanSlot), cudaMemcpyHostToDevice,
                                stream),
                "cudaMemcpyAsync(slots)");
-  // Policies and query metadata go through one staging vector (pageable copies are staged by the driver
-  // before cudaMemcpyAsync returns, so reusing it right away is safe).
-  std::vector<DevPolicy> pol(policies.size());
-  std::transform(policies.begin(), policies.end(), pol.begin(), to_device);
-  check_cuda(
-      cudaMemcpyAsync(policies_, pol.data(), pol.size() * sizeof(DevPolicy), cudaMemcpyHostToDevice, stream),
-      "cudaMemcpyAsync(policies)");
+  // Policies and query metadata are pageable copies, staged by the driver before cudaMemcpyAsync returns, so
+  // the sources may change right after.
+  check_cuda(cudaMemcpyAsync(policies_, policies.data(), policies.size() * sizeof(HeadPolicy),
+                             cudaMemcpyHostToDevice, stream),
+             "cudaMemcpyAsync(policies)");
   const auto qp = plan.q_positions();
   if (!qp.empty())
     check_cuda(
@@ -122,8 +117,9 @@ void DevicePlan::sync(const AttentionPlan& plan, std::span<const HeadPolicy> pol
                                cudaMemcpyHostToDevice, stream),
                "cudaMemcpyAsync(q_len)");
   }
-  last_.meta_bytes = static_cast<std::int64_t>(
-      slots.size() * sizeof(PlanSlot) + pol.size() * sizeof(DevPolicy) + qp.size() * 4 + items.size() * 8);
+  last_.meta_bytes =
+      static_cast<std::int64_t>(slots.size() * sizeof(PlanSlot) + policies.size() * sizeof(HeadPolicy) +
+                                qp.size() * 4 + items.size() * 8);
   batch_ = static_cast<int>(items.size());
   total_q_ = plan.total_queries();
 }

@@ -1,6 +1,6 @@
-// Device helpers shared by the kernels of cuda/: dtype conversion of 16-byte vectors, the canonical
-// visibility rule, plan-entry indexing, cp.async / ldmatrix / mma.sync wrappers. Private to cuda/ (C++17,
-// device code).
+// Device helpers shared by the kernels of cuda/: dtype conversion of 16-byte vectors and cp.async / ldmatrix
+// / mma.sync wrappers (the visibility rule and plan-entry indexing come from the core headers via
+// staging.hpp). Private to cuda/ (device code).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -10,33 +10,33 @@
 #include <cstdint>
 
 #include "redknot/cuda/common.hpp"
-#include "redknot/cuda/rules.hpp"
+#include "redknot/cuda/staging.hpp"
 
 namespace redknot::cuda::detail {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-template <KvType K>
+template <DType K>
 struct KvTraits;
 template <>
-struct KvTraits<KvType::kF16> {
+struct KvTraits<DType::kF16> {
   using T = __half;
   using T2 = __half2;
 };
 template <>
-struct KvTraits<KvType::kBF16> {
+struct KvTraits<DType::kBF16> {
   using T = __nv_bfloat16;
   using T2 = __nv_bfloat162;
 };
 
 // 8 packed 16-bit values (one 16-byte load) to fp32.
-template <KvType K>
+template <DType K>
 __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    if constexpr (K == KvType::kBF16) {
+    if constexpr (K == DType::kBF16) {
       // bf16 -> fp32 is a shift: cheaper than the intrinsic's cvt on some targets.
       f[2 * i] = __uint_as_float(w[i] << 16);
       f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
@@ -50,10 +50,10 @@ __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {
   }
 }
 
-template <KvType K>
+template <DType K>
 __device__ __forceinline__ uint32_t pack2(float a, float b) {
   uint32_t r;
-  if constexpr (K == KvType::kBF16) {
+  if constexpr (K == DType::kBF16) {
     const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
     memcpy(&r, &h, 4);
   } else {
@@ -63,7 +63,7 @@ __device__ __forceinline__ uint32_t pack2(float a, float b) {
   return r;
 }
 
-template <KvType K>
+template <DType K>
 __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
   return make_uint4(pack2<K>(f[0], f[1]), pack2<K>(f[2], f[3]), pack2<K>(f[4], f[5]), pack2<K>(f[6], f[7]));
 }
@@ -107,9 +107,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* 
 }
 
 // D = A * B + D, m16n8k16, fp32 accumulators.
-template <KvType K>
+template <DType K>
 __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  if constexpr (K == KvType::kBF16) {
+  if constexpr (K == DType::kBF16) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"

@@ -40,7 +40,7 @@ struct DeviceWarp {
   __device__ int shfl(int v, int src) const { return __shfl_sync(0xffffffffu, v, src); }
 };
 
-template <KvType K, int D>
+template <DType K, int D>
 __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, float qk_scale_log2) {
   using T = typename KvTraits<K>::T;
   using S = PfSmem<D>;
@@ -64,8 +64,8 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
   const int item = tile.item, kv_head = tile.kv_head;
   const int q_begin = p.q_begin[item], q_len = p.q_len[item];
   const int nrows = q_len * g;
-  const DevSlot slot = p.kv.slots[item * Hk + kv_head];
-  const DevPolicy pol = p.kv.policies[kv_head];
+  const PlanSlot slot = p.kv.slots[item * Hk + kv_head];
+  const HeadPolicy pol = p.kv.policies[kv_head];
   const int ps = p.kv.page_size;
   const T* __restrict__ pool = static_cast<const T*>(p.kv.pool);
   const T* __restrict__ qg = static_cast<const T*>(p.q);
@@ -106,14 +106,14 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
     }
   }
   __syncthreads();
-  const int tile_pmin = s_prange[0], tile_pmax = s_prange[1];
+  const int tile_pmax = s_prange[1];
+  const VisibleHull<int> hull = visible_hull<int>(pol, s_prange[0], tile_pmax);
 
   auto walk = [&](int buf) {
     if (warp == 0) {
       int n = 0;
       if (tile_pmax >= 0)
-        n = walker.fill<kBK>(DeviceWarp{lane}, p.kv.arena, slot, pol, tile_pmin, tile_pmax, ps, s_rows[buf],
-                             s_kpos[buf]);
+        n = walker.fill<kBK>(DeviceWarp{lane}, p.kv.arena, slot, pol, hull, ps, s_rows[buf], s_kpos[buf]);
       for (int i = n + lane; i < kBK; i += 32) {
         s_rows[buf][i] = -1;
         s_kpos[buf][i] = -1;
@@ -189,7 +189,7 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
         const int kp = s_kpos[buf][key];
         const int qp = i < 2 ? qpos_lo : qpos_hi;
         const float v = s[j][i] * qk_scale_log2;
-        s[j][i] = (kp >= 0 && visible(pol, qp, kp)) ? v : -INFINITY;
+        s[j][i] = (kp >= 0 && is_visible(pol, qp, kp)) ? v : -INFINITY;
         mx[i >> 1] = fmaxf(mx[i >> 1], s[j][i]);
       }
     float alpha[2];
@@ -286,17 +286,17 @@ void prefill_attention(const PrefillParams& p, cudaStream_t stream) {
         "cudaFuncSetAttribute(prefill)");
     kernel<<<p.num_tiles, detail::kPfThreads, smem, stream>>>(p, scale * detail::kLog2e);
   };
-  if (p.dtype == KvType::kBF16 && D == 128)
-    launch(detail::prefill_kernel<KvType::kBF16, 128>, detail::PfSmem<128>::kBytes);
-  else if (p.dtype == KvType::kBF16 && D == 64)
-    launch(detail::prefill_kernel<KvType::kBF16, 64>, detail::PfSmem<64>::kBytes);
-  else if (p.dtype == KvType::kF16 && D == 128)
-    launch(detail::prefill_kernel<KvType::kF16, 128>, detail::PfSmem<128>::kBytes);
-  else if (p.dtype == KvType::kF16 && D == 64)
-    launch(detail::prefill_kernel<KvType::kF16, 64>, detail::PfSmem<64>::kBytes);
+  if (p.dtype == DType::kBF16 && D == 128)
+    launch(detail::prefill_kernel<DType::kBF16, 128>, detail::PfSmem<128>::kBytes);
+  else if (p.dtype == DType::kBF16 && D == 64)
+    launch(detail::prefill_kernel<DType::kBF16, 64>, detail::PfSmem<64>::kBytes);
+  else if (p.dtype == DType::kF16 && D == 128)
+    launch(detail::prefill_kernel<DType::kF16, 128>, detail::PfSmem<128>::kBytes);
+  else if (p.dtype == DType::kF16 && D == 64)
+    launch(detail::prefill_kernel<DType::kF16, 64>, detail::PfSmem<64>::kBytes);
   else
-    throw std::invalid_argument("prefill: unsupported head_dim=" + std::to_string(D) +
-                                " (supported: 64, 128)");
+    throw InvalidArgument(
+        redknot::detail::concat("prefill: unsupported head_dim=", D, " (supported: 64, 128)"));
   check_cuda(cudaGetLastError(), "prefill launch");
 }
 

@@ -179,7 +179,7 @@ TEST_CASE("adopt takes one reference per distinct page and keeps the counters a 
   pool.alloc(3,
              pages);  // refcount 1 each: page 0 is the table's own tail page, pages 1 and 2 a chunk owner's
   HeadTable t;
-  t.body.push_back(PageEntry{pages[0], 0, 2, 0});
+  t.body.push_back(make_entry(pages[0], 0, 2, 0));
   // Adopt: slots of page 0 (the tail's page: no second reference), then pages 1 and 2 (shared with the
   // owner).
   const std::vector<PageEntry> chunk = {{pages[0], 2, 2, 10}, {pages[1], 0, 4, 12}, {pages[2], 0, 1, 16}};

@@ -1,35 +1,37 @@
-// CPU tests of the rules the CUDA kernels apply (include/redknot/cuda/rules.hpp, shared with the kernels as
-// __host__ __device__ functions): the visibility rule, the candidate hull of a page entry (no visible key may
-// fall outside it, and outside a sink/window gap it holds only keys some query sees), and plan-slot indexing
-// against AttentionPlan::entry.
+// CPU tests of what the CUDA kernels apply, as the same __host__ __device__ functions: the visibility rule
+// at the kernels' int type, the candidate hull of a page entry (no visible key may fall outside it, and
+// outside a sink/window gap it holds only keys some query sees), plan-slot indexing, decode staging
+// (include/redknot/cuda/staging.hpp) and the prefill KeyWalker.
 #include <catch2/catch_test_macros.hpp>
 
 #include <barrier>
+#include <limits>
 #include <random>
 #include <thread>
 #include <vector>
 
 #include "redknot/attention_plan.hpp"
 #include "redknot/cuda/key_walker.hpp"
-#include "redknot/cuda/rules.hpp"
+#include "redknot/cuda/staging.hpp"
 #include "redknot/kv_head_store.hpp"
 #include "redknot/visibility.hpp"
 
 using namespace redknot;
-using redknot::cuda::DevPageEntry;
-using redknot::cuda::DevPolicy;
-using redknot::cuda::DevSlot;
 
-namespace {
-DevPolicy dev(const HeadPolicy& p) { return DevPolicy{p.is_local() ? 1 : 0, p.window, p.sink}; }
-}  // namespace
-
-TEST_CASE("cuda rules: visible() is the canonical rule", "[cuda][rules]") {
+// The kernels instantiate the rule on int, the host on int64: both must agree, up to the largest positions
+// and windows (p - window must not overflow int32).
+TEST_CASE("cuda rules: the int instantiation of the rule agrees with the int64 one", "[cuda][rules]") {
+  constexpr int kMax = std::numeric_limits<int>::max();
   for (const HeadPolicy& p :
        {HeadPolicy{}, HeadPolicy{HeadClass::kLocal, 1, 0}, HeadPolicy{HeadClass::kLocal, 5, 3},
-        HeadPolicy{HeadClass::kLocal, 1000, 0}, HeadPolicy{HeadClass::kLocal, 3, 64}})
+        HeadPolicy{HeadClass::kLocal, 1000, 0}, HeadPolicy{HeadClass::kLocal, 3, 64},
+        HeadPolicy{HeadClass::kLocal, kMax, kMax}, HeadPolicy{HeadClass::kLocal, kMax, 0}}) {
     for (int q = 0; q < 80; ++q)
-      for (int k = -2; k < 82; ++k) CHECK(cuda::visible(dev(p), q, k) == is_visible(p, q, k));
+      for (int k = -2; k < 82; ++k) CHECK(is_visible<int>(p, q, k) == is_visible<std::int64_t>(p, q, k));
+    for (int q : {kMax - 1, kMax})
+      for (int k : {0, 1, 63, 64, q - 1000, q - 2, q - 1, q})
+        CHECK(is_visible<int>(p, q, k) == is_visible<std::int64_t>(p, q, k));
+  }
 }
 
 TEST_CASE("cuda rules: clip_entry hull holds every visible key and little else", "[cuda][rules]") {
@@ -39,11 +41,11 @@ TEST_CASE("cuda rules: clip_entry hull holds every visible key and little else",
   for (int it = 0; it < 20000; ++it) {
     HeadPolicy p;
     if (it % 5 != 0) p = HeadPolicy{HeadClass::kLocal, 1 + u(rng) % 70, u(rng) % 3 == 0 ? 0 : u(rng) % 20};
-    const DevPageEntry e{0, 0, 1 + u(rng) % 64, u(rng) % 200};
+    const PageEntry e = make_entry(0, 0, 1 + u(rng) % 64, u(rng) % 200);
     const int pmin = u(rng) % 260;
     const int pmax = pmin + (u(rng) % 3 == 0 ? 0 : u(rng) % 70);
     int lo = 0, hi = 0;
-    cuda::clip_entry(dev(p), e, pmin, pmax, lo, hi);
+    clip_entry(p, e, visible_hull<int>(p, pmin, pmax), lo, hi);
     REQUIRE(lo <= hi);
     REQUIRE(lo >= e.pos0);
     REQUIRE(hi <= e.pos0 + e.count);
@@ -64,7 +66,8 @@ TEST_CASE("cuda rules: clip_entry hull holds every visible key and little else",
   CHECK(checked > 0);
 }
 
-TEST_CASE("cuda rules: slot_entry reads a plan like AttentionPlan::entry", "[cuda][rules]") {
+// The kernels read a slot through plan_entry() over the raw arena: it must yield the head table's entries.
+TEST_CASE("cuda rules: plan_entry over the arena reads the head tables", "[cuda][rules]") {
   ModelShape shape{1, 4, 2, 8, DType::kF32};
   HeadMap map = HeadMap::uniform(1, 2, HeadClass::kGlobal);
   map.set(0, 1, HeadPolicy{HeadClass::kLocal, 20, 5});
@@ -81,16 +84,14 @@ TEST_CASE("cuda rules: slot_entry reads a plan like AttentionPlan::entry", "[cud
     std::vector<std::int32_t> qpos, ones(seqs.size(), 1);
     for (SeqId s : seqs) qpos.push_back(store.next_position(s, 0) - 1);
     plan.update(store, 0, seqs, ones, qpos);
-    const auto* arena = reinterpret_cast<const DevPageEntry*>(plan.arena().data());
+    const PageEntry* arena = plan.arena().data();
     for (std::size_t i = 0; i < seqs.size(); ++i)
       for (int h = 0; h < 2; ++h) {
         const PlanSlot& ps = plan.slot(i, h);
-        const auto& ds = reinterpret_cast<const DevSlot&>(ps);
-        for (int e = 0; e < ps.num_entries(); ++e) {
-          const DevPageEntry d = cuda::slot_entry(arena, ds, e);
-          const PageEntry& r = plan.entry(ps, e);
-          CHECK((d.page_id == r.page_id && d.first == r.first && d.count == r.count && d.pos0 == r.pos0));
-        }
+        const HeadTable& t = store.table(seqs[i], 0, h);
+        REQUIRE(static_cast<std::size_t>(ps.num_entries()) == t.size());
+        for (int e = 0; e < ps.num_entries(); ++e)
+          CHECK(plan_entry(arena, ps, e) == t[static_cast<std::size_t>(e)]);
       }
   }
 }
@@ -120,14 +121,14 @@ TEST_CASE("cuda rules: decode staging enumerates each candidate key once", "[cud
   const std::int32_t q = next - 1;
   for (int h = 0; h < 2; ++h) {
     const HeadPolicy pol = store.policy(0, h);
-    const DevPolicy dp = dev(pol);
+    const VisibleHull<int> hull = visible_hull<int>(pol, q, q);
     const HeadTable& t = store.table(seq, 0, h);
     // Expected: candidate keys of every entry in order.
     std::vector<std::pair<int, int>> expected;  // (row, position)
     for (std::size_t i = 0; i < t.size(); ++i) {
       const PageEntry& e = t[i];
       int lo, hi;
-      cuda::clip_entry(dp, DevPageEntry{e.page_id, e.first, e.count, e.pos0}, q, q, lo, hi);
+      clip_entry(pol, e, hull, lo, hi);
       for (int k = lo; k < hi; ++k) expected.emplace_back(e.page_id * 2 * ps + e.first + (k - e.pos0), k);
       for (int k = e.pos0; k < e.pos0 + e.count; ++k)
         if (is_visible(pol, q, k)) CHECK((k >= lo && k < hi));
@@ -145,8 +146,7 @@ TEST_CASE("cuda rules: decode staging enumerates each candidate key once", "[cud
             row[tid] = p0[tid] = 0;
             if (e0 + tid < ce) {
               const PageEntry& e = t[static_cast<std::size_t>(e0 + tid)];
-              cuda::stage_entry(dp, DevPageEntry{e.page_id, e.first, e.count, e.pos0}, q, q, ps, n, row[tid],
-                                p0[tid]);
+              cuda::stage_entry(pol, e, hull, ps, n, row[tid], p0[tid]);
             }
             start[tid] = total;
             total += n;
@@ -235,16 +235,16 @@ TEST_CASE("cuda rules: prefill KeyWalker gathers every candidate key once", "[cu
     for (auto [pmin, pmax] : {std::pair{pos.front(), pos.back()}, std::pair{pos.back(), pos.back()}}) {
       for (int h = 0; h < 3; ++h) {
         const HeadTable& t = store.table(seq, 0, h);
-        std::vector<DevPageEntry> arena;
-        for (std::size_t i = 0; i < t.size(); ++i)
-          arena.push_back(DevPageEntry{t[i].page_id, t[i].first, t[i].count, t[i].pos0});
-        const DevSlot slot{0, static_cast<int>(arena.size()), static_cast<int>(arena.size()), 0, 0, 0, 0};
-        const DevPolicy dp = dev(store.policy(0, h));
+        std::vector<PageEntry> arena;
+        for (std::size_t i = 0; i < t.size(); ++i) arena.push_back(t[i]);
+        const PlanSlot slot{0, static_cast<int>(arena.size()), static_cast<int>(arena.size()), 0, 0, 0, 0};
+        const HeadPolicy dp = store.policy(0, h);
+        const VisibleHull<int> hull = visible_hull<int>(dp, pmin, pmax);
         std::vector<std::pair<int, int>> expected;
         for (const auto& e : arena) {
           if (e.pos0 > pmax) break;
           int lo, hi;
-          cuda::clip_entry(dp, e, pmin, pmax, lo, hi);
+          clip_entry(dp, e, hull, lo, hi);
           for (int k = lo; k < hi; ++k) expected.emplace_back(e.page_id * 2 * ps + e.first + (k - e.pos0), k);
         }
         SimWarpShared sh;
@@ -258,8 +258,8 @@ TEST_CASE("cuda rules: prefill KeyWalker gathers every candidate key once", "[cu
           std::vector<std::thread> lanes;
           for (int l = 0; l < 32; ++l)
             lanes.emplace_back([&, l] {
-              filled[l] = walkers[static_cast<std::size_t>(l)].fill<kTile>(
-                  SimWarp{&sh, l}, arena.data(), slot, dp, pmin, pmax, ps, rows, kpos);
+              filled[l] = walkers[static_cast<std::size_t>(l)].fill<kTile>(SimWarp{&sh, l}, arena.data(),
+                                                                           slot, dp, hull, ps, rows, kpos);
             });
           for (auto& th : lanes) th.join();
           for (int l = 1; l < 32; ++l)

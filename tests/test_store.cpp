@@ -62,7 +62,7 @@ TEST_CASE("position jumps start a new entry in the same page", "[store]") {
   const HeadTable& t = store.table(s, 0, 0);
   REQUIRE(t.size() == 2);
   REQUIRE(t[0].page_id == t[1].page_id);
-  REQUIRE(t[1] == PageEntry{t[0].page_id, 5, 3, 100});
+  REQUIRE(t[1] == make_entry(t[0].page_id, 5, 3, 100));
   REQUIRE(store.pool().used_pages() == 1);
   REQUIRE(store.next_position(s, 0) == 103);
 }

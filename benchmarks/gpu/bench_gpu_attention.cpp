@@ -28,6 +28,7 @@
 #include "redknot/cuda/prefill.hpp"
 #include "redknot/cuda/store.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/visibility.hpp"
 
 using namespace redknot;
 using namespace redknot::cuda;
@@ -240,15 +241,8 @@ struct Fixture {
 // Visible (query, key) pairs per kv head for queries at q_positions (the canonical rule, counted exactly).
 double visible_pairs(const HeadPolicy& p, std::int64_t q_lo, std::int64_t q_hi) {
   double n = 0;
-  for (std::int64_t q = q_lo; q <= q_hi; ++q) {
-    if (!p.is_local())
-      n += static_cast<double>(q + 1);
-    else {
-      const std::int64_t sink = std::min<std::int64_t>(p.sink, q + 1);
-      const std::int64_t win_lo = std::max<std::int64_t>(sink, q - p.window + 1);
-      n += static_cast<double>(sink + (q + 1 - win_lo));
-    }
-  }
+  for (std::int64_t q = q_lo; q <= q_hi; ++q)
+    n += static_cast<double>(visible_ranges(p, q).count_in(0, q + 1));
   return n;
 }
 
@@ -276,7 +270,7 @@ void bench_decode(const Args& a, Timer& timer, double copy_gbs) {
       ck(cudaMemset(q, 0x3c, qn * 2), "q fill");  // small positive values
       DecodeParams p;
       p.kv = dplan.paged_kv(f.store->pool().data(), a.page_size, a.head_dim);
-      p.dtype = KvType::kBF16;
+      p.dtype = DType::kBF16;
       p.batch = a.batch;
       p.num_q_heads = a.q_heads;
       p.q = q;
@@ -335,7 +329,7 @@ void bench_prefill(const Args& a, Timer& timer) {
       ck(cudaMemset(q, 0x3c, qn * 2), "q fill");
       PrefillParams p;
       p.kv = dplan.paged_kv(f.store->pool().data(), a.page_size, a.head_dim);
-      p.dtype = KvType::kBF16;
+      p.dtype = DType::kBF16;
       p.num_q_heads = a.q_heads;
       p.q = q;
       p.q_pos = dplan.q_pos();

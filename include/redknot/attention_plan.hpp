@@ -19,21 +19,11 @@
 #include <unordered_map>
 #include <vector>
 
+#include "redknot/core_types.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_table.hpp"
 
 namespace redknot {
-
-struct PlanSlot {
-  std::int32_t sink_offset = 0;  // arena offset of the sink region
-  std::int32_t sink_cap = 0;
-  std::int32_t sink_len = 0;
-  std::int32_t ring_offset = 0;  // arena offset of the ring region
-  std::int32_t ring_cap = 0;     // power of two (or 0)
-  std::int32_t ring_start = 0;   // index of the first live ring element, in [0, ring_cap)
-  std::int32_t ring_len = 0;
-  std::int32_t num_entries() const { return sink_len + ring_len; }
-};
 
 // One batch item: a sequence and the rows [q_begin, q_begin + q_len) of the flattened query tensor.
 struct PlanItem {
@@ -63,11 +53,7 @@ class AttentionPlan {
   // Arena spans [offset, offset + count) written by the last update (for incremental device uploads).
   std::span<const std::pair<std::int32_t, std::int32_t>> dirty_spans() const { return dirty_; }
 
-  const PageEntry& entry(const PlanSlot& s, std::int32_t i) const {
-    if (i < s.sink_len) return arena_[static_cast<std::size_t>(s.sink_offset + i)];
-    const std::int32_t r = (s.ring_start + (i - s.sink_len)) & (s.ring_cap - 1);
-    return arena_[static_cast<std::size_t>(s.ring_offset + r)];
-  }
+  const PageEntry& entry(const PlanSlot& s, std::int32_t i) const { return plan_entry(arena_.data(), s, i); }
 
   // Rebinds the plan to (layer, batch) and brings every slot up to date with the store. `seqs` are the
   // batch's sequences in order, `q_lens` their query counts and `q_positions` the flattened query positions.

@@ -126,34 +126,18 @@ inline void accumulate_block(const float* p, const float* v, int nk, int D, floa
   if (dc < D) accumulate_cols<8>(p, v, nk, D, dc, o);
 }
 
-// What the queries of a tile can see: positions <= pmax, in [0, sink_end) or >= win_lo.
-struct TileHull {
-  std::int64_t pmax = -1;
-  std::int64_t sink_end = 0;
-  std::int64_t win_lo = 0;
-};
-
-inline TileHull tile_hull(const HeadPolicy& pol, std::span<const std::int32_t> qpos) {
+// The visible hull of a tile's queries (visibility.hpp): what clip_entry() cuts each entry to.
+inline VisibleHull<std::int64_t> tile_hull(const HeadPolicy& pol, std::span<const std::int32_t> qpos) {
   std::int32_t pmin = std::numeric_limits<std::int32_t>::max(), pmax = -1;
   for (const std::int32_t p : qpos) pmin = std::min(pmin, p), pmax = std::max(pmax, p);
-  const VisibleRanges lo = visible_ranges(pol, pmin), hi = visible_ranges(pol, pmax);
-  return TileHull{pmax, std::max(lo.sink_end, hi.sink_end), lo.win_begin};
+  return visible_hull<std::int64_t>(pol, pmin, pmax);
 }
 
-// Positions [a, b) of an entry that some query of the tile may see; a >= b when none. Entries are position
-// ordered, so an entry starting after pmax ends the walk (returned as a > pmax).
-inline std::pair<std::int64_t, std::int64_t> clip_entry(const PageEntry& e, const HeadPolicy& pol,
-                                                        const TileHull& h) {
-  std::int64_t a = e.pos0,
-               b = std::min<std::int64_t>(static_cast<std::int64_t>(e.pos0) + e.count, h.pmax + 1);
-  if (a > h.pmax) return {a, a};
-  if (pol.is_local()) {
-    const bool touches_sink = a < h.sink_end;
-    const bool touches_win = b > h.win_lo;
-    if (!touches_sink && !touches_win) return {a, a};
-    if (!touches_sink) a = std::max<std::int64_t>(a, h.win_lo);
-    if (!touches_win) b = std::min<std::int64_t>(b, h.sink_end);
-  }
+// Positions [a, b) of an entry that some query of the tile may see; a >= b when none.
+inline std::pair<std::int64_t, std::int64_t> clip_to_hull(const PageEntry& e, const HeadPolicy& pol,
+                                                          const VisibleHull<std::int64_t>& h) {
+  std::int64_t a = 0, b = 0;
+  clip_entry(pol, e, h, a, b);
   return {a, b};
 }
 
@@ -203,7 +187,8 @@ void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std:
       for (int d = 0; d < D; ++d) dst[d] = load_f(src, d) * scale;
     }
   }
-  const TileHull hull = tile_hull(pol, std::span<const std::int32_t>(qpos.data(), qpos.size()));
+  const VisibleHull<std::int64_t> hull =
+      tile_hull(pol, std::span<const std::int32_t>(qpos.data(), qpos.size()));
 
   // Keys are gathered from successive page entries into blocks of kKeyBlock (pages are often smaller than a
   // block), converted to fp32 once and scored against all rows; kpos holds each gathered key's position.
@@ -267,7 +252,7 @@ void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std:
   for (std::int32_t ei = e_begin; ei < e_end; ++ei) {
     const PageEntry& e = plan.entry(slot, ei);
     if (e.pos0 > hull.pmax) break;  // position order: nothing further is visible to the tile
-    const auto [a, b] = clip_entry(e, pol, hull);
+    const auto [a, b] = clip_to_hull(e, pol, hull);
     if (a >= b) continue;
     const T* kpage = pool.k_ptr(e.page_id);
     const T* vpage = pool.v_ptr(e.page_id);
@@ -392,11 +377,11 @@ void cpu_attention(const KVHeadStore<T, A>& store, const AttentionPlan& plan, st
         const std::int32_t n_entries = slot.num_entries();
         std::int64_t total = 0;
         if (params.kv_chunk > 0) {
-          const detail::TileHull hull = detail::tile_hull(
+          const VisibleHull<std::int64_t> hull = detail::tile_hull(
               pol, plan.q_positions().subspan(static_cast<std::size_t>(q0), static_cast<std::size_t>(nq)));
           keys.assign(static_cast<std::size_t>(n_entries), 0);
           for (std::int32_t e = 0; e < n_entries; ++e) {
-            const auto [a, b] = detail::clip_entry(plan.entry(slot, e), pol, hull);
+            const auto [a, b] = detail::clip_to_hull(plan.entry(slot, e), pol, hull);
             keys[static_cast<std::size_t>(e)] = std::max<std::int64_t>(0, b - a);
             total += keys[static_cast<std::size_t>(e)];
           }

@@ -9,28 +9,15 @@
 #include <string_view>
 #include <vector>
 
+#include "redknot/core_types.hpp"
 #include "redknot/error.hpp"
 
 namespace redknot {
-
-// Codes match the reference implementation (local 0, global 1, retrieval 2, dense 3).
-enum class HeadClass : std::uint8_t { kLocal = 0, kGlobal = 1, kRetrieval = 2, kDense = 3 };
 
 std::string_view head_class_name(HeadClass c);
 // Accepts the canonical names and the published aliases (local_full, limited, streaming, sink_dominant ->
 // local).
 HeadClass parse_head_class(std::string_view s);
-
-// What one (layer, kv_head) keeps and sees. Only local heads use window and sink; every other class keeps and
-// sees the whole causal context (retrieval is stored like global; its top-p selection is a later feature).
-struct HeadPolicy {
-  HeadClass cls = HeadClass::kGlobal;
-  int window = -1;  // local: number of most recent positions visible, the query itself included (>= 1)
-  int sink = 0;     // local: positions [0, sink) stay visible forever
-
-  bool is_local() const { return cls == HeadClass::kLocal; }
-  friend bool operator==(const HeadPolicy&, const HeadPolicy&) = default;
-};
 
 class HeadMap {
  public:

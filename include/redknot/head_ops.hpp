@@ -38,7 +38,7 @@ inline const PageEntry* tail_entry(const HeadTable& t) {
 }
 
 inline PageEntry sink_part(PageEntry e, std::int64_t sink_end) {
-  e.count = static_cast<std::int32_t>(std::min<std::int64_t>(e.count, sink_end - e.pos0));
+  e.count = static_cast<std::int16_t>(std::min<std::int64_t>(e.count, sink_end - e.pos0));
   return e;
 }
 
@@ -105,8 +105,9 @@ void evict(HeadTable& t, Pool& pool, bool local, Retained r, PageCounter& pages)
       const PageEntry kept = sink_part(e, r.sink_end);
       PageEntry* last = t.sink.empty() ? nullptr : &t.sink.back();
       if (last && last->page_id == kept.page_id && last->end_slot() == kept.first &&
-          last->last_pos() + 1 == kept.pos0) {
-        last->count += kept.count;  // contiguous with the previous sink entry: merge (rare: tiny windows)
+          last->last_pos() + 1 == kept.pos0 && last->rope_delta() == kept.rope_delta()) {
+        last->count = static_cast<std::int16_t>(
+            last->count + kept.count);  // contiguous with the previous sink entry: merge (rare: tiny windows)
         ++t.layout_version;
       } else {
         t.sink.push_back(kept);
@@ -185,13 +186,16 @@ void reserve_rows(HeadTable& t, Pool& pool, int page_size, std::span<const std::
     std::size_t j = i + 1;
     while (j < n && slot + static_cast<std::int32_t>(j - i) < page_size && pos[j] == pos[j - 1] + 1) ++j;
     const auto run = static_cast<std::int32_t>(j - i);
-    // Only a body entry grows in place; sink entries are frozen, so a run after one starts a new entry.
-    const bool extends = !new_page && !t.body.empty() && t.body.back().last_pos() + 1 == pos[i];
+    // Only a body entry grows in place; sink entries are frozen, so a run after one starts a new entry. So
+    // does a run after keys rotated for other positions (a spliced chunk): appended keys are rotated for
+    // where they sit, and one entry has one rotation offset.
+    const bool extends = !new_page && !t.body.empty() && t.body.back().last_pos() + 1 == pos[i] &&
+                         t.body.back().rope_delta() == 0;
     if (extends) {
-      t.body.back().count += run;
+      t.body.back().count = static_cast<std::int16_t>(t.body.back().count + run);
       ++t.tail_version;
     } else {
-      t.body.push_back(PageEntry{page, slot, run, pos[i]});
+      t.body.push_back(make_entry(page, slot, run, pos[i]));
       ++t.body_pushed;
     }
     for (std::int32_t r = 0; r < run; ++r)

@@ -5,23 +5,9 @@
 #include <deque>
 #include <vector>
 
-#include "redknot/page_pool.hpp"
+#include "redknot/core_types.hpp"
 
 namespace redknot {
-
-// Slots [first, first + count) of page page_id hold the consecutive positions pos0, pos0 + 1, ...
-// Partial pages and position jumps (spliced chunks) are first-class: a page may hold several entries.
-struct PageEntry {
-  PageId page_id = -1;
-  std::int32_t first = 0;
-  std::int32_t count = 0;
-  std::int32_t pos0 = 0;
-
-  std::int32_t last_pos() const { return pos0 + count - 1; }
-  std::int32_t end_slot() const { return first + count; }
-  friend bool operator==(const PageEntry&, const PageEntry&) = default;
-};
-static_assert(sizeof(PageEntry) == 16, "PageEntry is shared with device kernels; keep it 16 bytes");
 
 // One head's entries, in position order: sink entries (frozen once the window has passed them) followed by
 // the body (appended at the back, evicted at the front for local heads). Entries on one page are always

@@ -12,12 +12,11 @@
 #include <vector>
 
 #include "redknot/allocator.hpp"
+#include "redknot/core_types.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
 
 namespace redknot {
-
-using PageId = std::int32_t;
 
 template <StorageType T, Allocator Alloc = HostAllocator>
 class PagePool {
@@ -25,7 +24,8 @@ class PagePool {
   PagePool(std::int32_t num_pages, int page_size, int head_dim, Alloc alloc = Alloc{})
       : num_pages_(num_pages), page_size_(page_size), head_dim_(head_dim), alloc_(std::move(alloc)) {
     require(num_pages > 0, "num_pages=", num_pages, " must be > 0");
-    require(page_size > 0 && page_size <= 4096, "page_size=", page_size, " must be in [1, 4096]");
+    require(page_size > 0 && page_size <= kMaxPageSize, "page_size=", page_size, " must be in [1, ",
+            kMaxPageSize, "]");
     require(head_dim > 0, "head_dim=", head_dim, " must be > 0");
     data_ = static_cast<T*>(alloc_.allocate(bytes()));
     refcount_.assign(static_cast<std::size_t>(num_pages), 0);

@@ -60,8 +60,8 @@ int main() {
   std::vector<PageId> pages;
   pool.alloc(2, pages);
   HeadTable table;
-  table.body.push_back(PageEntry{pages[0], 0, 16, 0});
-  table.body.push_back(PageEntry{pages[1], 0, 4, 16});
+  table.body.push_back(make_entry(pages[0], 0, 16, 0));
+  table.body.push_back(make_entry(pages[1], 0, 4, 16));
   check(table.size() == 2 && !table.empty() && table[1].pos0 == 16, "HeadTable");
   check(pool.used_pages() == 2 && pool.decref(pages[0]) && pool.free_pages() == 3, "PagePool");
 

@@ -36,6 +36,7 @@
 
 #include "redknot/c_api.h"
 #include "redknot/dtype.hpp"
+#include "redknot/visibility.hpp"
 
 namespace {
 
@@ -150,10 +151,11 @@ struct Policy {
   int sink = 0;
 };
 
+// The model applies the library's one visibility rule (the C ABI's head classes map onto HeadPolicy).
 bool visible(const Policy& p, std::int64_t q, std::int64_t k) {
-  if (k > q) return false;
-  if (p.cls != RK_HEAD_LOCAL) return true;
-  return k < p.sink || k > q - p.window;
+  const redknot::HeadPolicy hp{
+      p.cls == RK_HEAD_LOCAL ? redknot::HeadClass::kLocal : redknot::HeadClass::kGlobal, p.window, p.sink};
+  return redknot::is_visible(hp, q, k);
 }
 
 class Fuzzer {

@@ -434,21 +434,21 @@ void rope_case(const Params& p, RopeConfig cfg) {
   const auto h = histories();
   for (std::size_t s = 0; s < h.size(); ++s)
     for (const auto& chunk : h[s]) w.append(s, chunk);
-  std::vector<DevPageEntry> entries;
+  std::vector<PageEntry> entries;
   std::vector<std::int32_t> deltas;
   const std::int32_t delta_choices[] = {0, 1, -3, 977, -50000, 131072};
   for (SeqId s : w.seqs)
     for (int hh = 1; hh < kHk; ++hh) {
       const HeadTable& t = w.dev.table(s, kLayer, hh);
       for (std::size_t e = 0; e < t.size(); ++e) {
-        entries.push_back(DevPageEntry{t[e].page_id, t[e].first, t[e].count, t[e].pos0});
+        entries.push_back(t[e]);
         deltas.push_back(delta_choices[entries.size() % 6]);
       }
     }
   const auto& pool = w.host.pool();
   const std::size_t D = static_cast<std::size_t>(p.head_dim);
   const auto inv = rope_inv_freq(cfg);
-  DevBuf<DevPageEntry> e_dev(entries.size());
+  DevBuf<PageEntry> e_dev(entries.size());
   DevBuf<std::int32_t> d_dev(deltas.size());
   DevBuf<double> f_dev(inv.size());
   e_dev.upload(entries);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "redknot/error.hpp"
+#include "redknot/visibility.hpp"
 
 namespace redknot::decoder {
 
@@ -59,8 +60,11 @@ void AttentionProbe::on_qkv(int layer, std::span<const std::int32_t> positions, 
         x = std::exp(x - mx);
         total += x;
       }
+      // Mass the local policy hides: positions between its sink and its window.
+      const HeadPolicy local{HeadClass::kLocal, cfg_.window, cfg_.sink};
       double edge = 0;
-      for (std::int32_t j = cfg_.sink; j <= p - cfg_.window; ++j) edge += s[static_cast<std::size_t>(j)];
+      for (std::int32_t j = 0; j <= p; ++j)
+        if (!is_visible(local, p, j)) edge += s[static_cast<std::size_t>(j)];
       group_edge[static_cast<std::size_t>(kh)] =
           std::max(group_edge[static_cast<std::size_t>(kh)], edge / total);
       std::fill(o_full.begin(), o_full.end(), 0.0);
@@ -68,7 +72,7 @@ void AttentionProbe::on_qkv(int layer, std::span<const std::int32_t> positions, 
       double kept = 0;
       for (std::int32_t j = 0; j <= p; ++j) {
         const double pj = s[static_cast<std::size_t>(j)];
-        const bool visible = j < cfg_.sink || j > p - cfg_.window;
+        const bool visible = is_visible(local, p, j);
         const float* vr = Vs.data() + (static_cast<std::size_t>(j) * Hk + static_cast<std::size_t>(kh)) * D;
         for (int d = 0; d < D; ++d) o_full[static_cast<std::size_t>(d)] += pj * vr[d];
         if (!visible) continue;

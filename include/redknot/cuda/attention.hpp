@@ -60,11 +60,12 @@ class CudaAttention {
   void plan(int layer, std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
             std::span<const std::int32_t> q_positions, cudaStream_t stream) {
     const ModelShape& sh = store_.shape();
-    check_arg(layer >= 0 && layer < sh.num_layers, "CudaAttention::plan: layer out of range");
-    check_arg(static_cast<int>(seqs.size()) <= cfg_.max_batch,
-              "CudaAttention::plan: batch exceeds max_batch");
+    check_arg(layer >= 0 && layer < sh.num_layers, "CudaAttention::plan: layer=", layer, " out of range [0, ",
+              sh.num_layers, ")");
+    check_arg(static_cast<int>(seqs.size()) <= cfg_.max_batch, "CudaAttention::plan: batch of ", seqs.size(),
+              " exceeds max_batch ", cfg_.max_batch);
     check_arg(static_cast<std::int64_t>(q_positions.size()) <= cfg_.max_queries,
-              "CudaAttention::plan: queries exceed max_queries");
+              "CudaAttention::plan: ", q_positions.size(), " queries exceed max_queries ", cfg_.max_queries);
     Layer& L = layers_[static_cast<std::size_t>(layer)];
     if (!L.dplan) L.dplan = std::make_unique<DevicePlan>(cfg_.max_batch, sh.num_kv_heads, cfg_.max_queries);
     L.plan.update(store_, layer, seqs, q_lens, q_positions);

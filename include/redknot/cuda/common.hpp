@@ -1,22 +1,19 @@
-// Types shared by the CUDA kernels and their host entry points.
-//
-// This header is included by .cu files, which CMake 3.25 compiles as C++17, and by C++20 host code, so it
-// uses C++17 only and includes nothing of the C++20 core headers. The structs below are bit-for-bit mirrors
-// of the core types (PageEntry, PlanSlot, HeadPolicy's fields); device_plan.hpp static_asserts the layouts
-// match.
+// Error handling of the CUDA entry points, in the core's exception types (redknot/error.hpp) so that bindings
+// map them like every other error: bad arguments are InvalidArgument, a device out of memory is
+// PoolExhausted ("out of memory: ..."), a missing device or driver is Unavailable, and any other failed CUDA
+// call is a CudaError (a bug or a broken device, RK_ERR_INTERNAL in the C ABI).
 #pragma once
 
 #include <cuda_runtime_api.h>
 
-#include <cstdint>
 #include <stdexcept>
 #include <string>
 
 #include "redknot/cuda/types.hpp"
+#include "redknot/error.hpp"
 
 namespace redknot::cuda {
 
-// Error from a CUDA entry point: bad arguments (std::invalid_argument) or a failed CUDA call.
 class CudaError : public std::runtime_error {
  public:
   CudaError(cudaError_t code, const std::string& what)
@@ -27,12 +24,32 @@ class CudaError : public std::runtime_error {
   cudaError_t code_;
 };
 
-inline void check_cuda(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw CudaError(e, what);
+// Throws the core exception that matches a failed CUDA call; `what` names the call.
+[[noreturn]] inline void throw_cuda_error(cudaError_t e, const char* what) {
+  switch (e) {
+    case cudaErrorMemoryAllocation:
+      throw PoolExhausted(redknot::detail::concat("out of memory: ", what, " failed on the device (",
+                                                  cudaGetErrorString(e),
+                                                  "); free sequences or stores and retry"));
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorInvalidDevice:
+      throw Unavailable(
+          redknot::detail::concat(what, ": no usable CUDA device (", cudaGetErrorString(e), ")"));
+    default:
+      throw CudaError(e, what);
+  }
 }
 
-inline void check_arg(bool cond, const std::string& msg) {
-  if (!cond) throw std::invalid_argument(msg);
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) [[unlikely]]
+    throw_cuda_error(e, what);
+}
+
+// Argument checks of the CUDA entry points: InvalidArgument, message streamed only on failure.
+template <class... Args>
+inline void check_arg(bool cond, Args&&... msg) {
+  require<InvalidArgument>(cond, std::forward<Args>(msg)...);
 }
 
 }  // namespace redknot::cuda

@@ -9,7 +9,7 @@
 // Semantics are those of redknot::cpu_attention for q_len = 1: out[b, qh, :] attends over the visible keys of
 // kv head qh / g (canonical rule, visibility.hpp); a query that sees no key yields zeros and lse = -inf.
 //
-// Plain host functions (pointers, sizes, cudaStream_t); C++17; no kernels here.
+// Plain host functions (pointers, sizes, cudaStream_t); no kernels here.
 #pragma once
 
 #include <cstddef>
@@ -22,8 +22,8 @@ namespace redknot::cuda {
 
 struct DecodeParams {
   PagedKV kv;
-  KvType dtype = KvType::kBF16;  // of the pool, q and out
-  int batch = 0;                 // batch items; slot of (item, h) is kv.slots[item * num_kv_heads + h]
+  DType dtype = DType::kBF16;  // of the pool, q and out
+  int batch = 0;               // batch items; slot of (item, h) is kv.slots[item * num_kv_heads + h]
   int num_q_heads = 0;
   const void* q = nullptr;              // [batch, num_q_heads, head_dim]
   const std::int32_t* q_pos = nullptr;  // [batch] query positions (device)

@@ -18,18 +18,6 @@
 
 namespace redknot::cuda {
 
-static_assert(sizeof(DevPageEntry) == sizeof(PageEntry) && offsetof(PageEntry, page_id) == 0 &&
-                  offsetof(PageEntry, first) == 4 && offsetof(PageEntry, count) == 8 &&
-                  offsetof(PageEntry, pos0) == 12,
-              "DevPageEntry must mirror PageEntry field for field");
-static_assert(sizeof(DevSlot) == sizeof(PlanSlot) && offsetof(PlanSlot, sink_offset) == 0 &&
-                  offsetof(PlanSlot, sink_len) == 8 && offsetof(PlanSlot, ring_offset) == 12 &&
-                  offsetof(PlanSlot, ring_cap) == 16 && offsetof(PlanSlot, ring_start) == 20 &&
-                  offsetof(PlanSlot, ring_len) == 24,
-              "DevSlot must mirror PlanSlot field for field");
-
-inline DevPolicy to_device(const HeadPolicy& p) { return DevPolicy{p.is_local() ? 1 : 0, p.window, p.sink}; }
-
 class DevicePlan {
  public:
   struct SyncStats {
@@ -66,9 +54,9 @@ class DevicePlan {
   int batch_ = 0, total_q_ = 0;
   std::int64_t arena_cap_ = 0;
   std::int64_t synced_arena_size_ = -1;  // -1: nothing uploaded yet
-  DevPageEntry* arena_ = nullptr;
-  DevSlot* slots_ = nullptr;
-  DevPolicy* policies_ = nullptr;
+  PageEntry* arena_ = nullptr;
+  PlanSlot* slots_ = nullptr;
+  HeadPolicy* policies_ = nullptr;
   std::int32_t* q_pos_ = nullptr;
   std::int32_t* q_begin_ = nullptr;
   std::int32_t* q_len_ = nullptr;

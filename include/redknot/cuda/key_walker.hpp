@@ -1,14 +1,14 @@
 // KeyWalker: how the prefill kernel gathers a tile of keys from a head's page entries (one warp, one tile
 // ahead of the tensor-core loop). Shared with CPU tests: the warp collectives come from a Warp policy —
 // intrinsics in prefill.cu, a lock-step 32-thread simulation in tests/test_cuda_rules.cpp — so the very code
-// the kernel runs is checked on the CPU. C++17, no CUDA headers.
+// the kernel runs is checked on the CPU. No CUDA headers.
 //
 // Warp must provide: lane(), ballot(bool) -> unsigned, shfl_up(int, int) -> int, shfl(int, int) -> int.
 #pragma once
 
 #include <cstdint>
 
-#include "redknot/cuda/rules.hpp"
+#include "redknot/cuda/staging.hpp"
 
 namespace redknot::cuda {
 
@@ -22,10 +22,11 @@ REDKNOT_HD int first_set_bit(unsigned x) {
 }
 
 // Fills a table of up to kTile keys (pool row ids and positions) with the candidate keys of a head's entries
-// for queries in [pmin, pmax], in position order, resuming where the previous call stopped. Run by all 32
-// lanes of one warp; the cursor is warp-uniform: entry ce is next, and its keys at positions < rp were taken
-// by the previous tile. Lanes look at 32 entries at a time (clip each to the visible hull, warp prefix sum of
-// the key counts, scatter), so a tile costs a few warp steps even when most entries are invisible.
+// for the queries of `hull` (visibility.hpp), in position order, resuming where the previous call stopped.
+// Run by all 32 lanes of one warp; the cursor is warp-uniform: entry ce is next, and its keys at positions <
+// rp were taken by the previous tile. Lanes look at 32 entries at a time (clip each to the visible hull, warp
+// prefix sum of the key counts, scatter), so a tile costs a few warp steps even when most entries are
+// invisible.
 struct KeyWalker {
   int ce = 0;
   int rp = 0;
@@ -35,8 +36,8 @@ struct KeyWalker {
 #pragma nv_exec_check_disable
 #endif
   template <int kTile, class Warp>
-  REDKNOT_HD int fill(const Warp& w, const DevPageEntry* arena, const DevSlot& slot, const DevPolicy& pol,
-                      int pmin, int pmax, int ps, std::int32_t* rows, std::int32_t* kpos) {
+  REDKNOT_HD int fill(const Warp& w, const PageEntry* arena, const PlanSlot& slot, const HeadPolicy& pol,
+                      const VisibleHull<int>& hull, int ps, std::int32_t* rows, std::int32_t* kpos) {
     const int lane = w.lane();
     const int n_entries = slot.sink_len + slot.ring_len;
     int filled = 0;
@@ -45,13 +46,13 @@ struct KeyWalker {
       int n = 0, row = 0, pos = 0;
       bool beyond = false;
       if (idx < n_entries) {
-        const DevPageEntry e = slot_entry(arena, slot, idx);
-        beyond = e.pos0 > pmax;  // entries are position-ordered: nothing from here on is visible
+        const PageEntry e = plan_entry(arena, slot, idx);
+        beyond = e.pos0 > hull.pmax;  // entries are position-ordered: nothing from here on is visible
         if (!beyond) {
           int lo, hi;
-          clip_entry(pol, e, pmin, pmax, lo, hi);
-          if (lane == 0) lo = kmax(lo, rp);
-          n = kmax(0, hi - lo);
+          clip_entry(pol, e, hull, lo, hi);
+          if (lane == 0) lo = hd_max(lo, rp);
+          n = hd_max(0, hi - lo);
           row = e.page_id * 2 * ps + e.first + (lo - e.pos0);
           pos = lo;
         }

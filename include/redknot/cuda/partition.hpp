@@ -13,13 +13,15 @@
 // Cost is counted in page entries, not tokens: an entry holds at most page_size keys, so chunks are balanced
 // to within one page, and the count is known from the slot header without reading the entries.
 //
-// C++17, header-only, no CUDA: unit-tested on the CPU (tests/test_cuda_partition.cpp).
+// Header-only, no CUDA: unit-tested on the CPU (tests/test_cuda_partition.cpp).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <vector>
+
+#include "redknot/error.hpp"
 
 namespace redknot::cuda {
 
@@ -63,12 +65,17 @@ inline std::int32_t decode_unit_chunks(std::int32_t entries, std::int32_t chunk_
 // Host reference of the device plan. entries[u] is the number of page entries of unit u.
 inline DecodePartition make_decode_partition(const std::vector<std::int32_t>& entries,
                                              const DecodePartitionConfig& cfg) {
-  if (cfg.target_chunks < 1) throw std::invalid_argument("make_decode_partition: target_chunks must be >= 1");
+  if (cfg.target_chunks < 1)
+    throw InvalidArgument(
+        redknot::detail::concat("make_decode_partition: target_chunks=", cfg.target_chunks, " must be >= 1"));
   if (cfg.min_chunk_entries < 1)
-    throw std::invalid_argument("make_decode_partition: min_chunk_entries must be >= 1");
+    throw InvalidArgument(redknot::detail::concat(
+        "make_decode_partition: min_chunk_entries=", cfg.min_chunk_entries, " must be >= 1"));
   std::int64_t total = 0;
   for (std::int32_t e : entries) {
-    if (e < 0) throw std::invalid_argument("make_decode_partition: negative entry count");
+    if (e < 0)
+      throw InvalidArgument(
+          redknot::detail::concat("make_decode_partition: entries holds a negative count ", e));
     total += e;
   }
   DecodePartition p;

@@ -9,7 +9,7 @@
 // in the pages.
 //
 // Semantics are those of redknot::cpu_attention: out [total_q, Hq, D], optional natural-log lse [total_q,
-// Hq]; a row that sees no key yields zeros and lse = -inf. Plain host functions; C++17; no kernels here.
+// Hq]; a row that sees no key yields zeros and lse = -inf. Plain host functions; no kernels here.
 #pragma once
 
 #include <algorithm>
@@ -33,7 +33,7 @@ static_assert(sizeof(PrefillTile) == 16, "PrefillTile is read by device code as 
 
 struct PrefillParams {
   PagedKV kv;
-  KvType dtype = KvType::kBF16;
+  DType dtype = DType::kBF16;
   int num_q_heads = 0;
   const void* q = nullptr;                // [total_q, num_q_heads, head_dim]
   const std::int32_t* q_pos = nullptr;    // [total_q]

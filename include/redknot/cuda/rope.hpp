@@ -11,7 +11,7 @@ namespace redknot::cuda {
 // Rotates the K rows of `num_entries` page entries in place: entry e's slots [first, first + count) of page
 // page_id by deltas[e]. pool is [num_pages][2][page_size][head_dim]; inv_freq (rot / 2 doubles), entries and
 // deltas are device pointers. V is never touched (RoPE applies to keys only).
-void rope_relocate(void* pool, KvType dtype, int page_size, const DevPageEntry* entries,
+void rope_relocate(void* pool, DType dtype, int page_size, const PageEntry* entries,
                    const std::int32_t* deltas, int num_entries, const RopeConfig& cfg, const double* inv_freq,
                    cudaStream_t stream);
 

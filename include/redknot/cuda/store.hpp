@@ -38,14 +38,15 @@ struct CudaPagedAllocator {
     if (cudaGetDeviceCount(&n) != cudaSuccess || device >= n) {
       cudaGetLastError();
       throw Unavailable(
-          detail::concat("CudaPagedAllocator: device ", device, " not present (", n, " visible)"));
+          redknot::detail::concat("CudaPagedAllocator: device ", device, " not present (", n, " visible)"));
     }
     check_cuda(cudaSetDevice(device), "cudaSetDevice");
     void* p = nullptr;
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e == cudaErrorMemoryAllocation) {
       cudaGetLastError();
-      throw PoolExhausted(detail::concat("cudaMalloc of ", bytes, " bytes failed: out of device memory"));
+      throw PoolExhausted(
+          redknot::detail::concat("cudaMalloc of ", bytes, " bytes failed: out of device memory"));
     }
     check_cuda(e, "cudaMalloc(page pool)");
     return p;
@@ -60,9 +61,9 @@ template <StorageType T>
 using CudaKVHeadStore = KVHeadStore<T, CudaPagedAllocator>;
 
 template <StorageType T>
-constexpr KvType kv_type_of() {
+constexpr DType kv_type_of() {
   static_assert(!std::is_same_v<T, float>, "the CUDA kernels store fp16 or bf16");
-  return std::is_same_v<T, Half> ? KvType::kF16 : KvType::kBF16;
+  return dtype_of<T>();
 }
 
 // The append kernel's row index of every (token, kv_head) of a plan: page * 2 * page_size + slot (the pool's
