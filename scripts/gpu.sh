@@ -34,6 +34,9 @@ prepare() {
   rm -rf "$ROOT/build-gpu-deps"
   mkdir -p "$DEPS"
   cp -r "$src" "$DEPS/"
+  # xxhash.h (chunk keys, src/chunk_key.cpp) is used header-only (XXH_INLINE_ALL).
+  [[ -f /usr/include/xxhash.h ]] || { echo "gpu.sh --prepare: xxhash.h not found (apt-get install libxxhash-dev)" >&2; exit 1; }
+  cp /usr/include/xxhash.h "$DEPS/"
   echo "build-gpu-deps/ ready ($(du -sh "$ROOT/build-gpu-deps" | cut -f1)); carry it: carry=[\"build-gpu-deps\"]"
 }
 

@@ -24,7 +24,7 @@ fi
 # clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); llvm-14: llvm-symbolizer for sanitizer
 # stack traces. GCC's own libasan/libubsan (the --sanitize build) come with g++.
 APT_PACKAGES=(cmake g++ ninja-build ccache nlohmann-json3-dev pybind11-dev
-              libbenchmark-dev libopenblas-dev zlib1g-dev clang libclang-rt-14-dev llvm-14)
+              libbenchmark-dev libopenblas-dev zlib1g-dev libxxhash-dev clang libclang-rt-14-dev llvm-14)
 CATCH2_PACKAGES=(catch2 libcatch2-dev)   # on bookworm-backports catch2 3.x pulls libcatch2-dev
 
 codename=""

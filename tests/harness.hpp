@@ -34,29 +34,34 @@ inline std::vector<std::int32_t> iota_positions(std::int32_t p0, std::int32_t n)
   return p;
 }
 
-// Every page referenced by any head table of any sequence, with the number of tables referencing it, must
-// equal the pool's refcounts, and the pool's used count must equal the number of distinct pages.
+// Every page reference held by any head table of any sequence or registered chunk (one per run of entries on
+// a page) must add up to the pool's refcounts, and the pool's used count must equal the number of pages
+// referenced.
 template <class Store>
 void check_accounting(const Store& store) {
   std::map<PageId, std::int32_t> refs;
   const auto& sh = store.shape();
+  const auto check_table = [&](const HeadTable& t) {
+    for (std::size_t i = 0; i < t.size(); ++i) {
+      const PageEntry& e = t[i];
+      REQUIRE(e.count > 0);
+      REQUIRE(e.first >= 0);
+      REQUIRE(e.end_slot() <= store.page_size());
+      if (i > 0) REQUIRE(t[i - 1].last_pos() < e.pos0);  // position order
+    }
+    std::int64_t runs = 0;
+    t.for_each_page_ref([&](PageId p) {
+      ++refs[p];
+      ++runs;
+    });
+    REQUIRE(runs == t.num_pages());
+  };
   for (SeqId id : store.sequences())
     for (int l = 0; l < sh.num_layers; ++l)
-      for (int h = 0; h < sh.num_kv_heads; ++h) {
-        const HeadTable& t = store.table(id, l, h);
-        std::set<PageId> distinct;
-        for (std::size_t i = 0; i < t.size(); ++i) {
-          const PageEntry& e = t[i];
-          REQUIRE(e.count > 0);
-          REQUIRE(e.first >= 0);
-          REQUIRE(e.end_slot() <= store.page_size());
-          if (i > 0) REQUIRE(t[i - 1].last_pos() < e.pos0);  // position order
-          distinct.insert(e.page_id);
-        }
-        // Entries on one page are adjacent, so distinct pages == page switches.
-        REQUIRE(static_cast<std::int64_t>(distinct.size()) == t.num_pages());
-        for (PageId p : distinct) ++refs[p];
-      }
+      for (int h = 0; h < sh.num_kv_heads; ++h) check_table(store.table(id, l, h));
+  for (const ChunkKey& k : store.chunk_keys())
+    for (int l = 0; l < sh.num_layers; ++l)
+      for (int h = 0; h < sh.num_kv_heads; ++h) check_table(store.chunk_table(k, l, h));
   REQUIRE(static_cast<std::int32_t>(refs.size()) == store.pool().used_pages());
   for (const auto& [p, n] : refs) REQUIRE(store.pool().refcount(p) == n);
   const StoreStats st = store.stats();
@@ -72,6 +77,7 @@ struct Snapshot {
   std::vector<std::int32_t> refcounts;
   std::int32_t used = 0;
   StoreStats stats;
+  std::vector<ChunkKey> chunks;
 
   explicit Snapshot(const Store& s) {
     const auto& sh = s.shape();
@@ -89,11 +95,13 @@ struct Snapshot {
     for (PageId p = 0; p < s.pool().num_pages(); ++p) refcounts.push_back(s.pool().refcount(p));
     used = s.pool().used_pages();
     stats = s.stats();
+    chunks = s.chunk_keys();
   }
   bool operator==(const Snapshot& o) const {
     return seqs == o.seqs && tables == o.tables && next_pos == o.next_pos && refcounts == o.refcounts &&
            used == o.used && stats.pages_global == o.stats.pages_global &&
-           stats.pages_local == o.stats.pages_local && stats.num_sequences == o.stats.num_sequences;
+           stats.pages_local == o.stats.pages_local && stats.num_sequences == o.stats.num_sequences &&
+           chunks == o.chunks;
   }
 };
 

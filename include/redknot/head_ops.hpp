@@ -205,16 +205,19 @@ void reserve_rows(HeadTable& t, Pool& pool, int page_size, std::span<const std::
   }
 }
 
-// Takes references to existing pages: `entries` (in position order, all beyond the table's last position,
-// well-formed for the pool) join the back of the body as they are, sharing their pages with whoever else
-// holds them. A page already referenced by the table's tail entry is not referenced twice.
+// Takes references to existing pages: `entries` (in position order, all beyond the table's last position once
+// shifted, well-formed for the pool) join the back of the body at positions pos0 + shift, sharing their pages
+// with whoever else holds them. rope_pos0 is kept: the keys stay rotated for where they were computed. The
+// table holds one reference per run of entries on one page, as for appended entries (a page that comes back
+// later, e.g. one chunk spliced twice, is referenced once per run).
 template <class Pool>
-void adopt(HeadTable& t, Pool& pool, std::span<const PageEntry> entries) {
+void adopt(HeadTable& t, Pool& pool, std::span<const PageEntry> entries, std::int32_t shift = 0) {
   const PageEntry* tail = tail_entry(t);
   PageId prev = tail ? tail->page_id : -1;
-  for (const PageEntry& e : entries) {
+  for (PageEntry e : entries) {
     if (e.page_id != prev) pool.incref(e.page_id);
     prev = e.page_id;
+    e.pos0 += shift;
     t.body.push_back(e);
     ++t.body_pushed;
   }

@@ -10,8 +10,9 @@
 namespace redknot {
 
 // One head's entries, in position order: sink entries (frozen once the window has passed them) followed by
-// the body (appended at the back, evicted at the front for local heads). Entries on one page are always
-// adjacent in sink ++ body; the table holds one pool reference per distinct page.
+// the body (appended at the back, evicted at the front for local heads). The table holds one pool reference
+// per run of adjacent entries on one page. Appends keep a page's entries adjacent; only adopted pages can
+// come back later in the table (one chunk spliced twice), and each run then holds its own reference.
 //
 // The counters let an AttentionPlan mirror the table incrementally: what changed since it last looked is
 // (sink_pushed, body_popped, body_pushed, tail_version) deltas, or a full refresh when layout_version moved.
@@ -38,7 +39,8 @@ struct HeadTable {
     for (const auto& e : body) n += e.count;
     return n;
   }
-  // Number of distinct pages referenced.
+  // Number of page references the table holds (runs of adjacent entries on one page; distinct pages unless
+  // a spliced chunk's pages come back).
   std::int64_t num_pages() const {
     std::int64_t n = 0;
     PageId prev = -1;
@@ -49,8 +51,9 @@ struct HeadTable {
     }
     return n;
   }
+  // Calls f(page) once per page reference the table holds.
   template <class F>
-  void for_each_distinct_page(F&& f) const {
+  void for_each_page_ref(F&& f) const {
     PageId prev = -1;
     for (std::size_t i = 0; i < size(); ++i) {
       const PageId p = (*this)[i].page_id;

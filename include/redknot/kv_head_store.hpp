@@ -21,12 +21,14 @@
 #include <atomic>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <vector>
 
 #include "redknot/allocator.hpp"
 #include "redknot/append_plan.hpp"
+#include "redknot/chunk_key.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
@@ -56,6 +58,18 @@ struct StoreStats {
   std::int64_t bytes_in_use = 0;
   std::int64_t bytes_global = 0;
   std::int64_t bytes_local = 0;
+};
+
+// The registry of precomputed chunks (position-independent reuse). Counters are totals since the store was
+// created; pages_held counts page references held by registered chunks (shared pages count once per chunk).
+struct ChunkStats {
+  std::int64_t chunks = 0;
+  std::int64_t chunks_in_use = 0;  // spliced into at least one live sequence: never evicted
+  std::int64_t pages_held = 0;
+  std::int64_t hits = 0;    // lookups and splices that found their key
+  std::int64_t misses = 0;  // lookups that did not
+  std::int64_t splices = 0;
+  std::int64_t evictions = 0;  // chunks dropped to make room (least recently used first)
 };
 
 // Pages and tokens one sequence references (pages shared with a fork are counted in each sequence).
@@ -125,7 +139,8 @@ class KVHeadStore {
     Sequence& s = seq(id, "free_sequence");
     for (int l = 0; l < shape_.num_layers; ++l)
       for (int h = 0; h < shape_.num_kv_heads; ++h)
-        s.table(l, h, shape_).for_each_distinct_page([&](PageId p) { release_page(p, l, h); });
+        s.table(l, h, shape_).for_each_page_ref([&](PageId p) { release_page(p, l, h); });
+    for (const ChunkKey& k : s.chunks_used) --chunks_.at(k).users;
     seqs_.erase(id);
     num_sequences_.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -136,9 +151,10 @@ class KVHeadStore {
     const Sequence& p = seq(parent, "fork");
     Sequence child = p;
     for (auto& t : child.tables) {
-      t.for_each_distinct_page([&](PageId pg) { pool_.incref(pg); });
+      t.for_each_page_ref([&](PageId pg) { pool_.incref(pg); });
       reset_counters(t);
     }
+    for (const ChunkKey& k : child.chunks_used) ++chunks_.at(k).users;
     const SeqId id = next_id_++;
     seqs_.emplace(id, std::move(child));
     num_sequences_.fetch_add(1, std::memory_order_relaxed);
@@ -246,6 +262,137 @@ class KVHeadStore {
       for (int h = 0; h < shape_.num_kv_heads; ++h) evict_head(s.table(l, h, shape_), l, h, next_query_pos);
   }
 
+  // ---- chunks (position-independent reuse)
+  // ---------------------------------------------------------------------
+
+  // The key of a chunk of `tokens` computed by the model `model_id` for this store's shape, dtype and head
+  // map.
+  ChunkKey chunk_key(std::string_view model_id, std::span<const std::int32_t> tokens) const {
+    return make_chunk_key(model_id, shape_, map_, tokens);
+  }
+
+  // Turns sequence `seq` into the precomputed chunk `key`: the engine appended the chunk's K/V computed alone
+  // at positions 0..n-1 (every layer, each layer in one append so no head dropped a key). The sequence leaves
+  // the sequence registry (its id is no longer live) and its pages are held by the chunk until dropped.
+  void register_chunk(const ChunkKey& key, SeqId seq_id) {
+    Sequence& s = seq(seq_id, "register_chunk");
+    require(!chunks_.count(key), "register_chunk: chunk ", to_hex(key), " is already registered");
+    const std::int32_t n = chunk_length(s, seq_id);
+    ChunkRecord rec{std::move(s), n, 0, ++chunk_clock_};
+    seqs_.erase(seq_id);
+    num_sequences_.fetch_sub(1, std::memory_order_relaxed);
+    chunks_.emplace(key, std::move(rec));
+  }
+
+  bool has_chunk(const ChunkKey& key) const { return chunks_.count(key) != 0; }
+
+  // Tokens of a registered chunk, counting the lookup as a hit or a miss (nullopt).
+  std::optional<std::int32_t> lookup_chunk(const ChunkKey& key) {
+    auto it = chunks_.find(key);
+    if (it == chunks_.end()) {
+      ++chunk_stats_.misses;
+      return std::nullopt;
+    }
+    ++chunk_stats_.hits;
+    it->second.last_used = ++chunk_clock_;
+    return it->second.n;
+  }
+
+  // Makes chunk `key` part of sequence `dst` at positions [at, at + n) without copying K/V: every head of
+  // every layer adopts the chunk's entries shifted by `at`, sharing its pages; the keys stay rotated for the
+  // positions they were computed at (rope_pos0), which the kernels account for. Afterwards next_position is
+  // at + n on every layer and query_floor is `first_query` (default at + n: no query inside the chunk runs;
+  // pass the first position whose query will run, e.g. the first recomputed token). Local heads keep only
+  // what queries at or after first_query can see, as retention does for appended keys. `at` must be at or
+  // beyond next_position(dst, l) on every layer. Needs no free page.
+  void splice(SeqId dst, const ChunkKey& key, std::int32_t at, std::int32_t first_query = -1) {
+    Sequence& d = seq(dst, "splice");
+    auto it = chunks_.find(key);
+    require<NotFound>(it != chunks_.end(), "splice: chunk ", to_hex(key), " is not registered");
+    ChunkRecord& c = it->second;
+    const std::int64_t end = static_cast<std::int64_t>(at) + c.n;
+    require(at >= 0 && end <= std::numeric_limits<std::int32_t>::max(), "splice: at=", at,
+            " with a chunk of ", c.n, " tokens ends beyond the largest position ",
+            std::numeric_limits<std::int32_t>::max() - 1);
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      const std::int32_t next = d.next_pos[static_cast<std::size_t>(l)];
+      require(at >= next, "splice: at=", at, " overlaps sequence ", dst, " layer ", l,
+              ", which holds positions up to ", next - 1, " (at must be >= ", next, ")");
+    }
+    if (first_query < 0) first_query = static_cast<std::int32_t>(end);
+    require(first_query >= at && first_query <= end, "splice: first_query=", first_query,
+            " must be in [at, at + n] = [", at, ", ", end, "]");
+    for (int l = 0; l < shape_.num_layers; ++l)
+      for (int h = 0; h < shape_.num_kv_heads; ++h) {
+        const HeadTable& src = c.seq.table(l, h, shape_);
+        scratch_entries_.clear();
+        for (std::size_t i = 0; i < src.size(); ++i) scratch_entries_.push_back(src[i]);
+        HeadTable& t = d.table(l, h, shape_);
+        head_ops::adopt(t, pool_, std::span<const PageEntry>(scratch_entries_), at);
+        evict_head(t, l, h, first_query);
+      }
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      d.next_pos[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(end);
+      d.query_floor[static_cast<std::size_t>(l)] = first_query;
+    }
+    d.chunks_used.push_back(key);
+    ++c.users;
+    c.last_used = ++chunk_clock_;
+    ++chunk_stats_.hits;
+    ++chunk_stats_.splices;
+  }
+
+  // Drops the registry's references to a chunk that no live sequence uses (false if the key is unknown).
+  // A chunk in use cannot be dropped (InvalidArgument): its pages are shared with the sequences using it.
+  bool drop_chunk(const ChunkKey& key) {
+    auto it = chunks_.find(key);
+    if (it == chunks_.end()) return false;
+    require(it->second.users == 0, "drop_chunk: chunk ", to_hex(key), " is spliced into ", it->second.users,
+            " live sequence(s)");
+    release_chunk(it);
+    return true;
+  }
+
+  // Drops unused chunks, least recently used first, until `pages` pages are free or none is left to drop.
+  // Returns the number of pages that became free.
+  std::int64_t evict_chunks(std::int64_t pages) {
+    const std::int64_t free0 = pool_.free_pages();
+    while (pool_.free_pages() < pages) {
+      auto victim = chunks_.end();
+      for (auto it = chunks_.begin(); it != chunks_.end(); ++it)
+        if (it->second.users == 0 &&
+            (victim == chunks_.end() || it->second.last_used < victim->second.last_used))
+          victim = it;
+      if (victim == chunks_.end()) break;
+      release_chunk(victim);
+      ++chunk_stats_.evictions;
+    }
+    return pool_.free_pages() - free0;
+  }
+
+  ChunkStats chunk_stats() const {
+    ChunkStats st = chunk_stats_;
+    st.chunks = static_cast<std::int64_t>(chunks_.size());
+    for (const auto& [k, c] : chunks_) {
+      st.chunks_in_use += c.users > 0 ? 1 : 0;
+      for (const HeadTable& t : c.seq.tables) st.pages_held += t.num_pages();
+    }
+    return st;
+  }
+
+  std::vector<ChunkKey> chunk_keys() const {
+    std::vector<ChunkKey> keys;
+    for (const auto& [k, c] : chunks_) keys.push_back(k);
+    std::sort(keys.begin(), keys.end());
+    return keys;
+  }
+  std::int32_t chunk_tokens(const ChunkKey& key) const { return chunk(key).n; }
+  const HeadTable& chunk_table(const ChunkKey& key, int layer, int kv_head) const {
+    check_layer(layer);
+    check_head(kv_head);
+    return chunk(key).seq.table(layer, kv_head, shape_);
+  }
+
   // ---- accounting
   // ------------------------------------------------------------------------------------------
 
@@ -314,7 +461,59 @@ class KVHeadStore {
     std::vector<HeadTable> tables;          // [layer][kv_head]
     std::vector<std::int32_t> next_pos;     // [layer]: last appended position + 1
     std::vector<std::int32_t> query_floor;  // [layer]: queries below this were declared done (may be evicted)
+    std::vector<ChunkKey> chunks_used;      // chunks spliced in (once per splice)
   };
+
+  struct ChunkRecord {
+    Sequence seq;  // the chunk's tables: positions 0..n-1 on every head
+    std::int32_t n = 0;
+    std::int64_t users = 0;  // live sequences it is spliced into (counted once per splice)
+    std::uint64_t last_used = 0;
+  };
+
+  const ChunkRecord& chunk(const ChunkKey& key) const {
+    auto it = chunks_.find(key);
+    require<NotFound>(it != chunks_.end(), "chunk ", to_hex(key), " is not registered");
+    return it->second;
+  }
+
+  // A chunk holds every position 0..n-1 on every head of every layer, and was never queried (so nothing of
+  // it could have been evicted).
+  std::int32_t chunk_length(const Sequence& s, SeqId id) const {
+    const std::int32_t n = s.next_pos[0];
+    require(n > 0, "register_chunk: sequence ", id, " holds no tokens");
+    require(s.chunks_used.empty(), "register_chunk: sequence ", id, " has chunks spliced into it");
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      require(s.next_pos[static_cast<std::size_t>(l)] == n, "register_chunk: sequence ", id, " layer ", l,
+              " holds positions up to ", s.next_pos[static_cast<std::size_t>(l)] - 1, ", layer 0 up to ",
+              n - 1, " (a chunk has the same tokens on every layer)");
+      for (int h = 0; h < shape_.num_kv_heads; ++h) {
+        const HeadTable& t = s.table(l, h, shape_);
+        require(!t.empty() && t[0].pos0 == 0 && t.num_tokens() == n, "register_chunk: sequence ", id,
+                " layer ", l, " kv_head ", h, " does not hold every position [0, ", n,
+                ") (append a chunk alone from position 0, each layer in one call, so no key is evicted)");
+      }
+    }
+    return n;
+  }
+
+  // Pages that dropping every unused chunk would free (pages referenced once, by the chunk alone).
+  std::int64_t unused_chunk_pages() const {
+    std::int64_t n = 0;
+    for (const auto& [k, c] : chunks_)
+      if (c.users == 0)
+        for (const HeadTable& t : c.seq.tables)
+          t.for_each_page_ref([&](PageId p) { n += pool_.refcount(p) == 1; });
+    return n;
+  }
+
+  template <class It>
+  void release_chunk(It it) {
+    for (int l = 0; l < shape_.num_layers; ++l)
+      for (int h = 0; h < shape_.num_kv_heads; ++h)
+        it->second.seq.table(l, h, shape_).for_each_page_ref([&](PageId p) { release_page(p, l, h); });
+    chunks_.erase(it);
+  }
 
   static std::uint64_t next_uid() {
     static std::atomic<std::uint64_t> counter{0};
@@ -445,6 +644,10 @@ class KVHeadStore {
         need += head_ops::pages_needed(ev, pool_, cfg_.page_size, n);
       }
     }
+    // Registered chunks nobody uses give their pages back before the pool counts as full, but only when that
+    // makes the call fit: a call that fails changes nothing, the chunk registry included.
+    if (need > pool_.free_pages() + reclaim && need <= pool_.free_pages() + reclaim + unused_chunk_pages())
+      evict_chunks(need - reclaim);
     require<PoolExhausted>(need <= pool_.free_pages() + reclaim, op, "(layer=", layer, ", sequences=", B,
                            ", n_tokens=", positions.size(), "): needs ", need, " pages, pool has ",
                            pool_.free_pages(), " free (+", reclaim, " this append would evict) of ",
@@ -490,6 +693,10 @@ class KVHeadStore {
   AppendPlan scratch_plan_;
   std::vector<Sequence*> scratch_items_;
   std::vector<SeqId> scratch_ids_;
+  std::vector<PageEntry> scratch_entries_;
+  std::unordered_map<ChunkKey, ChunkRecord, ChunkKeyHash> chunks_;
+  std::uint64_t chunk_clock_ = 0;
+  ChunkStats chunk_stats_;
   std::atomic<std::int64_t> num_sequences_{0};
   std::atomic<std::int64_t> pages_global_{0};
   std::atomic<std::int64_t> pages_local_{0};

@@ -3,6 +3,7 @@
 
 #include "redknot/allocator.hpp"
 #include "redknot/attention_plan.hpp"
+#include "redknot/chunk_key.hpp"
 #include "redknot/cpu_attention.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
