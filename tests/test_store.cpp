@@ -263,11 +263,7 @@ TEST_CASE("retention keeps exactly what later queries can see", "[policies][rete
 }
 
 TEST_CASE("default policies", "[policies]") {
-  const HeadPolicy local{HeadClass::kLocal, 8, 4}, global{HeadClass::kGlobal, -1, 4};
-  const HeadClassRecomputeSelector sel;
-  REQUIRE(sel.select(0, 0, local) == ReuseAction::kRelocate);
-  REQUIRE(sel.select(0, 0, global) == ReuseAction::kRecompute);
-  REQUIRE(sel.select(0, 0, HeadPolicy{HeadClass::kDense, -1, 0}) == ReuseAction::kRecompute);
+  const HeadPolicy local{HeadClass::kLocal, 8, 4};
   const AllHotPlacement hot;
   REQUIRE(hot.place(local, HeadTable{}, 0) == Tier::kDevice);
 }

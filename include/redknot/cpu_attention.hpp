@@ -18,6 +18,7 @@
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/visibility.hpp"
 
 #if defined(_OPENMP)
@@ -163,8 +164,9 @@ void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std:
   const int rows_padded = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-  // Per-thread scratch: queries, accumulators, scores and one converted K (transposed) / V block.
-  thread_local std::vector<float> qf, acc, kb, kt, vb, sc, m, l;
+  // Per-thread scratch: queries (as given and counter-rotated), accumulators, scores and one converted K
+  // (transposed) / V block.
+  thread_local std::vector<float> qf, qr, acc, kb, kt, vb, sc, m, l;
   thread_local std::vector<std::int32_t> qpos;
   qf.assign(static_cast<std::size_t>(rows_padded) * D, 0.f);
   acc.assign(static_cast<std::size_t>(rows_padded) * D, 0.f);
@@ -189,6 +191,23 @@ void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std:
   }
   const VisibleHull<std::int64_t> hull =
       tile_hull(pol, std::span<const std::int32_t>(qpos.data(), qpos.size()));
+  // Keys of a spliced chunk are stored rotated for rope_pos0.. while they sit at pos0..: a query at p scores
+  // them as q_p . R(delta) k = (R(-delta) q_p) . k, so the tile's queries are counter-rotated once per run of
+  // entries with one delta (never the keys: no key is rotated or rounded twice).
+  std::int32_t cur_delta = 0;
+  const float* qcur = qf.data();
+  const auto counter_rotate = [&](std::int32_t delta) -> const float* {
+    if (delta == 0) return qf.data();
+    const RopeConfig& rc = *store.rope();
+    const auto inv = store.rope_inv_freq();
+    thread_local std::vector<RopeCosSin> cs;
+    cs.resize(inv.size());
+    for (std::size_t i = 0; i < inv.size(); ++i)
+      cs[i] = rope_cos_sin(-static_cast<std::int64_t>(delta), inv[i]);
+    qr.assign(qf.begin(), qf.end());
+    for (int r = 0; r < rows; ++r) rope_rotate(rc, cs.data(), &qr[static_cast<std::size_t>(r) * D]);
+    return qr.data();
+  };
 
   // Keys are gathered from successive page entries into blocks of kKeyBlock (pages are often smaller than a
   // block), converted to fp32 once and scored against all rows; kpos holds each gathered key's position.
@@ -205,10 +224,10 @@ void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std:
           kt[static_cast<std::size_t>(d) * kKeyBlock + j] =
               j < nk ? kb[static_cast<std::size_t>(j) * D + d] : 0.f;
       for (int r0 = 0; r0 < rows_padded; r0 += kRowBlock)
-        score_block(&qf[static_cast<std::size_t>(r0) * D], kt.data(), D,
+        score_block(qcur + static_cast<std::size_t>(r0) * D, kt.data(), D,
                     &sc[static_cast<std::size_t>(r0) * kKeyBlock]);
     } else {
-      score_rows(qf.data(), rows, kb.data(), nk, D, sc.data());
+      score_rows(qcur, rows, kb.data(), nk, D, sc.data());
     }
     // Online softmax per row over the keys it sees (canonical rule); hidden keys get probability 0.
     for (int r = 0; r < rows; ++r) {
@@ -254,6 +273,11 @@ void attend_tile(const KVHeadStore<T, A>& store, const AttentionPlan& plan, std:
     if (e.pos0 > hull.pmax) break;  // position order: nothing further is visible to the tile
     const auto [a, b] = clip_to_hull(e, pol, hull);
     if (a >= b) continue;
+    if (e.rope_delta() != cur_delta) {  // keys rotated for other positions: score them with other queries
+      flush();
+      cur_delta = e.rope_delta();
+      qcur = counter_rotate(cur_delta);
+    }
     const T* kpage = pool.k_ptr(e.page_id);
     const T* vpage = pool.v_ptr(e.page_id);
     for (std::int64_t pos = a; pos < b; ++pos) {

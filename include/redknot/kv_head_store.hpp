@@ -37,6 +37,7 @@
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
 #include "redknot/pool_sizing.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/visibility.hpp"
 
 namespace redknot {
@@ -91,10 +92,23 @@ class KVHeadStore {
   using allocator_type = Alloc;
 
   KVHeadStore(const ModelShape& shape, HeadMap map, StoreConfig cfg, Alloc alloc = Alloc{})
+      : KVHeadStore(shape, std::move(map), cfg, std::nullopt, std::move(alloc)) {}
+
+  // `rope` is the model's RoPE as the engine applied it to K and Q: needed to splice a chunk at other
+  // positions than it was computed at (kernels counter-rotate queries for such keys) and to relocate or
+  // overwrite keys.
+  KVHeadStore(const ModelShape& shape, HeadMap map, StoreConfig cfg, std::optional<RopeConfig> rope,
+              Alloc alloc = Alloc{})
       : shape_(checked_shape(shape)),
         map_(checked_map(std::move(map), shape)),
         cfg_(cfg),
+        rope_(std::move(rope)),
         pool_(cfg.num_pages, cfg.page_size, shape.head_dim, std::move(alloc)) {
+    if (rope_) {
+      require(rope_->head_dim == shape_.head_dim, "rope.head_dim=", rope_->head_dim,
+              " does not match ModelShape.head_dim=", shape_.head_dim);
+      rope_inv_freq_ = redknot::rope_inv_freq(*rope_);  // validates the rest
+    }
     policies_.reserve(static_cast<std::size_t>(shape_.num_layers) * shape_.num_kv_heads);
     for (int l = 0; l < shape_.num_layers; ++l)
       for (int h = 0; h < shape_.num_kv_heads; ++h) policies_.push_back(map_.policy(l, h));
@@ -108,6 +122,13 @@ class KVHeadStore {
   // Unique per store object in this process: plans bound to one store rebuild when handed another (sequence
   // ids restart at 1 in every store, so ids alone cannot tell two stores apart).
   std::uint64_t uid() const { return uid_; }
+
+  // The model's RoPE (nullptr when the store was created without one) and its inverse frequencies.
+  const RopeConfig* rope() const { return rope_ ? &*rope_ : nullptr; }
+  std::span<const double> rope_inv_freq() const { return rope_inv_freq_; }
+  // Whether some entry of the sequence holds keys rotated for other positions than where they sit (a chunk
+  // spliced at another offset): kernels that cannot counter-rotate queries must refuse such sequences.
+  bool has_relocated_keys(SeqId id) const { return seq(id, "has_relocated_keys").relocated_keys; }
 
   const HeadPolicy& policy(int layer, int kv_head) const {
     check_layer(layer);
@@ -310,18 +331,13 @@ class KVHeadStore {
     auto it = chunks_.find(key);
     require<NotFound>(it != chunks_.end(), "splice: chunk ", to_hex(key), " is not registered");
     ChunkRecord& c = it->second;
-    const std::int64_t end = static_cast<std::int64_t>(at) + c.n;
-    require(at >= 0 && end <= std::numeric_limits<std::int32_t>::max(), "splice: at=", at,
-            " with a chunk of ", c.n, " tokens ends beyond the largest position ",
-            std::numeric_limits<std::int32_t>::max() - 1);
-    for (int l = 0; l < shape_.num_layers; ++l) {
-      const std::int32_t next = d.next_pos[static_cast<std::size_t>(l)];
-      require(at >= next, "splice: at=", at, " overlaps sequence ", dst, " layer ", l,
-              ", which holds positions up to ", next - 1, " (at must be >= ", next, ")");
-    }
-    if (first_query < 0) first_query = static_cast<std::int32_t>(end);
-    require(first_query >= at && first_query <= end, "splice: first_query=", first_query,
-            " must be in [at, at + n] = [", at, ", ", end, "]");
+    const std::int32_t end = check_splice_range(d, dst, c, at, first_query, "splice");
+    const bool relocated = at != 0 || c.seq.relocated_keys;
+    require(
+        !relocated || rope_.has_value(), "splice: at=", at,
+        " moves the chunk's keys away from the positions they were rotated for, and the store has no RoPE "
+        "spec to account for it (construct the store with the model's RopeConfig)");
+    if (first_query < 0) first_query = end;
     for (int l = 0; l < shape_.num_layers; ++l)
       for (int h = 0; h < shape_.num_kv_heads; ++h) {
         const HeadTable& src = c.seq.table(l, h, shape_);
@@ -332,14 +348,172 @@ class KVHeadStore {
         evict_head(t, l, h, first_query);
       }
     for (int l = 0; l < shape_.num_layers; ++l) {
-      d.next_pos[static_cast<std::size_t>(l)] = static_cast<std::int32_t>(end);
+      d.next_pos[static_cast<std::size_t>(l)] = end;
       d.query_floor[static_cast<std::size_t>(l)] = first_query;
     }
     d.chunks_used.push_back(key);
+    d.relocated_keys = d.relocated_keys || relocated;
     ++c.users;
     c.last_used = ++chunk_clock_;
     ++chunk_stats_.hits;
     ++chunk_stats_.splices;
+  }
+
+  // The classic path, for kernels that cannot counter-rotate queries: copies the chunk into sequence `dst` at
+  // positions [at, at + n), rotating each stored key in fp32 from the position it was computed for to the
+  // one it now sits at (V is copied as is), so the copies are ordinary entries (rope_pos0 == pos0). Arguments
+  // as for splice(); needs pages like an append of n tokens to every layer, checked for all layers first.
+  void relocate(SeqId dst, const ChunkKey& key, std::int32_t at,
+                std::int32_t first_query = -1) requires(Alloc::kHostAccessible) {
+    Sequence& d = seq(dst, "relocate");
+    const ChunkRecord& c = chunk(key);
+    const std::int32_t end = check_splice_range(d, dst, c, at, first_query, "relocate");
+    require(
+        rope_.has_value() || (at == 0 && !c.seq.relocated_keys), "relocate: at=", at,
+        " needs the store's RoPE spec to rotate the keys (construct the store with the model's RopeConfig)");
+    // Capacity of all layers first, so that a failure changes nothing.
+    const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads), n = static_cast<std::size_t>(c.n);
+    std::int64_t need = 0, reclaim = 0;
+    for (int l = 0; l < shape_.num_layers; ++l)
+      for (int h = 0; h < shape_.num_kv_heads; ++h) {
+        const auto ev =
+            head_ops::plan_eviction(d.table(l, h, shape_), pool_, is_local_head(l, h), retained(l, h, at));
+        reclaim += ev.pages_freed;
+        need += head_ops::pages_needed(ev, pool_, cfg_.page_size, n);
+      }
+    require<PoolExhausted>(need <= pool_.free_pages() + reclaim, "relocate(chunk of ", c.n,
+                           " tokens): needs ", need, " pages, pool has ", pool_.free_pages(), " free (+",
+                           reclaim, " it would evict) of ", pool_.num_pages());
+    const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
+    std::vector<T> k(n * H * D), v(n * H * D);
+    std::vector<float> row(D);
+    std::vector<std::int32_t> positions(n);
+    for (std::size_t i = 0; i < n; ++i) positions[i] = at + static_cast<std::int32_t>(i);
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      for (std::size_t h = 0; h < H; ++h) {
+        const HeadTable& t = c.seq.table(l, static_cast<int>(h), shape_);
+        for (std::size_t e = 0; e < t.size(); ++e) {
+          const PageEntry& pe = t[e];
+          const std::int64_t delta = static_cast<std::int64_t>(at) + pe.rope_delta();
+          for (std::int32_t i = 0; i < pe.count; ++i) {
+            const std::size_t tok = static_cast<std::size_t>(pe.pos0 + i), off = (tok * H + h) * D;
+            const T* kr = pool_.k_ptr(pe.page_id) + static_cast<std::size_t>(pe.first + i) * D;
+            const T* vr = pool_.v_ptr(pe.page_id) + static_cast<std::size_t>(pe.first + i) * D;
+            std::copy(vr, vr + D, v.begin() + static_cast<std::ptrdiff_t>(off));
+            for (std::size_t x = 0; x < D; ++x) row[x] = to_float(kr[x]);
+            if (delta != 0) rope_rotate(*rope_, rope_inv_freq_, row.data(), delta);
+            for (std::size_t x = 0; x < D; ++x) k[off + x] = from_float<T>(row[x]);
+          }
+        }
+      }
+      append(dst, l, std::span<const T>(k), std::span<const T>(v), std::span<const std::int32_t>(positions));
+    }
+    retire_queries(dst, first_query < 0 ? end : first_query);
+  }
+
+  // Replaces the K/V of positions the sequence already holds on `layer` — the recomputed tokens of a spliced
+  // chunk — for this sequence only: a page shared with the chunk or another sequence is copied first. k and v
+  // are [n, num_kv_heads, head_dim] as the model computed them (keys rotated for the given positions); a key
+  // that sits in an entry rotated for other positions (rope_delta != 0) is rotated by -delta in fp32 to match
+  // it. positions strictly increase, each below next_position. A head that no longer holds a position (a
+  // local head evicted it: no later query can see it) skips it; global-like heads must hold every one.
+  // Validates and checks capacity (one page per shared page written) first: on an exception nothing changed.
+  void overwrite(SeqId id, int layer, std::span<const T> k, std::span<const T> v,
+                 std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible) {
+    Sequence& s = seq(id, "overwrite");
+    check_layer(layer);
+    check_token_count(positions.size());
+    check_kv_sizes("overwrite", k.size(), v.size(), positions.size());
+    const std::int32_t next = s.next_pos[static_cast<std::size_t>(layer)];
+    for (std::size_t i = 0; i < positions.size(); ++i) {
+      require(positions[i] >= 0 && positions[i] < next, "overwrite: positions[", i, "]=", positions[i],
+              " is not held by sequence ", id, " layer ", layer, " (positions [0, ", next, "))");
+      require(i == 0 || positions[i] > positions[i - 1], "overwrite: positions[", i, "]=", positions[i],
+              " must be > positions[", i - 1, "]=", positions[i - 1], " (strictly increasing)");
+    }
+    const int H = shape_.num_kv_heads;
+    // Where each (token, head) lives: the entry index in its table, or -1 when the head dropped it.
+    std::vector<std::int64_t> where(positions.size() * static_cast<std::size_t>(H), -1);
+    std::int64_t need = 0;
+    for (int h = 0; h < H; ++h) {
+      const HeadTable& t = s.table(layer, h, shape_);
+      std::vector<PageId> shared;
+      for (std::size_t i = 0; i < positions.size(); ++i) {
+        const std::int64_t e = find_entry(t, positions[i]);
+        require(e >= 0 || is_local_head(layer, h), "overwrite: sequence ", id, " layer ", layer, " kv_head ",
+                h, " does not hold position ", positions[i]);
+        where[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)] = e;
+        if (e < 0) continue;
+        const PageId p = t[static_cast<std::size_t>(e)].page_id;
+        if (page_is_shared(t, p) && std::find(shared.begin(), shared.end(), p) == shared.end())
+          shared.push_back(p);
+      }
+      need += static_cast<std::int64_t>(shared.size());
+    }
+    if (need > pool_.free_pages() && need <= pool_.free_pages() + unused_chunk_pages()) evict_chunks(need);
+    require<PoolExhausted>(need <= pool_.free_pages(), "overwrite(sequence ", id, ", layer ", layer,
+                           "): copying shared pages needs ", need, " pages, pool has ", pool_.free_pages(),
+                           " free of ", pool_.num_pages());
+    const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
+    std::vector<float> row(D);
+    for (int h = 0; h < H; ++h) {
+      HeadTable& t = s.table(layer, h, shape_);
+      for (std::size_t i = 0; i < positions.size(); ++i) {
+        const std::int64_t e = where[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)];
+        if (e < 0) continue;
+        if (page_is_shared(t, t[static_cast<std::size_t>(e)].page_id))
+          copy_page_for_table(t, t[static_cast<std::size_t>(e)].page_id, layer, h);
+        const PageEntry& pe = t[static_cast<std::size_t>(e)];
+        const std::size_t slot = static_cast<std::size_t>(pe.first + (positions[i] - pe.pos0));
+        const std::size_t src = (i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)) * D;
+        T* kr = pool_.k_ptr(pe.page_id) + slot * D;
+        T* vr = pool_.v_ptr(pe.page_id) + slot * D;
+        std::copy(v.begin() + static_cast<std::ptrdiff_t>(src),
+                  v.begin() + static_cast<std::ptrdiff_t>(src + D), vr);
+        if (pe.rope_delta() == 0) {
+          std::copy(k.begin() + static_cast<std::ptrdiff_t>(src),
+                    k.begin() + static_cast<std::ptrdiff_t>(src + D), kr);
+          continue;
+        }
+        for (std::size_t x = 0; x < D; ++x) row[x] = to_float(k[src + x]);
+        rope_rotate(*rope_, rope_inv_freq_, row.data(), -static_cast<std::int64_t>(pe.rope_delta()));
+        for (std::size_t x = 0; x < D; ++x) kr[x] = from_float<T>(row[x]);
+      }
+    }
+  }
+
+  // The K/V rows of positions the sequence holds on `layer`, as fp32 [n, num_kv_heads, head_dim], keys
+  // rotated for the positions they sit at (what the model would compute there without context): what
+  // kv_deviation() compares with freshly computed K/V. Rows of a head that no longer holds a position are
+  // NaN.
+  void read_rows(SeqId id, int layer, std::span<const std::int32_t> positions, std::span<float> k,
+                 std::span<float> v) const requires(Alloc::kHostAccessible) {
+    const Sequence& s = seq(id, "read_rows");
+    check_layer(layer);
+    const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads),
+                      D = static_cast<std::size_t>(shape_.head_dim);
+    require(k.size() == positions.size() * H * D && v.size() == k.size(), "read_rows: k and v must hold n*",
+            "num_kv_heads*head_dim = ", positions.size() * H * D, " values (got ", k.size(), ", ", v.size(),
+            ")");
+    for (std::size_t h = 0; h < H; ++h) {
+      const HeadTable& t = s.table(layer, static_cast<int>(h), shape_);
+      for (std::size_t i = 0; i < positions.size(); ++i) {
+        float* kd = k.data() + (i * H + h) * D;
+        float* vd = v.data() + (i * H + h) * D;
+        const std::int64_t e = find_entry(t, positions[i]);
+        if (e < 0) {
+          std::fill(kd, kd + D, std::numeric_limits<float>::quiet_NaN());
+          std::fill(vd, vd + D, std::numeric_limits<float>::quiet_NaN());
+          continue;
+        }
+        const PageEntry& pe = t[static_cast<std::size_t>(e)];
+        const std::size_t slot = static_cast<std::size_t>(pe.first + (positions[i] - pe.pos0));
+        const T* kr = pool_.k_ptr(pe.page_id) + slot * D;
+        const T* vr = pool_.v_ptr(pe.page_id) + slot * D;
+        for (std::size_t x = 0; x < D; ++x) kd[x] = to_float(kr[x]), vd[x] = to_float(vr[x]);
+        if (pe.rope_delta() != 0) rope_rotate(*rope_, rope_inv_freq_, kd, pe.rope_delta());
+      }
+    }
   }
 
   // Drops the registry's references to a chunk that no live sequence uses (false if the key is unknown).
@@ -462,6 +636,7 @@ class KVHeadStore {
     std::vector<std::int32_t> next_pos;     // [layer]: last appended position + 1
     std::vector<std::int32_t> query_floor;  // [layer]: queries below this were declared done (may be evicted)
     std::vector<ChunkKey> chunks_used;      // chunks spliced in (once per splice)
+    bool relocated_keys = false;            // some entry has rope_pos0 != pos0
   };
 
   struct ChunkRecord {
@@ -495,6 +670,58 @@ class KVHeadStore {
       }
     }
     return n;
+  }
+
+  // Checks that chunk c fits into sequence d at [at, at + n) after everything d holds, and that first_query
+  // (-1: at + n) is in [at, at + n]. Returns at + n.
+  std::int32_t check_splice_range(const Sequence& d, SeqId dst, const ChunkRecord& c, std::int32_t at,
+                                  std::int32_t first_query, const char* op) const {
+    const std::int64_t end = static_cast<std::int64_t>(at) + c.n;
+    require(at >= 0 && end <= std::numeric_limits<std::int32_t>::max(), op, ": at=", at, " with a chunk of ",
+            c.n, " tokens ends beyond the largest position ", std::numeric_limits<std::int32_t>::max() - 1);
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      const std::int32_t next = d.next_pos[static_cast<std::size_t>(l)];
+      require(at >= next, op, ": at=", at, " overlaps sequence ", dst, " layer ", l,
+              ", which holds positions up to ", next - 1, " (at must be >= ", next, ")");
+    }
+    require(first_query == -1 || (first_query >= at && first_query <= end), op, ": first_query=", first_query,
+            " must be in [at, at + n] = [", at, ", ", end, "] (or -1 for at + n)");
+    return static_cast<std::int32_t>(end);
+  }
+
+  // Index of the entry holding position p (entries are position ordered), or -1.
+  static std::int64_t find_entry(const HeadTable& t, std::int32_t p) {
+    std::size_t lo = 0, hi = t.size();
+    while (lo < hi) {  // first entry whose last position is >= p
+      const std::size_t mid = (lo + hi) / 2;
+      if (t[mid].last_pos() < p)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo < t.size() && t[lo].pos0 <= p ? static_cast<std::int64_t>(lo) : -1;
+  }
+
+  // Whether page p has holders beyond this table's own references (one per run of entries on it).
+  bool page_is_shared(const HeadTable& t, PageId p) const {
+    std::int32_t runs = 0;
+    t.for_each_page_ref([&](PageId q) { runs += q == p; });
+    return pool_.refcount(p) > runs;
+  }
+
+  // Gives the table a private copy of page `old`: every entry on it is repointed, each run's reference moves.
+  void copy_page_for_table(HeadTable& t, PageId old, int l, int h) {
+    const PageId np = head_ops::take_page(pool_, class_pages(l, h));
+    std::copy(pool_.k_ptr(old), pool_.k_ptr(old) + pool_.page_elems(), pool_.k_ptr(np));
+    std::int32_t runs = 0;
+    t.for_each_page_ref([&](PageId q) { runs += q == old; });
+    for (std::int32_t r = 1; r < runs; ++r) pool_.incref(np);
+    for (std::int32_t r = 0; r < runs; ++r) release_page(old, l, h);
+    for (auto& e : t.sink)
+      if (e.page_id == old) e.page_id = np;
+    for (auto& e : t.body)
+      if (e.page_id == old) e.page_id = np;
+    ++t.layout_version;
   }
 
   // Pages that dropping every unused chunk would free (pages referenced once, by the chunk alone).
@@ -684,8 +911,10 @@ class KVHeadStore {
   ModelShape shape_;
   HeadMap map_;
   StoreConfig cfg_;
+  std::optional<RopeConfig> rope_;
   PagePool<T, Alloc> pool_;
   std::vector<HeadPolicy> policies_;  // effective policy per [layer][kv_head]
+  std::vector<double> rope_inv_freq_;
   std::unordered_map<SeqId, Sequence> seqs_;
   SeqId next_id_ = 1;
   std::uint64_t uid_ = next_uid();

@@ -13,6 +13,7 @@
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
 #include "redknot/policies.hpp"
+#include "redknot/recompute.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/version.hpp"
 #include "redknot/visibility.hpp"

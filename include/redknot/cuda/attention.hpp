@@ -66,6 +66,14 @@ class CudaAttention {
               " exceeds max_batch ", cfg_.max_batch);
     check_arg(static_cast<std::int64_t>(q_positions.size()) <= cfg_.max_queries,
               "CudaAttention::plan: ", q_positions.size(), " queries exceed max_queries ", cfg_.max_queries);
+    // The CUDA kernels do not counter-rotate queries yet: refuse keys spliced away from their RoPE positions
+    // rather than attend to them wrongly.
+    for (const SeqId id : seqs)
+      if (store_.has_relocated_keys(id))
+        throw Unavailable(redknot::detail::concat(
+            "CudaAttention::plan: sequence ", id,
+            " holds a chunk spliced at another position than it was computed at; the CUDA kernels do not "
+            "counter-rotate queries yet (use the CPU path, or cuda::rope_relocate to move the keys)"));
     Layer& L = layers_[static_cast<std::size_t>(layer)];
     if (!L.dplan) L.dplan = std::make_unique<DevicePlan>(cfg_.max_batch, sh.num_kv_heads, cfg_.max_queries);
     L.plan.update(store_, layer, seqs, q_lens, q_positions);
