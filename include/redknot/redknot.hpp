@@ -13,5 +13,6 @@
 #include "redknot/page_pool.hpp"
 #include "redknot/policies.hpp"
 #include "redknot/pool_sizing.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/version.hpp"
 #include "redknot/visibility.hpp"
