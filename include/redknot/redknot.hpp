@@ -15,5 +15,6 @@
 #include "redknot/policies.hpp"
 #include "redknot/recompute.hpp"
 #include "redknot/pool_sizing.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/version.hpp"
 #include "redknot/visibility.hpp"

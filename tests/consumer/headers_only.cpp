@@ -12,9 +12,11 @@
 #include <redknot/model_shape.hpp>
 #include <redknot/page_pool.hpp>
 #include <redknot/policies.hpp>
+#include <redknot/rope.hpp>
 #include <redknot/version.hpp>
 #include <redknot/visibility.hpp>
 
+#include <cmath>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -54,6 +56,16 @@ int main() {
   } catch (const InvalidArgument& e) {
     check(std::string(e.what()).find("num_q_heads=3") != std::string::npos, "InvalidArgument message");
   }
+
+  // RoPE: a unit vector in dim 0 at position 1 (rotate-half pairs dim 0 with dim 2; inv_freq[0] = 1 rad).
+  RopeConfig rope;
+  rope.head_dim = 4;
+  const std::vector<double> inv_freq = rope_inv_freq(rope);
+  float row[4] = {1.f, 0.f, 0.f, 0.f};
+  rope_apply(rope, inv_freq, row, 1);
+  check(inv_freq.size() == 2 && row[0] == static_cast<float>(std::cos(1.0)) &&
+            row[2] == static_cast<float>(std::sin(1.0)),
+        "rope_apply");
 
   // Page pool and a head table.
   PagePool<float> pool(4, 16, 8);

@@ -1,8 +1,5 @@
 #include "llama_model.hpp"
 
-#include <cmath>
-#include <numbers>
-
 #include "redknot/error.hpp"
 
 namespace redknot::decoder {
@@ -19,9 +16,27 @@ LlamaConfig LlamaConfig::from_gguf(const GgufFile& f) {
   c.d_ff = static_cast<int>(f.get_int("llama.feed_forward_length"));
   c.context_length = static_cast<int>(f.get_int("llama.context_length", 2048));
   c.rms_eps = static_cast<float>(f.get_float("llama.attention.layer_norm_rms_epsilon", 1e-5));
-  c.rope_base = static_cast<float>(f.get_float("llama.rope.freq_base", 10000.0));
-  if (f.get_string("llama.rope.scaling.type") == "linear")
-    c.rope_position_scale = 1.f / static_cast<float>(f.get_float("llama.rope.scaling.factor", 1.0));
+  c.rope.head_dim = c.head_dim;
+  c.rope.pairing = RopePairing::kInterleaved;  // Q and K are permuted at conversion (see the header)
+  c.rope.theta = f.get_float("llama.rope.freq_base", 10000.0);
+  const std::string scaling = f.get_string("llama.rope.scaling.type");
+  if (scaling == "linear") {
+    c.rope.scaling = RopeScaling::kLinear;  // positions divided by the factor
+    c.rope.factor = f.get_float("llama.rope.scaling.factor", 1.0);
+  } else if (scaling == "llama3") {
+    // Only used when the file has no rope_freqs.weight (LlamaModel::load).
+    c.rope.scaling = RopeScaling::kLlama3;
+    c.rope.factor = f.get_float("llama.rope.scaling.factor", 8.0);
+    c.rope.low_freq_factor = f.get_float("llama.rope.scaling.low_freq_factor", 1.0);
+    c.rope.high_freq_factor = f.get_float("llama.rope.scaling.high_freq_factor", 4.0);
+    c.rope.original_max_position =
+        static_cast<int>(f.get_float("llama.rope.scaling.original_context_length", 8192.0));
+  } else {
+    // yarn would also need its attention factor, which the core rotations do not apply.
+    require(scaling.empty() || scaling == "none", "decoder: llama.rope.scaling.type='", scaling,
+            "' is not supported (none, linear, llama3)");
+  }
+  validate(c.rope);
   c.name = f.get_string("general.name", "llama");
   c.vocab = static_cast<int>(f.tensor("token_embd.weight").dims[1]);
   require(c.n_heads > 0 && c.n_kv_heads > 0 && c.n_heads % c.n_kv_heads == 0,
@@ -40,24 +55,6 @@ std::vector<float> load_checked(const GgufFile& f, const std::string& name, std:
   require(t.dims[0] == cols && got_rows == rows, "decoder: tensor '", name, "' has dims {", t.dims[0], ", ",
           got_rows, "}, expected {", cols, ", ", rows, "}");
   return f.load_f32(name);
-}
-
-// llama3 scaling stretches low frequencies by `factor`, keeps high ones and blends in between.
-void apply_llama3_scaling(const GgufFile& f, std::vector<float>& inv_freq) {
-  const double factor = f.get_float("llama.rope.scaling.factor", 8.0);
-  const double low = f.get_float("llama.rope.scaling.low_freq_factor", 1.0);
-  const double high = f.get_float("llama.rope.scaling.high_freq_factor", 4.0);
-  const double orig = f.get_float("llama.rope.scaling.original_context_length", 8192.0);
-  for (float& w : inv_freq) {
-    const double wavelen = 2 * std::numbers::pi / w;
-    if (wavelen < orig / high) continue;
-    if (wavelen > orig / low) {
-      w = static_cast<float>(w / factor);
-      continue;
-    }
-    const double smooth = (orig / wavelen - low) / (high - low);
-    w = static_cast<float>((1 - smooth) * w / factor + smooth * w);
-  }
 }
 
 }  // namespace
@@ -84,18 +81,15 @@ LlamaModel LlamaModel::load(const GgufFile& f) {
     L.w_down = load_checked(f, p + "ffn_down.weight", c.d_ff, d);
     m.layers_.push_back(std::move(L));
   }
-  const int half = c.head_dim / 2;
-  m.inv_freq_.resize(static_cast<std::size_t>(half));
-  for (int i = 0; i < half; ++i)
-    m.inv_freq_[static_cast<std::size_t>(i)] =
-        static_cast<float>(std::pow(static_cast<double>(c.rope_base), -2.0 * i / c.head_dim));
-  if (f.find_tensor("rope_freqs.weight")) {
-    // llama3-style GGUFs ship the per-frequency divisors as a tensor.
-    const std::vector<float> factors = load_checked(f, "rope_freqs.weight", half, 1);
-    for (int i = 0; i < half; ++i)
-      m.inv_freq_[static_cast<std::size_t>(i)] /= factors[static_cast<std::size_t>(i)];
-  } else if (f.get_string("llama.rope.scaling.type") == "llama3") {
-    apply_llama3_scaling(f, m.inv_freq_);
+  // llama3-style GGUFs ship the llama3 rule as per-frequency divisors of the unscaled frequencies; they
+  // replace the rule, as in llama.cpp.
+  const bool freq_divisors = f.find_tensor("rope_freqs.weight") != nullptr;
+  if (freq_divisors) m.cfg_.rope.scaling = RopeScaling::kDefault;
+  m.inv_freq_ = rope_inv_freq(c.rope);
+  if (freq_divisors) {
+    const auto half = static_cast<std::int64_t>(m.inv_freq_.size());
+    const std::vector<float> divisors = load_checked(f, "rope_freqs.weight", half, 1);
+    for (std::size_t i = 0; i < m.inv_freq_.size(); ++i) m.inv_freq_[i] /= divisors[i];
   }
   return m;
 }

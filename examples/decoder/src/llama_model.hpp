@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gguf.hpp"
+#include "redknot/rope.hpp"
 
 namespace redknot::decoder {
 
@@ -23,8 +24,9 @@ struct LlamaConfig {
   int vocab = 0;
   int context_length = 0;
   float rms_eps = 1e-5f;
-  float rope_base = 10000.f;
-  float rope_position_scale = 1.f;  // "linear" RoPE scaling divides positions by the factor
+  // RoPE as the core defines it: adjacent pairs (kInterleaved), theta = rope.freq_base, rope.scaling.type
+  // "linear" or "llama3" with its factors (other scaling types are rejected).
+  RopeConfig rope;
   std::string name;
 
   static LlamaConfig from_gguf(const GgufFile& f);
@@ -45,14 +47,15 @@ class LlamaModel {
   const std::vector<float>& output_norm() const { return out_norm_; }
   // [vocab][d_model]: output.weight, or the embeddings when tied.
   const std::vector<float>& output() const { return output_.empty() ? tok_embd_ : output_; }
-  // RoPE inverse frequencies [head_dim / 2], llama3 frequency factors already applied.
-  const std::vector<float>& inv_freq() const { return inv_freq_; }
+  // RoPE inverse frequencies [head_dim / 2]: rope_inv_freq(config().rope), divided by the file's
+  // rope_freqs.weight when it ships one (llama3-style GGUFs store the llama3 rule as per-frequency divisors).
+  const std::vector<double>& inv_freq() const { return inv_freq_; }
 
  private:
   LlamaConfig cfg_;
   std::vector<float> tok_embd_, out_norm_, output_;
   std::vector<LlamaLayer> layers_;
-  std::vector<float> inv_freq_;
+  std::vector<double> inv_freq_;
 };
 
 }  // namespace redknot::decoder

@@ -55,23 +55,12 @@ void Session::reset() {
   pos_ = 0;
 }
 
-void Session::rope(float* x, int n_heads, std::span<const std::int32_t> positions) const {
-  const int D = model_.config().head_dim;
-  const auto& inv = model_.inv_freq();
-  const float scale = model_.config().rope_position_scale;
-  for (std::size_t t = 0; t < positions.size(); ++t) {
-    const float p = static_cast<float>(positions[t]) * scale;
-    for (int i = 0; i < D / 2; ++i) {
-      const float a = p * inv[static_cast<std::size_t>(i)];
-      const float cs = std::cos(a), sn = std::sin(a);
-      for (int h = 0; h < n_heads; ++h) {
-        float* r = x + (t * static_cast<std::size_t>(n_heads) + static_cast<std::size_t>(h)) * D + 2 * i;
-        const float x0 = r[0], x1 = r[1];
-        r[0] = x0 * cs - x1 * sn;
-        r[1] = x0 * sn + x1 * cs;
-      }
-    }
-  }
+void Session::rope(float* x, int n_heads, std::size_t n) const {
+  const RopeConfig& rc = model_.config().rope;
+  const auto half = static_cast<std::size_t>(rc.rot() / 2), D = static_cast<std::size_t>(rc.head_dim);
+  for (std::size_t t = 0; t < n; ++t)
+    for (std::size_t h = 0; h < static_cast<std::size_t>(n_heads); ++h)
+      rope_rotate(rc, rope_cs_.data() + t * half, x + (t * static_cast<std::size_t>(n_heads) + h) * D);
 }
 
 void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std::vector<float>& logits,
@@ -96,6 +85,11 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
   up_.resize(N * c.d_ff);
   std::vector<std::int32_t> positions(N);
   for (int i = 0; i < n; ++i) positions[static_cast<std::size_t>(i)] = pos_ + i;
+  const std::vector<double>& inv_freq = model_.inv_freq();
+  rope_cs_.resize(N * inv_freq.size());
+  for (std::size_t t = 0; t < N; ++t)
+    for (std::size_t i = 0; i < inv_freq.size(); ++i)
+      rope_cs_[t * inv_freq.size() + i] = rope_cos_sin(positions[t], inv_freq[i]);
 
   for (int i = 0; i < n; ++i) {
     const std::int32_t t = tokens[static_cast<std::size_t>(i)];
@@ -113,8 +107,8 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
     matmul(h_.data(), L.wq, q_.data(), n, d, d, false);
     matmul(h_.data(), L.wk, k_.data(), n, d, kvd, false);
     matmul(h_.data(), L.wv, v_.data(), n, d, kvd, false);
-    rope(q_.data(), c.n_heads, positions);
-    rope(k_.data(), c.n_kv_heads, positions);
+    rope(q_.data(), c.n_heads, N);
+    rope(k_.data(), c.n_kv_heads, N);
     store_->append(seq_, l, k_, v_, positions);
     if (observer) observer->on_qkv(l, positions, q_, k_, v_);
     AttentionPlan& plan = plans_[static_cast<std::size_t>(l)];

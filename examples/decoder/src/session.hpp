@@ -15,6 +15,7 @@
 #include "redknot/attention_plan.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/rope.hpp"
 
 namespace redknot::decoder {
 
@@ -59,7 +60,8 @@ class Session {
   const LlamaModel& model() const { return model_; }
 
  private:
-  void rope(float* x, int n_heads, std::span<const std::int32_t> positions) const;
+  // Rotates x [n, n_heads, head_dim] by the angles of rope_cs_ (n positions).
+  void rope(float* x, int n_heads, std::size_t n) const;
 
   const LlamaModel& model_;
   SessionOptions opt_;
@@ -69,6 +71,9 @@ class Session {
   std::int32_t pos_ = 0;
   // Activations, reused across calls.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
+  // cos/sin of every (position, pair) of the current forward call [n][head_dim / 2]: formed once per call
+  // and shared by the Q and K of every layer.
+  std::vector<RopeCosSin> rope_cs_;
 };
 
 std::int32_t argmax(std::span<const float> logits);

@@ -74,6 +74,57 @@ TEST_CASE("GGUF loader reads metadata, shapes and every tensor type", "[decoder]
   CHECK(c.vocab == 264);
 }
 
+TEST_CASE("GGUF RoPE metadata maps to the core RopeConfig", "[decoder]") {
+  const auto load = [](const std::string& scaling, bool freqs) {
+    testing::TinySpec sp;
+    sp.rope_scaling = scaling;
+    sp.rope_freqs = freqs;
+    return LlamaModel::load(GgufFile::parse(testing::tiny_model_gguf(sp), "tiny-rope"));
+  };
+  // The decoder library is built with reassociation (see its CMakeLists.txt), so its frequencies may differ
+  // from this file's in the last bit. Fails on NaN.
+  const auto same = [](const std::vector<double>& a, const std::vector<double>& b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+      if (!(std::abs(a[i] - b[i]) <= 1e-12 * std::abs(b[i]))) return false;
+    return true;
+  };
+  RopeConfig want;
+  want.head_dim = 16;
+  want.pairing = RopePairing::kInterleaved;  // GGUF llama: adjacent pairs
+  want.theta = 10000.0;
+  const std::vector<double> base = rope_inv_freq(want);
+
+  const LlamaModel plain = load("", false);
+  CHECK(plain.config().rope.pairing == RopePairing::kInterleaved);
+  CHECK(plain.config().rope.scaling == RopeScaling::kDefault);
+  CHECK(plain.config().rope.rot() == 16);
+  CHECK(same(plain.inv_freq(), base));
+
+  const LlamaModel linear = load("linear", false);
+  CHECK(linear.config().rope.scaling == RopeScaling::kLinear);
+  CHECK(linear.config().rope.factor == 4.0);
+  std::vector<double> want_f = base;
+  for (double& x : want_f) x /= 4.0;
+  CHECK(same(linear.inv_freq(), want_f));
+
+  const LlamaModel llama3 = load("llama3", false);
+  want.scaling = RopeScaling::kLlama3;
+  want.factor = 8.0;
+  want.original_max_position = 64;
+  CHECK(llama3.config().rope.original_max_position == 64);
+  CHECK(same(llama3.inv_freq(), rope_inv_freq(want)));
+  CHECK(!same(llama3.inv_freq(), base));
+
+  // Shipped divisors replace the llama3 rule.
+  const LlamaModel divided = load("llama3", true);
+  CHECK(divided.config().rope.scaling == RopeScaling::kDefault);
+  for (std::size_t i = 0; i < base.size(); ++i) want_f[i] = base[i] / static_cast<double>(i + 1);
+  CHECK(same(divided.inv_freq(), want_f));
+
+  CHECK_THROWS_WITH(load("yarn", false), Catch::Matchers::ContainsSubstring("scaling.type='yarn'"));
+}
+
 TEST_CASE("quantisation round trips within each format's step", "[decoder]") {
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.f, 1.f);

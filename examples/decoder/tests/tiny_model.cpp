@@ -52,6 +52,15 @@ std::vector<std::uint8_t> tiny_model_gguf(const TinySpec& sp) {
   w.set_u32("llama.attention.head_count_kv", static_cast<std::uint32_t>(sp.n_kv_heads));
   w.set_u32("llama.rope.dimension_count", static_cast<std::uint32_t>(hd));
   w.set_f32("llama.rope.freq_base", 10000.f);
+  if (!sp.rope_scaling.empty()) {
+    w.set_string("llama.rope.scaling.type", sp.rope_scaling);
+    w.set_f32("llama.rope.scaling.factor", sp.rope_scaling == "llama3" ? 8.f : 4.f);
+    if (sp.rope_scaling == "llama3") {
+      w.set_f32("llama.rope.scaling.low_freq_factor", 1.f);
+      w.set_f32("llama.rope.scaling.high_freq_factor", 4.f);
+      w.set_u32("llama.rope.scaling.original_context_length", 64);
+    }
+  }
   w.set_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   w.set_string("tokenizer.ggml.model", "gpt2");
   w.set_string("tokenizer.ggml.pre", "smollm");
@@ -92,6 +101,11 @@ std::vector<std::uint8_t> tiny_model_gguf(const TinySpec& sp) {
     w.add_tensor(p + "ffn_gate.weight", {sp.d_model, sp.d_ff}, GgmlType::kQ8_0, rand(d * ff, ws));
     w.add_tensor(p + "ffn_up.weight", {sp.d_model, sp.d_ff}, GgmlType::kQ4_1, rand(d * ff, ws));
     w.add_tensor(p + "ffn_down.weight", {sp.d_ff, sp.d_model}, GgmlType::kF32, rand(ff * d, ws));
+  }
+  if (sp.rope_freqs) {
+    std::vector<float> divisors(static_cast<std::size_t>(hd / 2));
+    for (std::size_t i = 0; i < divisors.size(); ++i) divisors[i] = static_cast<float>(i + 1);
+    w.add_tensor("rope_freqs.weight", {hd / 2}, GgmlType::kF32, divisors);
   }
   return w.bytes();
 }

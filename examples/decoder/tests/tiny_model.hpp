@@ -11,6 +11,10 @@ namespace redknot::decoder::testing {
 struct TinySpec {
   int n_layers = 2, d_model = 64, n_heads = 4, n_kv_heads = 2, d_ff = 96, context = 512;
   std::uint32_t seed = 7;
+  // RoPE metadata: llama.rope.scaling.type when not empty ("linear": factor 4; "llama3": factor 8, low 1,
+  // high 4, original context 64), and a rope_freqs.weight tensor of divisors 1, 2, 3, ... when rope_freqs.
+  std::string rope_scaling;
+  bool rope_freqs = false;
 };
 
 // GGUF bytes of the tiny model.
