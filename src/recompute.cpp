@@ -48,8 +48,9 @@ std::vector<double> head_sum(const RecomputeInputs& in, bool global_only) {
     any = true;
     for (std::size_t t = 0; t < s.size(); ++t) {
       const float d = in.deviation[t * H + h];
+      if (std::isnan(d)) continue;  // the head no longer holds the token (read_rows): nothing reads it
       require(std::isfinite(d) && d >= 0.f, "select_recompute: deviation[", t, ", ", h, "]=", d,
-              " must be finite and >= 0");
+              " must be finite and >= 0 (or NaN for a token the head no longer holds)");
       s[t] += d;
     }
   }

@@ -92,7 +92,7 @@ TEST_CASE("overwrite replaces rows for one sequence only, rotated to the entry's
   store.register_chunk(key, cs);
   const SeqId a = store.create_sequence(), b = store.create_sequence();
   store.splice(a, key, 100, 102);  // tokens 2.. of the chunk may still be queried: the local head keeps them
-  store.splice(b, key, 100);
+  store.splice(b, key, 100, 102);
   check_accounting(store);
 
   // read_rows gives the cached keys rotated for where they sit now (100 + i).

@@ -23,7 +23,13 @@ struct World {
   KVHeadStore<float> store;
   std::mt19937 rng{7};
 
-  explicit World(std::int32_t pages = 256) : store(shape, test_map(), StoreConfig{kPage, pages}) {}
+  explicit World(std::int32_t pages = 256) : store(shape, test_map(), StoreConfig{kPage, pages}, rope()) {}
+
+  static RopeConfig rope() {
+    RopeConfig rc;
+    rc.head_dim = 8;
+    return rc;
+  }
 
   // Appends positions [p0, p0 + n) to every layer in one call per layer.
   void append(SeqId s, std::int32_t p0, std::int32_t n) {

@@ -52,8 +52,8 @@ struct RecomputeConfig {
 // be empty).
 struct RecomputeInputs {
   std::int32_t n_tokens = 0;
-  std::span<const float> deviation;        // [n_tokens, num_kv_heads], e.g. from kv_deviation()
-  std::span<const HeadPolicy> policies;    // [num_kv_heads] of that layer (which heads are global)
+  std::span<const float> deviation;      // [n_tokens, num_kv_heads], e.g. from kv_deviation(); NaN: not held
+  std::span<const HeadPolicy> policies;  // [num_kv_heads] of that layer (which heads are global)
   std::span<const float> query_attention;  // [n_tokens]
 };
 

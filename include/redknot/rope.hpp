@@ -12,7 +12,7 @@
 // already be off by ~1e-2 rad. Magnitude scaling (YaRN's attention factor, "mscale") belongs to the model's
 // first application and is not part of these rotations; in particular a relocation never re-applies it.
 //
-// C++17 and no CUDA headers, host-only for now: cuda/append_rope.cu includes this (through
+// No CUDA headers, host-only for now: cuda/append_rope.cu includes this (through
 // redknot/cuda/rope.hpp) for the config and validation of the relocation kernel, which does per pair what
 // rope_cos_sin() + rope_rotate_pair() do, in its own device code (tests/gpu/ compares it with
 // rope_relocate_reference(); tests/test_rope.cpp tests this header).
