@@ -352,15 +352,16 @@ void cpu_attention(const KVHeadStore<T, A>& store, const AttentionPlan& plan, st
   static_assert(A::kHostAccessible, "cpu_attention needs a store whose pages live in host memory");
   const ModelShape& sh = store.shape();
   const std::size_t rows = static_cast<std::size_t>(plan.total_queries()) * sh.num_q_heads;
-  require(plan.num_kv_heads() == sh.num_kv_heads,
-          "cpu_attention: plan has num_kv_heads=", plan.num_kv_heads(), ", store has ", sh.num_kv_heads,
-          " (plan built for another store?)");
-  require(q.size() == rows * sh.head_dim, "cpu_attention: q has ", q.size(),
-          " elements, expected total_queries*num_q_heads*head_dim = ", plan.total_queries(), "*",
-          sh.num_q_heads, "*", sh.head_dim);
-  require(out.size() == q.size(), "cpu_attention: out has ", out.size(), " elements, expected ", q.size());
-  require(lse.empty() || lse.size() == rows, "cpu_attention: lse has ", lse.size(),
-          " elements, expected total_queries*num_q_heads = ", rows, " (or none)");
+  REDKNOT_CHECK(plan.num_kv_heads() == sh.num_kv_heads, InvalidArgument,
+                "cpu_attention: plan has num_kv_heads=", plan.num_kv_heads(), ", store has ", sh.num_kv_heads,
+                " (plan built for another store?)");
+  REDKNOT_CHECK(q.size() == rows * sh.head_dim, InvalidArgument, "cpu_attention: q has ", q.size(),
+                " elements, expected total_queries*num_q_heads*head_dim = ", plan.total_queries(), "*",
+                sh.num_q_heads, "*", sh.head_dim);
+  REDKNOT_CHECK(out.size() == q.size(), InvalidArgument, "cpu_attention: out has ", out.size(),
+                " elements, expected ", q.size());
+  REDKNOT_CHECK(lse.empty() || lse.size() == rows, InvalidArgument, "cpu_attention: lse has ", lse.size(),
+                " elements, expected total_queries*num_q_heads = ", rows, " (or none)");
   check_attention_params(params, "cpu_attention");
   const float scale = params.scale > 0.f ? params.scale : 1.f / std::sqrt(static_cast<float>(sh.head_dim));
 

@@ -164,8 +164,9 @@ class KVHeadStore {
     check_layer(layer);
     const std::int32_t lo = s.query_floor[static_cast<std::size_t>(layer)];
     const std::int32_t hi = s.next_pos[static_cast<std::size_t>(layer)];
-    require(q_pos >= lo && q_pos < hi, "query position ", q_pos, " of sequence ", id, " layer ", layer,
-            " must be in [", lo, ", ", hi, "): its own key must be appended and no later query retired");
+    REDKNOT_CHECK(q_pos >= lo && q_pos < hi, InvalidArgument, "query position ", q_pos, " of sequence ", id,
+                  " layer ", layer, " must be in [", lo, ", ", hi,
+                  "): its own key must be appended and no later query retired");
   }
 
   const HeadTable& table(SeqId id, int layer, int kv_head) const {
@@ -342,14 +343,14 @@ class KVHeadStore {
   }
   Sequence& seq(SeqId id, const char* op) {
     auto it = seqs_.find(id);
-    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id,
-                      " is not live (never created or already freed)");
+    REDKNOT_CHECK(it != seqs_.end(), NotFound, op, ": sequence id=", id,
+                  " is not live (never created or already freed)");
     return it->second;
   }
   const Sequence& seq(SeqId id, const char* op) const {
     auto it = seqs_.find(id);
-    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id,
-                      " is not live (never created or already freed)");
+    REDKNOT_CHECK(it != seqs_.end(), NotFound, op, ": sequence id=", id,
+                  " is not live (never created or already freed)");
     return it->second;
   }
 
@@ -381,10 +382,12 @@ class KVHeadStore {
   void check_kv_sizes(const char* op, std::size_t k, std::size_t v, std::size_t n) const {
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
     const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
-    require(k == n * H * D, op, ": k has ", k, " elements, expected n_tokens*num_kv_heads*head_dim = ", n,
-            "*", H, "*", D, " = ", n * H * D);
-    require(v == n * H * D, op, ": v has ", v, " elements, expected n_tokens*num_kv_heads*head_dim = ", n,
-            "*", H, "*", D, " = ", n * H * D);
+    REDKNOT_CHECK(k == n * H * D, InvalidArgument, op, ": k has ", k,
+                  " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ",
+                  n * H * D);
+    REDKNOT_CHECK(v == n * H * D, InvalidArgument, op, ": v has ", v,
+                  " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ",
+                  n * H * D);
   }
 
   // Validate, dry-run, commit (see reserve_append). Evictions of every item run before any page is taken, so
@@ -395,14 +398,15 @@ class KVHeadStore {
                std::span<const std::int32_t> positions, const char* op, AppendPlan& plan) {
     const std::size_t B = seqs.size();
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
-    require(offsets.size() == B + 1, op, ": token_offsets has ", offsets.size(),
-            " entries, expected one per sequence + 1 (", B + 1, ")");
-    require(offsets[0] == 0, op, ": token_offsets[0]=", offsets[0], " must be 0");
+    REDKNOT_CHECK(offsets.size() == B + 1, InvalidArgument, op, ": token_offsets has ", offsets.size(),
+                  " entries, expected one per sequence + 1 (", B + 1, ")");
+    REDKNOT_CHECK(offsets[0] == 0, InvalidArgument, op, ": token_offsets[0]=", offsets[0], " must be 0");
     for (std::size_t i = 0; i < B; ++i)
-      require(offsets[i + 1] >= offsets[i], op, ": token_offsets[", i + 1, "]=", offsets[i + 1],
-              " must be >= token_offsets[", i, "]=", offsets[i]);
-    require(static_cast<std::size_t>(offsets[B]) == positions.size(), op, ": token_offsets[", B,
-            "]=", offsets[B], " must equal the number of positions (", positions.size(), ")");
+      REDKNOT_CHECK(offsets[i + 1] >= offsets[i], InvalidArgument, op, ": token_offsets[", i + 1,
+                    "]=", offsets[i + 1], " must be >= token_offsets[", i, "]=", offsets[i]);
+    REDKNOT_CHECK(static_cast<std::size_t>(offsets[B]) == positions.size(), InvalidArgument, op,
+                  ": token_offsets[", B, "]=", offsets[B], " must equal the number of positions (",
+                  positions.size(), ")");
     std::vector<Sequence*>& items = scratch_items_;
     items.resize(B);
     for (std::size_t i = 0; i < B; ++i) items[i] = &seq(seqs[i], op);
@@ -411,24 +415,26 @@ class KVHeadStore {
       scratch_ids_.assign(seqs.begin(), seqs.end());
       std::sort(scratch_ids_.begin(), scratch_ids_.end());
       const auto dup = std::adjacent_find(scratch_ids_.begin(), scratch_ids_.end());
-      require(dup == scratch_ids_.end(), op, ": sequence id=", dup == scratch_ids_.end() ? 0 : *dup,
-              " appears twice in the batch");
+      REDKNOT_CHECK(dup == scratch_ids_.end(), InvalidArgument, op, ": sequence id=", *dup,
+                    " appears twice in the batch");
     }
     for (std::size_t i = 0; i < B; ++i) {
       const auto pos = positions.subspan(static_cast<std::size_t>(offsets[i]),
                                          static_cast<std::size_t>(offsets[i + 1] - offsets[i]));
       if (pos.empty()) continue;
       const std::int32_t next = items[i]->next_pos[static_cast<std::size_t>(layer)];
-      require(pos[0] >= next, op, ": positions[", offsets[i], "]=", pos[0], " must be >= ", next,
-              " (positions of sequence ", seqs[i], " layer ", layer, " must increase; last appended was ",
-              next - 1, ")");
+      REDKNOT_CHECK(pos[0] >= next, InvalidArgument, op, ": positions[", offsets[i], "]=", pos[0],
+                    " must be >= ", next, " (positions of sequence ", seqs[i], " layer ", layer,
+                    " must increase; last appended was ", next - 1, ")");
       for (std::size_t j = 1; j < pos.size(); ++j)
-        require(pos[j] > pos[j - 1], op, ": positions[", offsets[i] + static_cast<std::int64_t>(j),
-                "]=", pos[j], " must be > positions[", offsets[i] + static_cast<std::int64_t>(j) - 1,
-                "]=", pos[j - 1], " (strictly increasing)");
-      require(pos.back() < std::numeric_limits<std::int32_t>::max(), op, ": positions[", offsets[i + 1] - 1,
-              "]=", pos.back(), " is too large (the largest position is ",
-              std::numeric_limits<std::int32_t>::max() - 1, ")");
+        REDKNOT_CHECK(pos[j] > pos[j - 1], InvalidArgument, op, ": positions[",
+                      offsets[i] + static_cast<std::int64_t>(j), "]=", pos[j], " must be > positions[",
+                      offsets[i] + static_cast<std::int64_t>(j) - 1, "]=", pos[j - 1],
+                      " (strictly increasing)");
+      REDKNOT_CHECK(pos.back() < std::numeric_limits<std::int32_t>::max(), InvalidArgument, op,
+                    ": positions[", offsets[i + 1] - 1, "]=", pos.back(),
+                    " is too large (the largest position is ", std::numeric_limits<std::int32_t>::max() - 1,
+                    ")");
     }
 
     // Dry run: pages the appends need and pages their evictions give back, all items and heads together.
@@ -445,10 +451,10 @@ class KVHeadStore {
         need += head_ops::pages_needed(ev, pool_, cfg_.page_size, n);
       }
     }
-    require<PoolExhausted>(need <= pool_.free_pages() + reclaim, op, "(layer=", layer, ", sequences=", B,
-                           ", n_tokens=", positions.size(), "): needs ", need, " pages, pool has ",
-                           pool_.free_pages(), " free (+", reclaim, " this append would evict) of ",
-                           pool_.num_pages());
+    REDKNOT_CHECK(need <= pool_.free_pages() + reclaim, PoolExhausted, op, "(layer=", layer,
+                  ", sequences=", B, ", n_tokens=", positions.size(), "): needs ", need, " pages, pool has ",
+                  pool_.free_pages(), " free (+", reclaim, " this append would evict) of ",
+                  pool_.num_pages());
 
     plan.layer = layer;
     plan.num_kv_heads = shape_.num_kv_heads;

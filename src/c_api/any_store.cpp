@@ -210,24 +210,25 @@ class StoreImpl final : public AnyStore {
     if (lse) detail::check_tensor(lse, "run: lse");
     const ElemType qt = detail::elem_type(q.dtype);
     const ElemType st = detail::elem_type(sh.dtype);
-    require(qt == ElemType::kF32 || qt == st, "run: q has dtype ", dl_dtype_name(q.dtype),
-            ", expected float32 or the store dtype ", detail::elem_type_name(st));
-    require(detail::elem_type(out.dtype) == qt, "run: out has dtype ", dl_dtype_name(out.dtype),
-            ", expected the dtype of q (", dl_dtype_name(q.dtype), ")");
+    REDKNOT_CHECK(qt == ElemType::kF32 || qt == st, InvalidArgument, "run: q has dtype ",
+                  dl_dtype_name(q.dtype), ", expected float32 or the store dtype ",
+                  detail::elem_type_name(st));
+    REDKNOT_CHECK(detail::elem_type(out.dtype) == qt, InvalidArgument, "run: out has dtype ",
+                  dl_dtype_name(out.dtype), ", expected the dtype of q (", dl_dtype_name(q.dtype), ")");
     if (lse)
-      require(detail::elem_type(lse->dtype) == ElemType::kF32, "run: lse has dtype ",
-              dl_dtype_name(lse->dtype), ", expected float32");
+      REDKNOT_CHECK(detail::elem_type(lse->dtype) == ElemType::kF32, InvalidArgument, "run: lse has dtype ",
+                    dl_dtype_name(lse->dtype), ", expected float32");
 
     std::lock_guard lk(mu_);
-    require(planned_total_ >= 0, "run: no batch planned; call plan(seq_ids, q_lens, q_positions) first");
+    REDKNOT_CHECK(planned_total_ >= 0, InvalidArgument,
+                  "run: no batch planned; call plan(seq_ids, q_lens, q_positions) first");
     detail::check_rows(q, "run: q", planned_total_, sh.num_q_heads, sh.head_dim, "total_q", "num_q_heads");
     detail::check_rows(out, "run: out", planned_total_, sh.num_q_heads, sh.head_dim, "total_q",
                        "num_q_heads");
-    if (lse) {
-      const bool ok = lse->ndim == 2 && lse->shape[0] == planned_total_ && lse->shape[1] == sh.num_q_heads;
-      require(ok, "run: lse has shape ", detail::shape_string(*lse), ", expected [total_q=", planned_total_,
-              ", num_q_heads=", sh.num_q_heads, "]");
-    }
+    if (lse)
+      REDKNOT_CHECK(lse->ndim == 2 && lse->shape[0] == planned_total_ && lse->shape[1] == sh.num_q_heads,
+                    InvalidArgument, "run: lse has shape ", detail::shape_string(*lse),
+                    ", expected [total_q=", planned_total_, ", num_q_heads=", sh.num_q_heads, "]");
     // Brings this layer's mirror up to date; validates every query position against what was appended.
     AttentionPlan& p = plans_[static_cast<std::size_t>(layer)];
     p.update(store_, layer, seqs_, q_lens_, q_positions_);
@@ -327,8 +328,9 @@ class StoreImpl final : public AnyStore {
     detail::check_tensor(&t, name);
     const ElemType et = detail::elem_type(t.dtype);
     const ElemType st = detail::elem_type(sh.dtype);
-    require(et == st || et == ElemType::kF32, name, " has dtype ", dl_dtype_name(t.dtype),
-            ", expected the store dtype ", detail::elem_type_name(st), " (or float32, converted)");
+    REDKNOT_CHECK(et == st || et == ElemType::kF32, InvalidArgument, name, " has dtype ",
+                  dl_dtype_name(t.dtype), ", expected the store dtype ", detail::elem_type_name(st),
+                  " (or float32, converted)");
     detail::check_rows(t, name, n, sh.num_kv_heads, sh.head_dim, "n_tokens", "num_kv_heads");
   }
 
