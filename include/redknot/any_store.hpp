@@ -20,21 +20,13 @@
 
 #include "redknot/cpu_attention.hpp"
 #include "redknot/dlpack_types.h"
+#include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/head_table.hpp"
 #include "redknot/kv_head_store.hpp"
 #include "redknot/model_shape.hpp"
 
 namespace redknot {
-
-// FlashInfer's paged-KV CSR for a (sequence x kv_head) batch of one layer; see rk_export_page_table in
-// c_api.h for the exact contract.
-struct PageTableCsr {
-  std::vector<std::int32_t> indptr;         // [rows + 1]
-  std::vector<std::int32_t> indices;        // [indptr.back()] page ids
-  std::vector<std::int32_t> last_page_len;  // [rows]
-  std::vector<std::int32_t> page_pos0;      // [indptr.back()] position of slot 0 of each page
-};
 
 class AnyStore {
  public:
@@ -85,6 +77,7 @@ class AnyStore {
   virtual std::int64_t pages_per_sequence(std::int64_t num_tokens) const = 0;
   virtual std::int64_t sequences_that_fit(std::int64_t num_tokens) const = 0;
 
+  // FlashInfer's paged-KV CSR of `layer` for seqs: flashinfer_csr() of flashinfer_csr.hpp, under the lock.
   virtual PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const = 0;
   // The page pool as one tensor [num_pages, 2, page_size, head_dim] (K = [:, 0], V = [:, 1]) in the store
   // dtype, row-major: with export_page_table it is exactly what FlashInfer's paged kernels read (num_kv_heads

@@ -334,13 +334,8 @@ class KVHeadStore {
     return m;
   }
 
-  void check_layer(int layer) const {
-    require(layer >= 0 && layer < shape_.num_layers, "layer=", layer, " out of range [0, ", shape_.num_layers,
-            ")");
-  }
-  void check_head(int h) const {
-    require(h >= 0 && h < shape_.num_kv_heads, "kv_head=", h, " out of range [0, ", shape_.num_kv_heads, ")");
-  }
+  void check_layer(int layer) const { shape_.check_layer(layer); }
+  void check_head(int h) const { shape_.check_kv_head(h); }
   Sequence& seq(SeqId id, const char* op) {
     auto it = seqs_.find(id);
     REDKNOT_CHECK(it != seqs_.end(), NotFound, op, ": sequence id=", id,

@@ -27,6 +27,17 @@ struct ModelShape {
             " must be a multiple of 8 in [8, 1024]");
   }
 
+  // The one range check of a layer / kv head index against this shape; `op` (may be empty) prefixes the
+  // message.
+  void check_layer(int layer, const char* op = "") const {
+    REDKNOT_CHECK(layer >= 0 && layer < num_layers, InvalidArgument, detail::Op{op}, "layer=", layer,
+                  " out of range [0, ", num_layers, ")");
+  }
+  void check_kv_head(int kv_head, const char* op = "") const {
+    REDKNOT_CHECK(kv_head >= 0 && kv_head < num_kv_heads, InvalidArgument, detail::Op{op},
+                  "kv_head=", kv_head, " out of range [0, ", num_kv_heads, ")");
+  }
+
   // Bytes of K plus V for one token of one kv head.
   std::size_t token_bytes_per_head() const {
     return 2 * static_cast<std::size_t>(head_dim) * dtype_size(dtype);

@@ -13,6 +13,7 @@
 
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
+#include "redknot/flashinfer_csr.hpp"
 #include "tensor_view.hpp"
 
 namespace redknot {
@@ -273,53 +274,8 @@ class StoreImpl final : public AnyStore {
   }
 
   PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const override {
-    const ModelShape& sh = store_.shape();
-    require(layer >= 0 && layer < sh.num_layers, "export_page_table: layer=", layer, " out of range [0, ",
-            sh.num_layers, ")");
-    const int H = sh.num_kv_heads;
-    const int ps = store_.page_size();
     std::lock_guard lk(mu_);
-    PageTableCsr csr;
-    csr.indptr.reserve(seqs.size() * static_cast<std::size_t>(H) + 1);
-    csr.indptr.push_back(0);
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      require<NotFound>(store_.contains(seqs[i]), "export_page_table: seq_ids[", i, "]=", seqs[i],
-                        " is not live (never created or already freed)");
-      for (int h = 0; h < H; ++h) {
-        const HeadTable& t = store_.table(seqs[i], layer, h);
-        for (std::size_t e = 0; e < t.size(); ++e) {
-          const PageEntry& pe = t[e];
-          const bool last = e + 1 == t.size();
-          const auto where = [&] {
-            return detail::concat("export_page_table: sequence ", seqs[i], " layer ", layer, " kv_head ", h,
-                                  ": entry ", e, " (page ", pe.page_id, ", slots [", pe.first, ", ",
-                                  pe.end_slot(), "), positions [", pe.pos0, ", ", pe.pos0 + pe.count, "))");
-          };
-          if (e > 0 && t[e - 1].page_id == pe.page_id)
-            throw InvalidArgument(where() +
-                                  " shares its page with the previous entry (a position jump inside a "
-                                  "page), which FlashInfer's CSR cannot express");
-          if (pe.first != 0)
-            throw InvalidArgument(where() +
-                                  " does not start at slot 0, which FlashInfer's CSR cannot express");
-          if (!last && pe.count != ps)
-            throw InvalidArgument(detail::concat(
-                where(),
-                " is a partial page before the end of the row; FlashInfer's CSR needs every page but the "
-                "last full (page_size=",
-                ps,
-                "; a local head whose sink is not a multiple of page_size keeps such a page after "
-                "eviction)"));
-          csr.indices.push_back(pe.page_id);
-          csr.page_pos0.push_back(pe.pos0);
-        }
-        require(csr.indices.size() <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()),
-                "export_page_table: more than INT32_MAX pages");
-        csr.indptr.push_back(static_cast<std::int32_t>(csr.indices.size()));
-        csr.last_page_len.push_back(t.empty() ? 0 : t[t.size() - 1].count);
-      }
-    }
-    return csr;
+    return flashinfer_csr(store_, layer, seqs);
   }
 
  private:
