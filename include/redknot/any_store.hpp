@@ -9,6 +9,12 @@
 //   * a mutex, so that calls on one store from several threads are serialised instead of racing,
 //   * FlashInfer CSR export of a layer's page tables.
 // Every call validates before it mutates, like the store it wraps: on an exception nothing changed.
+//
+// This header is the interface only: it declares the class and make_store() and compiles none of the store or
+// kernel templates, so the binding translation units (src/c_api/c_api.cpp, python/src/module.cpp) stay light.
+// The implementation — KVHeadStore<f32 | f16 | bf16> and the CPU kernels, instantiated once — is
+// src/c_api/any_store.cpp. Value rules (ranges, sizes, ids) are the core's; this layer adds the DLTensor
+// checks (tensor_view.hpp) and the plan/run protocol.
 #pragma once
 
 #include <cstdint>
@@ -18,15 +24,16 @@
 #include <string>
 #include <vector>
 
-#include "redknot/cpu_attention.hpp"
+#include "redknot/attention_params.hpp"
 #include "redknot/dlpack_types.h"
-#include "redknot/flashinfer_csr.hpp"
-#include "redknot/head_map.hpp"
-#include "redknot/head_table.hpp"
-#include "redknot/kv_head_store.hpp"
 #include "redknot/model_shape.hpp"
+#include "redknot/store_types.hpp"
 
 namespace redknot {
+
+class HeadMap;        // head_map.hpp
+struct PageEntry;     // head_table.hpp
+struct PageTableCsr;  // flashinfer_csr.hpp
 
 class AnyStore {
  public:
@@ -111,10 +118,6 @@ inline std::int32_t device_type_int(const DLDevice& d) {
 inline bool is_known_device_type(std::int32_t t) {
   return (t >= kDLCPU && t <= kDLOpenCL) || (t >= kDLVulkan && t <= kDLHexagon);
 }
-
-// Limits on a store's shape (c_api.h: RK_MAX_NUM_Q_HEADS, RK_MAX_LAYERS_X_KV_HEADS), checked by make_store.
-inline constexpr std::int64_t kMaxNumQHeads = 65536;
-inline constexpr std::int64_t kMaxLayersTimesKvHeads = std::int64_t{1} << 20;
 
 // "cpu", "cuda:1", ... for messages.
 std::string device_name(const DLDevice& d);

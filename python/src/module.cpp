@@ -22,7 +22,9 @@
 #include "dlpack_import.hpp"
 #include "redknot/any_store.hpp"
 #include "redknot/error.hpp"
+#include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/head_table.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/version.hpp"
 

@@ -1,4 +1,5 @@
 // AnyStore implementation: KVHeadStore<T, HostAllocator> behind a runtime interface (see any_store.hpp).
+// The one translation unit that compiles the store and kernel templates for the bindings.
 #include "redknot/any_store.hpp"
 
 #include <array>
@@ -14,6 +15,9 @@
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
 #include "redknot/flashinfer_csr.hpp"
+#include "redknot/head_map.hpp"
+#include "redknot/head_table.hpp"
+#include "redknot/kv_head_store.hpp"
 #include "tensor_view.hpp"
 
 namespace redknot {

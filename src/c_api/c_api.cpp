@@ -20,9 +20,10 @@
 #include <unordered_set>
 
 #include "redknot/any_store.hpp"
-#include "redknot/cpu_attention.hpp"
 #include "redknot/error.hpp"
+#include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/limits.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/version.hpp"
 
