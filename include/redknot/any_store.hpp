@@ -101,8 +101,8 @@ class AnyStore {
 
 // Instantiates KVHeadStore<float | Half | BFloat16, HostAllocator> from shape.dtype. device must be kDLCPU
 // (kDLCUDA throws Unavailable: there is no CUDA attention backend behind this wrapper yet; a device_type
-// outside DLDeviceType throws InvalidArgument). The shape must respect kMaxNumQHeads and
-// kMaxLayersTimesKvHeads; a page pool the host cannot allocate throws PoolExhausted ("out of memory ...").
+// outside DLDeviceType throws InvalidArgument). The shape is checked by ModelShape::validate (limits.hpp); a
+// page pool the host cannot allocate throws PoolExhausted ("out of memory ...").
 std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
                                      DLDevice device = DLDevice{kDLCPU, 0});
 

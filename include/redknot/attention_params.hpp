@@ -18,10 +18,11 @@ struct AttentionParams {
 };
 
 // The one check of AttentionParams, for cpu_attention and for bindings that must reject bad parameters even
-// when a call has no query to run (`op` prefixes the message).
+// when a call has no query to run (`op` prefixes the message). The scale is named sm_scale, as in the C ABI,
+// Python and FlashInfer: 0 is the default 1/sqrt(head_dim); negative, NaN and infinite values are rejected.
 inline void check_attention_params(const AttentionParams& params, const char* op) {
   REDKNOT_CHECK(params.scale >= 0.f && std::isfinite(params.scale), InvalidArgument, op,
-                ": scale=", params.scale, " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
+                ": sm_scale=", params.scale, " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
   REDKNOT_CHECK(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads, InvalidArgument, op,
                 ": num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
                 "] (0: the OpenMP default)");

@@ -32,6 +32,7 @@
 #include "redknot/head_map.hpp"
 #include "redknot/head_ops.hpp"
 #include "redknot/head_table.hpp"
+#include "redknot/limits.hpp"
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
 #include "redknot/pool_sizing.hpp"
@@ -40,7 +41,13 @@
 
 namespace redknot {
 
-
+// The appended token count of one call: at least 1, and int32-indexable (positions strictly increase within
+// int32). The one check of n_tokens, for the store and for bindings that convert tensors before calling it.
+inline void check_token_count(std::int64_t n, const char* op) {
+  REDKNOT_CHECK(n > 0, InvalidArgument, op, ": positions is empty (n_tokens must be > 0)");
+  REDKNOT_CHECK(n <= std::numeric_limits<std::int32_t>::max(), InvalidArgument, op, ": n_tokens=", n,
+                " is too large (positions are strictly increasing int32)");
+}
 
 template <StorageType T, Allocator Alloc = HostAllocator>
 class KVHeadStore {
@@ -156,7 +163,7 @@ class KVHeadStore {
   void append(SeqId id, int layer, std::span<const T> k, std::span<const T> v,
               std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible ||
                                                                 std::is_same_v<Alloc, NullAllocator>) {
-    check_token_count(positions.size());
+    check_token_count(static_cast<std::int64_t>(positions.size()), "append");
     check_kv_sizes("append", k.size(), v.size(), positions.size());
     const std::int32_t offsets[2] = {0, static_cast<std::int32_t>(positions.size())};
     reserve(layer, std::span<const SeqId>(&id, 1), std::span<const std::int32_t>(offsets, 2), positions,
@@ -181,7 +188,7 @@ class KVHeadStore {
   // carry out before anything reads these tokens. Validates everything and checks capacity first: on an
   // exception nothing changed.
   AppendPlan reserve_append(SeqId id, int layer, std::span<const std::int32_t> positions) {
-    check_token_count(positions.size());
+    check_token_count(static_cast<std::int64_t>(positions.size()), "append");
     const std::int32_t offsets[2] = {0, static_cast<std::int32_t>(positions.size())};
     AppendPlan plan;
     reserve(layer, std::span<const SeqId>(&id, 1), std::span<const std::int32_t>(offsets, 2), positions,
@@ -255,15 +262,12 @@ class KVHeadStore {
   // Pages one sequence holds after positions [0, num_tokens) were appended and the query at num_tokens - 1
   // has run alone (the steady state of decoding), by the page-granular retention rule.
   std::int64_t pages_per_sequence(std::int64_t num_tokens) const {
-    require(num_tokens >= 0, "pages_per_sequence: num_tokens=", num_tokens, " must be >= 0");
-    std::int64_t total = 0;
-    for (const HeadPolicy& p : policies_) total += head_pages(p, num_tokens);
-    return total;
+    return pages_per_sequence(num_tokens, "pages_per_sequence");
   }
 
   // How many more sequences of num_tokens tokens fit in the free pages, at steady state.
   std::int64_t sequences_that_fit(std::int64_t num_tokens) const {
-    const std::int64_t per = pages_per_sequence(num_tokens);
+    const std::int64_t per = pages_per_sequence(num_tokens, "sequences_that_fit");
     return per == 0 ? std::numeric_limits<std::int64_t>::max() : pool_.free_pages() / per;
   }
 
@@ -273,6 +277,14 @@ class KVHeadStore {
   }
 
  private:
+  std::int64_t pages_per_sequence(std::int64_t num_tokens, const char* op) const {
+    require(num_tokens >= 0 && num_tokens <= kMaxTokens, op, ": num_tokens=", num_tokens, " must be in [0, ",
+            kMaxTokens, "] (positions are int32)");
+    std::int64_t total = 0;
+    for (const HeadPolicy& p : policies_) total += head_pages(p, num_tokens);
+    return total;
+  }
+
   struct Sequence {
     explicit Sequence(const ModelShape& sh)
         : tables(static_cast<std::size_t>(sh.num_layers) * sh.num_kv_heads),
@@ -341,11 +353,6 @@ class KVHeadStore {
     head_ops::evict(t, pool_, is_local_head(l, h), retained(l, h, q_earliest), class_pages(l, h));
   }
 
-  static void check_token_count(std::size_t n) {
-    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
-    require(n <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), "append: n_tokens=", n,
-            " is too large (positions are strictly increasing int32)");
-  }
   void check_kv_sizes(const char* op, std::size_t k, std::size_t v, std::size_t n) const {
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
     const std::size_t D = static_cast<std::size_t>(shape_.head_dim);

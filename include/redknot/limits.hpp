@@ -18,4 +18,11 @@ inline constexpr std::int64_t kMaxNumQHeads = 65536;
 // every sequence, so a larger grid is a mistake, not a model.
 inline constexpr std::int64_t kMaxLayersTimesKvHeads = std::int64_t{1} << 20;
 
+// Token counts (a capacity query's num_tokens and chunk; RK_MAX_TOKENS): positions are int32, so a sequence
+// never holds more than 2^31 of them.
+inline constexpr std::int64_t kMaxTokens = std::int64_t{1} << 31;
+
+// HeadMap::to_json's indent (-1: compact): a larger one is a mistake and makes a huge string.
+inline constexpr int kMaxJsonIndent = 16;
+
 }  // namespace redknot

@@ -5,6 +5,7 @@
 
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
+#include "redknot/limits.hpp"
 
 namespace redknot {
 
@@ -21,8 +22,13 @@ struct ModelShape {
   void validate() const {
     require(num_layers > 0, "ModelShape.num_layers=", num_layers, " must be > 0");
     require(num_kv_heads > 0, "ModelShape.num_kv_heads=", num_kv_heads, " must be > 0");
+    const std::int64_t grid = std::int64_t{num_layers} * num_kv_heads;
+    require(grid <= kMaxLayersTimesKvHeads, "ModelShape.num_layers * num_kv_heads = ", num_layers, " * ",
+            num_kv_heads, " = ", grid, " exceeds the limit of ", kMaxLayersTimesKvHeads, " heads");
     require(num_q_heads > 0 && num_q_heads % num_kv_heads == 0, "ModelShape.num_q_heads=", num_q_heads,
             " must be a positive multiple of num_kv_heads=", num_kv_heads);
+    require(num_q_heads <= kMaxNumQHeads, "ModelShape.num_q_heads=", num_q_heads, " exceeds the limit of ",
+            kMaxNumQHeads);
     require(head_dim > 0 && head_dim <= 1024 && head_dim % 8 == 0, "ModelShape.head_dim=", head_dim,
             " must be a multiple of 8 in [8, 1024]");
   }

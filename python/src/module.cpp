@@ -1,15 +1,16 @@
 // The _redknot extension module: pybind11 bindings of HeadMap and AnyStore.
 //
-// This layer stays thin: tensors come in through DLPack (dlpack_import.hpp) and go straight to AnyStore,
-// which does every check; metadata arrays arrive as int32/int64 numpy arrays prepared by the pure-Python
-// wrapper (redknot/_store.py). The GIL is released around appends and attention so that independent stores
-// run in parallel from Python threads.
+// This layer stays thin: tensors come in through DLPack (dlpack_import.hpp) and go straight to AnyStore;
+// metadata arrays arrive as int32/int64 numpy arrays prepared by the pure-Python wrapper (redknot/_store.py).
+// It converts Python objects to C++ values (args.hpp: wrong types and values that do not fit the C type are
+// InvalidArgument) and C++ exceptions to RedknotError subclasses; every value rule (ranges, limits, ids, the
+// attention parameters) is the core's, so Python rejects exactly what C and C++ reject, with their message.
+// The GIL is released around appends and attention so that independent stores run in parallel from Python
+// threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cfloat>
-#include <cmath>
 #include <cstring>
 #include <new>
 #include <optional>
@@ -30,6 +31,7 @@
 
 namespace py = pybind11;
 using namespace redknot;
+using py_bindings::float32_arg;
 using py_bindings::float_arg;
 using py_bindings::ImportedTensor;
 using py_bindings::int_arg;
@@ -65,10 +67,6 @@ DLDevice parse_device(const std::string& s) {
 
 // Sequence ids are int64 (SeqId).
 SeqId seq_arg(const py::handle& h, const char* fn, const char* name) { return int_arg<SeqId>(h, fn, name); }
-
-// HeadMap.to_json: an indent this large is a mistake (and would make a huge string).
-constexpr int kMaxJsonIndent = 64;
-
 // A head map parsed from user text: any non-redknot C++ exception from the parser (nlohmann's out_of_range
 // for a number like 1e999, ...) is the input's fault, so it becomes InvalidArgument with `where` in front.
 template <class F>
@@ -315,10 +313,8 @@ PYBIND11_MODULE(_redknot, m) {
              const py::object& sink) {
             constexpr const char* fn = "HeadMap.with_global_ratio";
             const int l = int_arg<int>(L, fn, "num_layers"), h = int_arg<int>(H, fn, "num_kv_heads");
-            const double r = float_arg(ratio, fn, "global_ratio");
-            require(std::isfinite(r) && r >= 0.0 && r <= 1.0, fn,
-                    ": global_ratio=", py_bindings::safe_repr(ratio), " must be in [0, 1]");
-            return HeadMap::with_global_ratio(l, h, r, int_arg<int>(window, fn, "window"),
+            return HeadMap::with_global_ratio(l, h, float_arg(ratio, fn, "global_ratio"),
+                                              int_arg<int>(window, fn, "window"),
                                               int_arg<int>(sink, fn, "sink"));
           },
           py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("global_ratio"), py::arg("window"),
@@ -326,10 +322,7 @@ PYBIND11_MODULE(_redknot, m) {
       .def(
           "to_json",
           [](const HeadMap& h, const py::object& indent) {
-            const int i = int_arg<int>(indent, "HeadMap.to_json", "indent");
-            require(i >= -1 && i <= kMaxJsonIndent, "HeadMap.to_json: indent=", i, " must be in [-1, ",
-                    kMaxJsonIndent, "] (-1: compact)");
-            return h.to_json(i);
+            return h.to_json(int_arg<int>(indent, "HeadMap.to_json", "indent"));
           },
           py::arg("indent") = 2)
       .def(
@@ -364,11 +357,7 @@ PYBIND11_MODULE(_redknot, m) {
             const HeadClass c = parse_head_class(str_arg(cls_o, fn, "cls"));
             const int window = int_arg<int>(window_o, fn, "window");
             const int sink = int_arg<int>(sink_o, fn, "sink");
-            HeadPolicy p{c, c == HeadClass::kLocal ? window : -1, sink};
-            require(c != HeadClass::kLocal || window >= 1, "set: window=", window,
-                    " must be >= 1 for a local head");
-            require(sink >= 0, "set: sink=", sink, " must be >= 0");
-            h.set(layer, kv_head, p);
+            h.set(layer, kv_head, HeadPolicy{c, c == HeadClass::kLocal ? window : -1, sink});
           },
           py::arg("layer"), py::arg("kv_head"), py::arg("cls"), py::arg("window") = -1, py::arg("sink") = 0)
       .def(
@@ -535,22 +524,16 @@ PYBIND11_MODULE(_redknot, m) {
           [](AnyStore& s, const py::object& layer_o, const py::handle& q, const py::handle& out,
              const py::object& lse, const py::object& sm_scale, const py::object& num_threads) {
             const int layer = int_arg<int>(layer_o, "run", "layer");
-            // sm_scale: None (or 0.0, the C default) selects 1/sqrt(head_dim).
-            double scale = 0.0;
-            if (!sm_scale.is_none()) {
-              scale = float_arg(sm_scale, "run", "sm_scale");
-              require(std::isfinite(scale) && scale > 0.0 && scale <= FLT_MAX,
-                      "run: sm_scale=", py_bindings::safe_repr(sm_scale),
-                      " must be a finite number > 0 (None selects 1/sqrt(head_dim))");
-            }
-            // The range [0, kMaxAttentionThreads] is checked once, by check_attention_params (AnyStore::run).
+            // sm_scale: None is 0, the default 1/sqrt(head_dim), as in C and C++. Its range and num_threads'
+            // are checked by check_attention_params (AnyStore::run), for every binding.
+            const float scale = sm_scale.is_none() ? 0.f : float32_arg(sm_scale, "run", "sm_scale");
             const int threads = int_arg<int>(num_threads, "run", "num_threads");
             const ImportedTensor qt(q, "q", false);
             const ImportedTensor ot(out, "out", true);
             std::optional<ImportedTensor> lt;
             if (!lse.is_none()) lt.emplace(lse, "lse", true);
             AttentionParams params;
-            params.scale = static_cast<float>(scale);
+            params.scale = scale;
             params.num_threads = threads;
             py::gil_scoped_release nogil;
             s.run(layer, qt.tensor(), ot.tensor(), lt ? lt->get() : nullptr, params);

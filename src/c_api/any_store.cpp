@@ -4,13 +4,10 @@
 
 #include <array>
 #include <atomic>
-#include <cmath>
-#include <limits>
 #include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
-#include <unordered_set>
 
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
@@ -18,6 +15,7 @@
 #include "redknot/head_map.hpp"
 #include "redknot/head_table.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/query_batch.hpp"
 #include "tensor_view.hpp"
 
 namespace redknot {
@@ -140,9 +138,7 @@ class StoreImpl final : public AnyStore {
   void append(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
               std::span<const std::int32_t> positions) override {
     const auto n = static_cast<std::int64_t>(positions.size());
-    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
-    require(n <= std::int64_t{std::numeric_limits<std::int32_t>::max()} + 1, "append: n_tokens=", n,
-            " exceeds 2^31 (positions are strictly increasing int32)");
+    check_token_count(n, "append");  // before the tensors are read against n
     with_kv(k, v, n, "append: k", "append: v", [&](std::span<const T> ks, std::span<const T> vs) {
       store_.append(id, layer, ks, vs, positions);
     });
@@ -172,27 +168,8 @@ class StoreImpl final : public AnyStore {
 
   void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
             std::span<const std::int32_t> q_positions) override {
-    require(q_lens.size() == seqs.size(), "plan: q_lens has ", q_lens.size(),
-            " entries, expected one per sequence (", seqs.size(), ")");
-    std::int64_t total = 0;
-    for (std::size_t i = 0; i < q_lens.size(); ++i) {
-      require(q_lens[i] >= 0, "plan: q_lens[", i, "]=", q_lens[i], " must be >= 0");
-      total += q_lens[i];
-    }
-    require(total <= std::numeric_limits<std::int32_t>::max(), "plan: sum(q_lens)=", total,
-            " exceeds INT32_MAX");
-    require(static_cast<std::int64_t>(q_positions.size()) == total, "plan: q_positions has ",
-            q_positions.size(), " entries, expected sum(q_lens)=", total);
-    for (std::size_t i = 0; i < q_positions.size(); ++i)
-      require(q_positions[i] >= 0, "plan: q_positions[", i, "]=", q_positions[i], " must be >= 0");
     std::lock_guard lk(mu_);
-    std::unordered_set<SeqId> seen;
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      require(seen.insert(seqs[i]).second, "plan: sequence id=", seqs[i],
-              " appears twice in the batch (index ", i, ")");
-      require<NotFound>(store_.contains(seqs[i]), "plan: seq_ids[", i, "]=", seqs[i],
-                        " is not live (never created or already freed)");
-    }
+    const std::int64_t total = check_query_batch(store_, seqs, q_lens, q_positions, "plan");
     seqs_.assign(seqs.begin(), seqs.end());
     q_lens_.assign(q_lens.begin(), q_lens.end());
     q_positions_.assign(q_positions.begin(), q_positions.end());
@@ -207,8 +184,7 @@ class StoreImpl final : public AnyStore {
   void run(int layer, const DLTensor& q, const DLTensor& out, const DLTensor* lse,
            AttentionParams params) override {
     const ModelShape& sh = store_.shape();
-    require(layer >= 0 && layer < sh.num_layers, "run: layer=", layer, " out of range [0, ", sh.num_layers,
-            ")");
+    sh.check_layer(layer, "run");
     check_attention_params(params, "run");  // also when the plan has no query to run
     detail::check_tensor(&q, "run: q");
     detail::check_tensor(&out, "run: out");
@@ -366,12 +342,7 @@ std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, Store
       " is not available: the CUDA backend (device page pool + attention kernels) is not part of "
       "this build of the bindings yet; use device='cpu'");
   require(dev == kDLCPU, "store device ", device_name(device), " is not supported (only cpu)");
-  shape.validate();
-  require(shape.num_q_heads <= kMaxNumQHeads, "ModelShape.num_q_heads=", shape.num_q_heads,
-          " exceeds the limit of ", kMaxNumQHeads);
-  const std::int64_t grid = std::int64_t{shape.num_layers} * shape.num_kv_heads;
-  require(grid <= kMaxLayersTimesKvHeads, "ModelShape.num_layers * num_kv_heads = ", shape.num_layers, " * ",
-          shape.num_kv_heads, " = ", grid, " exceeds the limit of ", kMaxLayersTimesKvHeads, " heads");
+  shape.validate();  // before the dtype picks an instantiation (the store checks it again)
   // The pool is allocated up front: a size the host cannot allocate is out of memory, reported as such.
   try {
     switch (shape.dtype) {

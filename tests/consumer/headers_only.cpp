@@ -5,13 +5,18 @@
 // and redknot.hpp; any_store.hpp (redknot::anystore), c_api.h (redknot::c), cuda/*.hpp (redknot::cuda).
 // head_map.hpp itself may be included for HeadClass and HeadPolicy.
 #include <redknot/allocator.hpp>
+#include <redknot/attention_params.hpp>
 #include <redknot/dtype.hpp>
 #include <redknot/error.hpp>
+#include <redknot/flashinfer_csr.hpp>
 #include <redknot/head_map.hpp>
 #include <redknot/head_table.hpp>
+#include <redknot/limits.hpp>
 #include <redknot/model_shape.hpp>
 #include <redknot/page_pool.hpp>
 #include <redknot/policies.hpp>
+#include <redknot/query_batch.hpp>
+#include <redknot/store_types.hpp>
 #include <redknot/version.hpp>
 #include <redknot/visibility.hpp>
 
@@ -53,6 +58,14 @@ int main() {
     check(false, "ModelShape::validate must throw");
   } catch (const InvalidArgument& e) {
     check(std::string(e.what()).find("num_q_heads=3") != std::string::npos, "InvalidArgument message");
+  }
+
+  // The one check of AttentionParams names sm_scale and its value.
+  try {
+    check_attention_params(AttentionParams{-1.5f}, "run");
+    check(false, "check_attention_params must throw");
+  } catch (const InvalidArgument& e) {
+    check(std::string(e.what()).find("sm_scale=-1.5") != std::string::npos, "sm_scale message");
   }
 
   // Page pool and a head table.
