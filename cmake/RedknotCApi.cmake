@@ -35,8 +35,6 @@ target_include_directories(redknot_c PUBLIC
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
   $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 target_link_libraries(redknot_c PRIVATE redknot_anystore)
-# c_api.cpp reports nlohmann's exceptions; header-only, so only while building (not in the export).
-target_link_libraries(redknot_c PRIVATE $<BUILD_INTERFACE:nlohmann_json::nlohmann_json>)
 if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
   target_link_options(redknot_c PRIVATE "LINKER:--exclude-libs,ALL" "LINKER:--no-undefined")
 endif()

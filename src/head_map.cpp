@@ -507,6 +507,15 @@ class Reader {
 }  // namespace
 
 HeadMap HeadMap::from_json(std::string_view text) {
+  // Every failure is an InvalidArgument, whatever the JSON library throws (bindings rely on it).
+  try {
+    return parse_head_map(text);
+  } catch (const json::exception& e) {
+    throw InvalidArgument(concat("head map JSON: ", printable(e.what(), 300)));
+  }
+}
+
+HeadMap HeadMap::parse_head_map(std::string_view text) {
   std::unordered_map<std::string, std::string> raw_floats;
   const json j = parse_strict(text, raw_floats);
   require(j.is_object(), "head map JSON: top level must be an object, got ",

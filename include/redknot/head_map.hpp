@@ -98,6 +98,7 @@ class HeadMap {
 
  private:
   HeadMap(int num_layers, int num_kv_heads);
+  static HeadMap parse_head_map(std::string_view json_text);  // from_json without its exception translation
   std::size_t index(int layer, int kv_head) const;
   void check_index(int layer, int kv_head) const;
 

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <typeinfo>
@@ -67,26 +68,6 @@ DLDevice parse_device(const std::string& s) {
 
 // Sequence ids are int64 (SeqId).
 SeqId seq_arg(const py::handle& h, const char* fn, const char* name) { return int_arg<SeqId>(h, fn, name); }
-// A head map parsed from user text: any non-redknot C++ exception from the parser (nlohmann's out_of_range
-// for a number like 1e999, ...) is the input's fault, so it becomes InvalidArgument with `where` in front.
-template <class F>
-HeadMap parse_head_map(F&& parse, const std::string& where) {
-  try {
-    return parse();
-  } catch (const InvalidArgument&) {
-    throw;
-  } catch (const NotFound&) {
-    throw;
-  } catch (const PoolExhausted&) {
-    throw;
-  } catch (const Unavailable&) {
-    throw;
-  } catch (const std::bad_alloc&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw InvalidArgument(detail::concat(where, e.what()));
-  }
-}
 
 // An exception class deriving from RedknotError and a builtin; str() shows the message without the quotes
 // KeyError would add.
@@ -254,6 +235,11 @@ PYBIND11_MODULE(_redknot, m) {
       raise_translated(unavailable, e.what());
     } catch (const std::bad_alloc&) {
       raise_translated(exhausted, "out of host memory (std::bad_alloc): nothing was changed");
+    } catch (const std::length_error& e) {  // a container asked for more than max_size(): as in the C ABI
+      raise_translated(exhausted, detail::concat("out of memory: a host allocation larger than the address "
+                                                 "space was requested (",
+                                                 e.what(), ")")
+                                      .c_str());
     } catch (const std::exception& e) {
       raise_translated(internal,
                        detail::concat("internal error (", typeid(e).name(), "): ", e.what()).c_str());
@@ -276,17 +262,12 @@ PYBIND11_MODULE(_redknot, m) {
       .def_static(
           "from_json",
           [](const py::object& text) {
-            const std::string t = str_arg(text, "HeadMap.from_json", "text", /*allow_bytes=*/true);
-            return parse_head_map([&] { return HeadMap::from_json(t); }, "head map JSON: ");
+            return HeadMap::from_json(str_arg(text, "HeadMap.from_json", "text", /*allow_bytes=*/true));
           },
           py::arg("text"))
       .def_static(
           "load",
-          [](const py::object& path) {
-            const std::string p = path_arg(path, "HeadMap.load", "path");
-            return parse_head_map([&] { return HeadMap::load(p); },
-                                  detail::concat("head map file '", p, "': "));
-          },
+          [](const py::object& path) { return HeadMap::load(path_arg(path, "HeadMap.load", "path")); },
           py::arg("path"))
       .def_static(
           "all_global",
@@ -386,8 +367,7 @@ PYBIND11_MODULE(_redknot, m) {
       .def("__deepcopy__", [](const HeadMap& h, const py::object&) { return HeadMap(h); })
       .def(py::pickle([](const HeadMap& h) { return py::str(h.to_json(-1)); },
                       [](const py::str& s) {
-                        const std::string t = str_arg(s, "HeadMap.__setstate__", "state", true);
-                        return parse_head_map([&] { return HeadMap::from_json(t); }, "head map JSON: ");
+                        return HeadMap::from_json(str_arg(s, "HeadMap.__setstate__", "state", true));
                       }))
       .def("__repr__", [](const HeadMap& h) {
         return detail::concat("HeadMap(num_layers=", h.num_layers(), ", num_kv_heads=", h.num_kv_heads(),

@@ -15,7 +15,6 @@
 #include <memory>
 #include <mutex>
 #include <new>
-#include <nlohmann/json.hpp>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -74,8 +73,6 @@ int guard(F&& f) noexcept {
     return fail(RK_ERR_POOL_EXHAUSTED, e.what());
   } catch (const redknot::Unavailable& e) {
     return fail(RK_ERR_UNAVAILABLE, e.what());
-  } catch (const nlohmann::json::exception& e) {
-    return fail(RK_ERR_INVALID_ARGUMENT, e.what());
   } catch (const std::invalid_argument& e) {
     return fail(RK_ERR_INVALID_ARGUMENT, e.what());
   } catch (const std::bad_alloc&) {
