@@ -35,8 +35,6 @@ target_include_directories(redknot_c PUBLIC
   $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}/include>
   $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 target_link_libraries(redknot_c PRIVATE redknot_anystore)
-# c_api.cpp reports nlohmann's exceptions; header-only, so only while building (not in the export).
-target_link_libraries(redknot_c PRIVATE $<BUILD_INTERFACE:nlohmann_json::nlohmann_json>)
 if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
   target_link_options(redknot_c PRIVATE "LINKER:--exclude-libs,ALL" "LINKER:--no-undefined")
 endif()
@@ -57,9 +55,13 @@ function(_redknot_add_c_api_tests)
   endif()
   find_package(Catch2 3 REQUIRED)
   include(Catch)
-  add_executable(test_c_api "${PROJECT_SOURCE_DIR}/tests/c_api/test_c_api.cpp")
-  # redknot::core too: the tests compare with the C++ oracle (the C library hides its own copy of it).
-  target_link_libraries(test_c_api PRIVATE Catch2::Catch2WithMain redknot::c redknot::core)
+  add_executable(test_c_api "${PROJECT_SOURCE_DIR}/tests/c_api/test_c_api.cpp"
+                            "${PROJECT_SOURCE_DIR}/tests/c_api/test_agreement.cpp")
+  # redknot::core too: the tests compare with the C++ oracle (the C library hides its own copy of it) and run
+  # the cases of tests/agreement_cases.json (read with nlohmann_json) through C++ and C alike.
+  target_link_libraries(test_c_api PRIVATE Catch2::Catch2WithMain redknot::c redknot::core
+                                           nlohmann_json::nlohmann_json)
+  target_compile_definitions(test_c_api PRIVATE REDKNOT_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   redknot_enable_warnings(test_c_api)
   catch_discover_tests(test_c_api TEST_PREFIX "test_c_api/" PROPERTIES LABELS cpu)
 endfunction()

@@ -1,5 +1,6 @@
 // HeadMap construction, validation and the RedKnot JSON schema.
 #include "redknot/head_map.hpp"
+#include "redknot/limits.hpp"
 
 #include <cerrno>
 #include <cmath>
@@ -105,9 +106,9 @@ HeadClass parse_head_class(std::string_view s) {
 HeadMap::HeadMap(int num_layers, int num_kv_heads) : num_layers_(num_layers), num_kv_heads_(num_kv_heads) {
   require(num_layers > 0, "num_layers=", num_layers, " must be > 0");
   require(num_kv_heads > 0, "num_kv_heads=", num_kv_heads, " must be > 0");
-  require(static_cast<std::int64_t>(num_layers) * num_kv_heads <= std::numeric_limits<std::int32_t>::max(),
-          "num_layers*num_kv_heads=", static_cast<std::int64_t>(num_layers) * num_kv_heads,
-          " heads exceeds 2147483647");
+  const std::int64_t grid = std::int64_t{num_layers} * num_kv_heads;
+  require(grid <= kMaxLayersTimesKvHeads, "num_layers * num_kv_heads = ", num_layers, " * ", num_kv_heads,
+          " = ", grid, " exceeds the limit of ", kMaxLayersTimesKvHeads, " heads");
   heads_.assign(static_cast<std::size_t>(num_layers) * num_kv_heads, HeadPolicy{});
 }
 
@@ -158,12 +159,10 @@ HeadPolicy HeadMap::policy(int layer, int kv_head) const {
 
 void HeadMap::set(int layer, int kv_head, HeadPolicy p) {
   check_index(layer, kv_head);
-  if (p.is_local()) {
+  if (p.is_local())
     require(p.window >= 1, "window=", p.window, " for local head (layer ", layer, ", kv_head ", kv_head,
             ") must be >= 1");
-    require(p.sink >= 0, "sink=", p.sink, " for head (layer ", layer, ", kv_head ", kv_head,
-            ") must be >= 0");
-  }
+  require(p.sink >= 0, "sink=", p.sink, " for head (layer ", layer, ", kv_head ", kv_head, ") must be >= 0");
   heads_[index(layer, kv_head)] = p;
 }
 
@@ -508,6 +507,15 @@ class Reader {
 }  // namespace
 
 HeadMap HeadMap::from_json(std::string_view text) {
+  // Every failure is an InvalidArgument, whatever the JSON library throws (bindings rely on it).
+  try {
+    return parse_head_map(text);
+  } catch (const json::exception& e) {
+    throw InvalidArgument(concat("head map JSON: ", printable(e.what(), 300)));
+  }
+}
+
+HeadMap HeadMap::parse_head_map(std::string_view text) {
   std::unordered_map<std::string, std::string> raw_floats;
   const json j = parse_strict(text, raw_floats);
   require(j.is_object(), "head map JSON: top level must be an object, got ",
@@ -601,6 +609,8 @@ HeadMap HeadMap::load(const std::string& path) {
 }
 
 std::string HeadMap::to_json(int indent) const {
+  require(indent >= -1 && indent <= kMaxJsonIndent, "to_json: indent=", indent, " must be in [-1, ",
+          kMaxJsonIndent, "] (-1: compact)");
   json j;
   j["num_layers"] = num_layers_;
   j["num_kv_heads"] = num_kv_heads_;

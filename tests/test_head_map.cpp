@@ -110,8 +110,14 @@ TEST_CASE("programmatic edits are validated", "[head_map][bad_input]") {
   REQUIRE_THROWS_WITH(m.set(0, -1, {}), ContainsSubstring("kv_head=-1"));
   REQUIRE_THROWS_WITH(m.set(0, 0, HeadPolicy{HeadClass::kLocal, 0, 0}),
                       ContainsSubstring("window=0 for local head (layer 0, kv_head 0)"));
+  // A sink is >= 0 for every class (validate() says so too), not only for local heads.
+  REQUIRE_THROWS_WITH(m.set(0, 1, HeadPolicy{HeadClass::kGlobal, -1, -3}),
+                      ContainsSubstring("sink=-3 for head (layer 0, kv_head 1) must be >= 0"));
   REQUIRE_THROWS_WITH(m.set_dense_prefix_layers(-1), ContainsSubstring("dense_prefix_layers=-1"));
+  REQUIRE_THROWS_WITH(m.to_json(17), ContainsSubstring("indent=17 must be in [-1, 16]"));
   REQUIRE(m == HeadMap::all_global(2, 2));
+  REQUIRE_THROWS_WITH(HeadMap::all_global(1 << 11, 1 << 10),
+                      ContainsSubstring("2048 * 1024 = 2097152 exceeds the limit of 1048576 heads"));
   REQUIRE_THROWS_WITH(HeadMap::with_global_ratio(2, 2, 1.5, 8, 0), ContainsSubstring("global_ratio=1.5"));
   REQUIRE_THROWS_WITH(m.validate_shape(2, 3),
                       ContainsSubstring("num_kv_heads=2 does not match the model's 3"));

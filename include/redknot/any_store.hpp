@@ -9,6 +9,12 @@
 //   * a mutex, so that calls on one store from several threads are serialised instead of racing,
 //   * FlashInfer CSR export of a layer's page tables.
 // Every call validates before it mutates, like the store it wraps: on an exception nothing changed.
+//
+// This header is the interface only: it declares the class and make_store() and compiles none of the store or
+// kernel templates, so the binding translation units (src/c_api/c_api.cpp, python/src/module.cpp) stay light.
+// The implementation — KVHeadStore<f32 | f16 | bf16> and the CPU kernels, instantiated once — is
+// src/c_api/any_store.cpp. Value rules (ranges, sizes, ids) are the core's; this layer adds the DLTensor
+// checks (tensor_view.hpp) and the plan/run protocol.
 #pragma once
 
 #include <cstdint>
@@ -18,23 +24,16 @@
 #include <string>
 #include <vector>
 
-#include "redknot/cpu_attention.hpp"
+#include "redknot/attention_params.hpp"
 #include "redknot/dlpack_types.h"
-#include "redknot/head_map.hpp"
-#include "redknot/head_table.hpp"
-#include "redknot/kv_head_store.hpp"
 #include "redknot/model_shape.hpp"
+#include "redknot/store_types.hpp"
 
 namespace redknot {
 
-// FlashInfer's paged-KV CSR for a (sequence x kv_head) batch of one layer; see rk_export_page_table in
-// c_api.h for the exact contract.
-struct PageTableCsr {
-  std::vector<std::int32_t> indptr;         // [rows + 1]
-  std::vector<std::int32_t> indices;        // [indptr.back()] page ids
-  std::vector<std::int32_t> last_page_len;  // [rows]
-  std::vector<std::int32_t> page_pos0;      // [indptr.back()] position of slot 0 of each page
-};
+class HeadMap;        // head_map.hpp
+struct PageEntry;     // head_table.hpp
+struct PageTableCsr;  // flashinfer_csr.hpp
 
 class AnyStore {
  public:
@@ -85,6 +84,7 @@ class AnyStore {
   virtual std::int64_t pages_per_sequence(std::int64_t num_tokens) const = 0;
   virtual std::int64_t sequences_that_fit(std::int64_t num_tokens) const = 0;
 
+  // FlashInfer's paged-KV CSR of `layer` for seqs: flashinfer_csr() of flashinfer_csr.hpp, under the lock.
   virtual PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const = 0;
   // The page pool as one tensor [num_pages, 2, page_size, head_dim] (K = [:, 0], V = [:, 1]) in the store
   // dtype, row-major: with export_page_table it is exactly what FlashInfer's paged kernels read (num_kv_heads
@@ -101,8 +101,8 @@ class AnyStore {
 
 // Instantiates KVHeadStore<float | Half | BFloat16, HostAllocator> from shape.dtype. device must be kDLCPU
 // (kDLCUDA throws Unavailable: there is no CUDA attention backend behind this wrapper yet; a device_type
-// outside DLDeviceType throws InvalidArgument). The shape must respect kMaxNumQHeads and
-// kMaxLayersTimesKvHeads; a page pool the host cannot allocate throws PoolExhausted ("out of memory ...").
+// outside DLDeviceType throws InvalidArgument). The shape is checked by ModelShape::validate (limits.hpp); a
+// page pool the host cannot allocate throws PoolExhausted ("out of memory ...").
 std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
                                      DLDevice device = DLDevice{kDLCPU, 0});
 
@@ -118,10 +118,6 @@ inline std::int32_t device_type_int(const DLDevice& d) {
 inline bool is_known_device_type(std::int32_t t) {
   return (t >= kDLCPU && t <= kDLOpenCL) || (t >= kDLVulkan && t <= kDLHexagon);
 }
-
-// Limits on a store's shape (c_api.h: RK_MAX_NUM_Q_HEADS, RK_MAX_LAYERS_X_KV_HEADS), checked by make_store.
-inline constexpr std::int64_t kMaxNumQHeads = 65536;
-inline constexpr std::int64_t kMaxLayersTimesKvHeads = std::int64_t{1} << 20;
 
 // "cpu", "cuda:1", ... for messages.
 std::string device_name(const DLDevice& d);

@@ -49,11 +49,11 @@ extern "C" {
 /* Bumped on any incompatible change of a signature or struct layout in this header. */
 #define RK_ABI_VERSION 1
 
-/* Limits every entry point checks (RK_ERR_INVALID_ARGUMENT, naming the argument and value, beyond them):
- *   RK_MAX_NUM_THREADS        rk_attention_params.num_threads is 0 (the OpenMP default) or in [1, 1024]; the
- *                             C++ core (cpu_attention) enforces the same bound for every binding.
+/* Limits every entry point checks (RK_ERR_INVALID_ARGUMENT, naming the argument and value, beyond them). The
+ * C++ core enforces them (redknot/limits.hpp): C++ and Python reject the same values with the same message.
+ *   RK_MAX_NUM_THREADS        rk_attention_params.num_threads is 0 (the OpenMP default) or in [1, 1024].
  *   RK_MAX_LAYERS_X_KV_HEADS  num_layers * num_kv_heads of a head map (rk_head_map_uniform,
- *                             rk_head_map_with_global_ratio) or a store: at most 2^20 (1048576) heads.
+ *                             rk_head_map_with_global_ratio, JSON) or a store: at most 2^20 (1048576) heads.
  *   RK_MAX_NUM_Q_HEADS        num_q_heads of a store: at most 65536.
  *   RK_MAX_TOKENS             token counts (n_tokens of rk_append, num_tokens and chunk of the capacity
  *                             queries): at most 2^31, since positions are int32.
@@ -139,9 +139,10 @@ RK_API int rk_head_map_get_info(const rk_head_map* map, rk_head_map_info* out);
 /* Effective policy of (layer, kv_head): layers below dense_prefix_layers report RK_HEAD_DENSE. */
 RK_API int rk_head_map_get_policy(const rk_head_map* map, int32_t layer, int32_t kv_head,
                                   rk_head_policy* out);
-/* Serialises to JSON. Writes at most buf_size bytes including the NUL; *len_out (optional) receives the full
- * length without the NUL. buf may be NULL with buf_size 0 to query the length. A buffer that is too small is
- * RK_ERR_INVALID_ARGUMENT and nothing is written. */
+/* Serialises to JSON, indented by `indent` spaces in [0, 16] or compact (-1). Writes at most buf_size bytes
+ * including the NUL; *len_out (optional) receives the full length without the NUL. buf may be NULL with
+ * buf_size 0 to query the length. A buffer that is too small is RK_ERR_INVALID_ARGUMENT and nothing is
+ * written. */
 /* Pages to reserve per sequence so that num_tokens positions appended in chunks of at most `chunk` positions
  * (decode: 1) never exhaust the pool: the peak of a chunked prefill, per head sink + window + chunk, bounded
  * by every page of the context (redknot/pool_sizing.hpp). */
@@ -220,7 +221,7 @@ RK_API int rk_plan(rk_store* store, const int64_t* seq_ids, const int32_t* q_len
                    const int32_t* q_positions, int64_t total_q);
 
 typedef struct rk_attention_params {
-  float sm_scale;      /* softmax scale; 0 selects 1/sqrt(head_dim) */
+  float sm_scale;      /* softmax scale; 0 selects 1/sqrt(head_dim); negative, NaN, inf: INVALID_ARGUMENT */
   int32_t num_threads; /* CPU threads: 0 selects the OpenMP default, else [1, RK_MAX_NUM_THREADS] */
 } rk_attention_params;
 

@@ -14,6 +14,7 @@
 #include <span>
 #include <vector>
 
+#include "redknot/attention_params.hpp"
 #include "redknot/attention_plan.hpp"
 #include "redknot/dtype.hpp"
 #include "redknot/error.hpp"
@@ -26,31 +27,6 @@
 #endif
 
 namespace redknot {
-
-// The most OpenMP threads one attention call may ask for (AttentionParams::num_threads). Larger requests are
-// rejected with InvalidArgument: libgomp exits the process when it cannot create the threads (~40000) and
-// crashes beyond 65535. Same bound as RK_MAX_NUM_THREADS in c_api.h.
-inline constexpr int kMaxAttentionThreads = 1024;
-
-struct AttentionParams {
-  float scale = 0.f;    // softmax scale; 0 means 1 / sqrt(head_dim)
-  int num_threads = 0;  // 0: OpenMP default; else [1, kMaxAttentionThreads]
-  // Split-KV: a (sequence, kv_head, query tile) that sees more than kv_chunk keys is cut into ranges of page
-  // entries of about kv_chunk keys, attended in parallel and merged by log-sum-exp, so one long global head
-  // does not serialise a batch of short local ones. 0 disables splitting.
-  int kv_chunk = 4096;
-};
-
-// The one check of AttentionParams, for cpu_attention and for bindings that must reject bad parameters even
-// when a call has no query to run (`op` prefixes the message).
-inline void check_attention_params(const AttentionParams& params, const char* op) {
-  require(params.scale >= 0.f && std::isfinite(params.scale), op, ": scale=", params.scale,
-          " must be finite and >= 0 (0 selects 1/sqrt(head_dim))");
-  require(params.num_threads >= 0 && params.num_threads <= kMaxAttentionThreads, op,
-          ": num_threads=", params.num_threads, " must be in [0, ", kMaxAttentionThreads,
-          "] (0: the OpenMP default)");
-  require(params.kv_chunk >= 0, op, ": kv_chunk=", params.kv_chunk, " must be >= 0 (0: no split)");
-}
 
 namespace detail {
 
@@ -361,15 +337,16 @@ void cpu_attention(const KVHeadStore<T, A>& store, const AttentionPlan& plan, st
   static_assert(A::kHostAccessible, "cpu_attention needs a store whose pages live in host memory");
   const ModelShape& sh = store.shape();
   const std::size_t rows = static_cast<std::size_t>(plan.total_queries()) * sh.num_q_heads;
-  require(plan.num_kv_heads() == sh.num_kv_heads,
-          "cpu_attention: plan has num_kv_heads=", plan.num_kv_heads(), ", store has ", sh.num_kv_heads,
-          " (plan built for another store?)");
-  require(q.size() == rows * sh.head_dim, "cpu_attention: q has ", q.size(),
-          " elements, expected total_queries*num_q_heads*head_dim = ", plan.total_queries(), "*",
-          sh.num_q_heads, "*", sh.head_dim);
-  require(out.size() == q.size(), "cpu_attention: out has ", out.size(), " elements, expected ", q.size());
-  require(lse.empty() || lse.size() == rows, "cpu_attention: lse has ", lse.size(),
-          " elements, expected total_queries*num_q_heads = ", rows, " (or none)");
+  REDKNOT_CHECK(plan.num_kv_heads() == sh.num_kv_heads, InvalidArgument,
+                "cpu_attention: plan has num_kv_heads=", plan.num_kv_heads(), ", store has ", sh.num_kv_heads,
+                " (plan built for another store?)");
+  REDKNOT_CHECK(q.size() == rows * sh.head_dim, InvalidArgument, "cpu_attention: q has ", q.size(),
+                " elements, expected total_queries*num_q_heads*head_dim = ", plan.total_queries(), "*",
+                sh.num_q_heads, "*", sh.head_dim);
+  REDKNOT_CHECK(out.size() == q.size(), InvalidArgument, "cpu_attention: out has ", out.size(),
+                " elements, expected ", q.size());
+  REDKNOT_CHECK(lse.empty() || lse.size() == rows, InvalidArgument, "cpu_attention: lse has ", lse.size(),
+                " elements, expected total_queries*num_q_heads = ", rows, " (or none)");
   check_attention_params(params, "cpu_attention");
   const float scale = params.scale > 0.f ? params.scale : 1.f / std::sqrt(static_cast<float>(sh.head_dim));
 

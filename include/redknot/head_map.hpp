@@ -38,7 +38,8 @@ class HeadMap {
   //  - When kv_head_sink_size is absent, every head's sink is 4 (only local heads use it); when
   //    dense_prefix_layers is absent it is 0, when retrieval_top_p is absent it is 0.9.
   //  - num_layers and num_kv_heads are integers in [1, 2147483647] (INT32_MAX), and the document must hold
-  //    that many rows and entries (num_layers * num_kv_heads <= 2147483647).
+  //    that many rows and entries; num_layers * num_kv_heads is at most kMaxLayersTimesKvHeads (2^20, as for
+  //    every head map and model: limits.hpp).
   //  - A local head's window (kv_head_max_distance) is an integer in [1, 2147483647]; other classes ignore
   //    theirs (-1 by convention), which must still be an integer in [-2147483648, 2147483647].
   //  - A sink (kv_head_sink_size) is an integer in [0, 2147483647]; dense_prefix_layers is in [0,
@@ -53,6 +54,7 @@ class HeadMap {
   //    file does not exist, is a directory, cannot be opened or read, or exceeds 64 MiB.
   static HeadMap from_json(std::string_view json_text);
   static HeadMap load(const std::string& path);
+  // indent: -1 (compact) to kMaxJsonIndent.
   std::string to_json(int indent = 2) const;
   void save(const std::string& path) const;
 
@@ -83,6 +85,7 @@ class HeadMap {
 
  private:
   HeadMap(int num_layers, int num_kv_heads);
+  static HeadMap parse_head_map(std::string_view json_text);  // from_json without its exception translation
   std::size_t index(int layer, int kv_head) const;
   void check_index(int layer, int kv_head) const;
 

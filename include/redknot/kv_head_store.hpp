@@ -34,56 +34,23 @@
 #include "redknot/head_map.hpp"
 #include "redknot/head_ops.hpp"
 #include "redknot/head_table.hpp"
+#include "redknot/limits.hpp"
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/rope.hpp"
+#include "redknot/store_types.hpp"
 #include "redknot/visibility.hpp"
 
 namespace redknot {
 
-using SeqId = std::int64_t;
-
-struct StoreConfig {
-  int page_size = 16;
-  std::int32_t num_pages = 0;
-};
-
-// Totals, safe to read concurrently with a writer.
-struct StoreStats {
-  std::int64_t num_sequences = 0;
-  std::int64_t pages_total = 0;
-  std::int64_t pages_in_use = 0;
-  std::int64_t pages_global = 0;  // pages held by global-like heads (global, retrieval, dense)
-  std::int64_t pages_local = 0;
-  std::int64_t bytes_in_use = 0;
-  std::int64_t bytes_global = 0;
-  std::int64_t bytes_local = 0;
-};
-
-// The registry of precomputed chunks (position-independent reuse). Counters are totals since the store was
-// created; pages_held counts page references held by registered chunks (shared pages count once per chunk).
-struct ChunkStats {
-  std::int64_t chunks = 0;
-  std::int64_t chunks_in_use = 0;  // spliced into at least one live sequence: never evicted
-  std::int64_t pages_held = 0;
-  std::int64_t hits = 0;    // lookups and splices that found their key
-  std::int64_t misses = 0;  // lookups that did not
-  std::int64_t splices = 0;
-  std::int64_t evictions = 0;  // chunks dropped to make room (least recently used first)
-};
-
-// Pages and tokens one sequence references (pages shared with a fork are counted in each sequence).
-struct SequenceStats {
-  std::int64_t pages_global = 0;
-  std::int64_t pages_local = 0;
-  std::int64_t tokens_global = 0;  // stored (layer, head, position) triples
-  std::int64_t tokens_local = 0;
-  std::int64_t bytes_global = 0;
-  std::int64_t bytes_local = 0;
-  std::int64_t pages() const { return pages_global + pages_local; }
-  std::int64_t bytes() const { return bytes_global + bytes_local; }
-};
+// The appended token count of one call: at least 1, and int32-indexable (positions strictly increase within
+// int32). The one check of n_tokens, for the store and for bindings that convert tensors before calling it.
+inline void check_token_count(std::int64_t n, const char* op) {
+  REDKNOT_CHECK(n > 0, InvalidArgument, op, ": positions is empty (n_tokens must be > 0)");
+  REDKNOT_CHECK(n <= std::numeric_limits<std::int32_t>::max(), InvalidArgument, op, ": n_tokens=", n,
+                " is too large (positions are strictly increasing int32)");
+}
 
 template <StorageType T, Allocator Alloc = HostAllocator>
 class KVHeadStore {
@@ -201,8 +168,9 @@ class KVHeadStore {
     check_layer(layer);
     const std::int32_t lo = s.query_floor[static_cast<std::size_t>(layer)];
     const std::int32_t hi = s.next_pos[static_cast<std::size_t>(layer)];
-    require(q_pos >= lo && q_pos < hi, "query position ", q_pos, " of sequence ", id, " layer ", layer,
-            " must be in [", lo, ", ", hi, "): its own key must be appended and no later query retired");
+    REDKNOT_CHECK(q_pos >= lo && q_pos < hi, InvalidArgument, "query position ", q_pos, " of sequence ", id,
+                  " layer ", layer, " must be in [", lo, ", ", hi,
+                  "): its own key must be appended and no later query retired");
   }
 
   const HeadTable& table(SeqId id, int layer, int kv_head) const {
@@ -220,7 +188,7 @@ class KVHeadStore {
   void append(SeqId id, int layer, std::span<const T> k, std::span<const T> v,
               std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible ||
                                                                 std::is_same_v<Alloc, NullAllocator>) {
-    check_token_count(positions.size());
+    check_token_count(static_cast<std::int64_t>(positions.size()), "append");
     check_kv_sizes("append", k.size(), v.size(), positions.size());
     const std::int32_t offsets[2] = {0, static_cast<std::int32_t>(positions.size())};
     reserve(layer, std::span<const SeqId>(&id, 1), std::span<const std::int32_t>(offsets, 2), positions,
@@ -245,7 +213,7 @@ class KVHeadStore {
   // carry out before anything reads these tokens. Validates everything and checks capacity first: on an
   // exception nothing changed.
   AppendPlan reserve_append(SeqId id, int layer, std::span<const std::int32_t> positions) {
-    check_token_count(positions.size());
+    check_token_count(static_cast<std::int64_t>(positions.size()), "append");
     const std::int32_t offsets[2] = {0, static_cast<std::int32_t>(positions.size())};
     AppendPlan plan;
     reserve(layer, std::span<const SeqId>(&id, 1), std::span<const std::int32_t>(offsets, 2), positions,
@@ -422,7 +390,7 @@ class KVHeadStore {
                  std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible) {
     Sequence& s = seq(id, "overwrite");
     check_layer(layer);
-    check_token_count(positions.size());
+    check_token_count(static_cast<std::int64_t>(positions.size()), "overwrite");
     check_kv_sizes("overwrite", k.size(), v.size(), positions.size());
     const std::int32_t next = s.next_pos[static_cast<std::size_t>(layer)];
     for (std::size_t i = 0; i < positions.size(); ++i) {
@@ -603,15 +571,12 @@ class KVHeadStore {
   // Pages one sequence holds after positions [0, num_tokens) were appended and the query at num_tokens - 1
   // has run alone (the steady state of decoding), by the page-granular retention rule.
   std::int64_t pages_per_sequence(std::int64_t num_tokens) const {
-    require(num_tokens >= 0, "pages_per_sequence: num_tokens=", num_tokens, " must be >= 0");
-    std::int64_t total = 0;
-    for (const HeadPolicy& p : policies_) total += head_pages(p, num_tokens);
-    return total;
+    return pages_per_sequence(num_tokens, "pages_per_sequence");
   }
 
   // How many more sequences of num_tokens tokens fit in the free pages, at steady state.
   std::int64_t sequences_that_fit(std::int64_t num_tokens) const {
-    const std::int64_t per = pages_per_sequence(num_tokens);
+    const std::int64_t per = pages_per_sequence(num_tokens, "sequences_that_fit");
     return per == 0 ? std::numeric_limits<std::int64_t>::max() : pool_.free_pages() / per;
   }
 
@@ -621,6 +586,14 @@ class KVHeadStore {
   }
 
  private:
+  std::int64_t pages_per_sequence(std::int64_t num_tokens, const char* op) const {
+    require(num_tokens >= 0 && num_tokens <= kMaxTokens, op, ": num_tokens=", num_tokens, " must be in [0, ",
+            kMaxTokens, "] (positions are int32)");
+    std::int64_t total = 0;
+    for (const HeadPolicy& p : policies_) total += head_pages(p, num_tokens);
+    return total;
+  }
+
   struct Sequence {
     explicit Sequence(const ModelShape& sh)
         : tables(static_cast<std::size_t>(sh.num_layers) * sh.num_kv_heads),
@@ -759,23 +732,18 @@ class KVHeadStore {
     return m;
   }
 
-  void check_layer(int layer) const {
-    require(layer >= 0 && layer < shape_.num_layers, "layer=", layer, " out of range [0, ", shape_.num_layers,
-            ")");
-  }
-  void check_head(int h) const {
-    require(h >= 0 && h < shape_.num_kv_heads, "kv_head=", h, " out of range [0, ", shape_.num_kv_heads, ")");
-  }
+  void check_layer(int layer) const { shape_.check_layer(layer); }
+  void check_head(int h) const { shape_.check_kv_head(h); }
   Sequence& seq(SeqId id, const char* op) {
     auto it = seqs_.find(id);
-    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id,
-                      " is not live (never created or already freed)");
+    REDKNOT_CHECK(it != seqs_.end(), NotFound, op, ": sequence id=", id,
+                  " is not live (never created or already freed)");
     return it->second;
   }
   const Sequence& seq(SeqId id, const char* op) const {
     auto it = seqs_.find(id);
-    require<NotFound>(it != seqs_.end(), op, ": sequence id=", id,
-                      " is not live (never created or already freed)");
+    REDKNOT_CHECK(it != seqs_.end(), NotFound, op, ": sequence id=", id,
+                  " is not live (never created or already freed)");
     return it->second;
   }
 
@@ -799,18 +767,15 @@ class KVHeadStore {
     head_ops::evict(t, pool_, is_local_head(l, h), retained(l, h, q_earliest), class_pages(l, h));
   }
 
-  static void check_token_count(std::size_t n) {
-    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
-    require(n <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()), "append: n_tokens=", n,
-            " is too large (positions are strictly increasing int32)");
-  }
   void check_kv_sizes(const char* op, std::size_t k, std::size_t v, std::size_t n) const {
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
     const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
-    require(k == n * H * D, op, ": k has ", k, " elements, expected n_tokens*num_kv_heads*head_dim = ", n,
-            "*", H, "*", D, " = ", n * H * D);
-    require(v == n * H * D, op, ": v has ", v, " elements, expected n_tokens*num_kv_heads*head_dim = ", n,
-            "*", H, "*", D, " = ", n * H * D);
+    REDKNOT_CHECK(k == n * H * D, InvalidArgument, op, ": k has ", k,
+                  " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ",
+                  n * H * D);
+    REDKNOT_CHECK(v == n * H * D, InvalidArgument, op, ": v has ", v,
+                  " elements, expected n_tokens*num_kv_heads*head_dim = ", n, "*", H, "*", D, " = ",
+                  n * H * D);
   }
 
   // Validate, dry-run, commit (see reserve_append). Evictions of every item run before any page is taken, so
@@ -821,14 +786,15 @@ class KVHeadStore {
                std::span<const std::int32_t> positions, const char* op, AppendPlan& plan) {
     const std::size_t B = seqs.size();
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads);
-    require(offsets.size() == B + 1, op, ": token_offsets has ", offsets.size(),
-            " entries, expected one per sequence + 1 (", B + 1, ")");
-    require(offsets[0] == 0, op, ": token_offsets[0]=", offsets[0], " must be 0");
+    REDKNOT_CHECK(offsets.size() == B + 1, InvalidArgument, op, ": token_offsets has ", offsets.size(),
+                  " entries, expected one per sequence + 1 (", B + 1, ")");
+    REDKNOT_CHECK(offsets[0] == 0, InvalidArgument, op, ": token_offsets[0]=", offsets[0], " must be 0");
     for (std::size_t i = 0; i < B; ++i)
-      require(offsets[i + 1] >= offsets[i], op, ": token_offsets[", i + 1, "]=", offsets[i + 1],
-              " must be >= token_offsets[", i, "]=", offsets[i]);
-    require(static_cast<std::size_t>(offsets[B]) == positions.size(), op, ": token_offsets[", B,
-            "]=", offsets[B], " must equal the number of positions (", positions.size(), ")");
+      REDKNOT_CHECK(offsets[i + 1] >= offsets[i], InvalidArgument, op, ": token_offsets[", i + 1,
+                    "]=", offsets[i + 1], " must be >= token_offsets[", i, "]=", offsets[i]);
+    REDKNOT_CHECK(static_cast<std::size_t>(offsets[B]) == positions.size(), InvalidArgument, op,
+                  ": token_offsets[", B, "]=", offsets[B], " must equal the number of positions (",
+                  positions.size(), ")");
     std::vector<Sequence*>& items = scratch_items_;
     items.resize(B);
     for (std::size_t i = 0; i < B; ++i) items[i] = &seq(seqs[i], op);
@@ -837,24 +803,26 @@ class KVHeadStore {
       scratch_ids_.assign(seqs.begin(), seqs.end());
       std::sort(scratch_ids_.begin(), scratch_ids_.end());
       const auto dup = std::adjacent_find(scratch_ids_.begin(), scratch_ids_.end());
-      require(dup == scratch_ids_.end(), op, ": sequence id=", dup == scratch_ids_.end() ? 0 : *dup,
-              " appears twice in the batch");
+      REDKNOT_CHECK(dup == scratch_ids_.end(), InvalidArgument, op, ": sequence id=", *dup,
+                    " appears twice in the batch");
     }
     for (std::size_t i = 0; i < B; ++i) {
       const auto pos = positions.subspan(static_cast<std::size_t>(offsets[i]),
                                          static_cast<std::size_t>(offsets[i + 1] - offsets[i]));
       if (pos.empty()) continue;
       const std::int32_t next = items[i]->next_pos[static_cast<std::size_t>(layer)];
-      require(pos[0] >= next, op, ": positions[", offsets[i], "]=", pos[0], " must be >= ", next,
-              " (positions of sequence ", seqs[i], " layer ", layer, " must increase; last appended was ",
-              next - 1, ")");
+      REDKNOT_CHECK(pos[0] >= next, InvalidArgument, op, ": positions[", offsets[i], "]=", pos[0],
+                    " must be >= ", next, " (positions of sequence ", seqs[i], " layer ", layer,
+                    " must increase; last appended was ", next - 1, ")");
       for (std::size_t j = 1; j < pos.size(); ++j)
-        require(pos[j] > pos[j - 1], op, ": positions[", offsets[i] + static_cast<std::int64_t>(j),
-                "]=", pos[j], " must be > positions[", offsets[i] + static_cast<std::int64_t>(j) - 1,
-                "]=", pos[j - 1], " (strictly increasing)");
-      require(pos.back() < std::numeric_limits<std::int32_t>::max(), op, ": positions[", offsets[i + 1] - 1,
-              "]=", pos.back(), " is too large (the largest position is ",
-              std::numeric_limits<std::int32_t>::max() - 1, ")");
+        REDKNOT_CHECK(pos[j] > pos[j - 1], InvalidArgument, op, ": positions[",
+                      offsets[i] + static_cast<std::int64_t>(j), "]=", pos[j], " must be > positions[",
+                      offsets[i] + static_cast<std::int64_t>(j) - 1, "]=", pos[j - 1],
+                      " (strictly increasing)");
+      REDKNOT_CHECK(pos.back() < std::numeric_limits<std::int32_t>::max(), InvalidArgument, op,
+                    ": positions[", offsets[i + 1] - 1, "]=", pos.back(),
+                    " is too large (the largest position is ", std::numeric_limits<std::int32_t>::max() - 1,
+                    ")");
     }
 
     // Dry run: pages the appends need and pages their evictions give back, all items and heads together.
@@ -875,10 +843,10 @@ class KVHeadStore {
     // makes the call fit: a call that fails changes nothing, the chunk registry included.
     if (need > pool_.free_pages() + reclaim && need <= pool_.free_pages() + reclaim + unused_chunk_pages())
       evict_chunks(need - reclaim);
-    require<PoolExhausted>(need <= pool_.free_pages() + reclaim, op, "(layer=", layer, ", sequences=", B,
-                           ", n_tokens=", positions.size(), "): needs ", need, " pages, pool has ",
-                           pool_.free_pages(), " free (+", reclaim, " this append would evict) of ",
-                           pool_.num_pages());
+    REDKNOT_CHECK(need <= pool_.free_pages() + reclaim, PoolExhausted, op, "(layer=", layer,
+                  ", sequences=", B, ", n_tokens=", positions.size(), "): needs ", need, " pages, pool has ",
+                  pool_.free_pages(), " free (+", reclaim, " this append would evict) of ",
+                  pool_.num_pages());
 
     plan.layer = layer;
     plan.num_kv_heads = shape_.num_kv_heads;

@@ -12,6 +12,7 @@
 
 #include "redknot/error.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/limits.hpp"
 #include "redknot/visibility.hpp"
 
 namespace redknot {
@@ -45,11 +46,17 @@ inline std::int64_t steady_sequence_pages(const HeadMap& map, int page_size, std
 
 // Upper bound on the pages one (sequence, layer, kv_head) holds at any moment while positions
 // [0, num_tokens) are appended in chunks of at most `chunk` positions (decode: chunk 1).
+// The arguments of peak_head_pages() / peak_sequence_pages(); `op` prefixes the message.
+inline void check_peak_args(int page_size, std::int64_t num_tokens, std::int64_t chunk, const char* op) {
+  require(page_size > 0, op, ": page_size=", page_size, " must be > 0");
+  require(num_tokens >= 0 && num_tokens <= kMaxTokens, op, ": num_tokens=", num_tokens, " must be in [0, ",
+          kMaxTokens, "] (positions are int32)");
+  require(chunk > 0 && chunk <= kMaxTokens, op, ": chunk=", chunk, " must be in [1, ", kMaxTokens, "]");
+}
+
 inline std::int64_t peak_head_pages(const HeadPolicy& p, int page_size, std::int64_t num_tokens,
                                     std::int64_t chunk) {
-  require(page_size > 0, "peak_head_pages: page_size=", page_size, " must be > 0");
-  require(num_tokens >= 0, "peak_head_pages: num_tokens=", num_tokens, " must be >= 0");
-  require(chunk > 0, "peak_head_pages: chunk=", chunk, " must be > 0");
+  check_peak_args(page_size, num_tokens, chunk, "peak_head_pages");
   const auto ceil_div = [](std::int64_t a, std::int64_t b) { return (a + b - 1) / b; };
   const std::int64_t all = ceil_div(num_tokens, page_size);
   if (!p.is_local() || num_tokens == 0) return all;
@@ -64,6 +71,7 @@ inline std::int64_t peak_head_pages(const HeadPolicy& p, int page_size, std::int
 // Sum of peak_head_pages() over every (layer, kv_head) of `map`: pages to reserve per sequence.
 inline std::int64_t peak_sequence_pages(const HeadMap& map, int page_size, std::int64_t num_tokens,
                                         std::int64_t chunk) {
+  check_peak_args(page_size, num_tokens, chunk, "peak_sequence_pages");
   std::int64_t total = 0;
   for (int l = 0; l < map.num_layers(); ++l)
     for (int h = 0; h < map.num_kv_heads(); ++h)

@@ -355,22 +355,19 @@ class Store:
         """
         ids = _int_array(seq_ids, np.int64, "seq_ids")
         lens = _int_array(q_lens, np.int32, "q_lens")
-        if q_positions is None:
-            if len(ids) != len(lens):
-                raise InvalidArgument(
-                    f"plan: q_lens has {len(lens)} entries, expected one per sequence ({len(ids)})")
-            if (lens < 0).any():
-                raise InvalidArgument(f"plan: q_lens must be >= 0, got {lens.tolist()}")
-            parts = []
-            for s, n in zip(ids, lens):
-                start = self._s.next_position(int(s), 0)
-                if start + int(n) - 1 > 2**31 - 1:
-                    raise InvalidArgument(f"plan: q_lens={int(n)} for sequence {int(s)} (next position {start}) "
-                                          f"would need positions beyond int32")
-                parts.append(np.arange(start, start + int(n), dtype=np.int64))
-            pos = _int_array(np.concatenate(parts), np.int32, "q_positions") if parts else np.zeros(0, np.int32)
-        else:
+        if q_positions is not None:
             pos = _int_array(q_positions, np.int32, "q_positions")
+        elif len(ids) != len(lens) or (lens < 0).any():
+            pos = np.zeros(0, np.int32)  # no defaults for a bad description: the native check names the fault
+        else:
+            parts = []
+            for i, (s, n) in enumerate(zip(ids, lens)):
+                start = self._s.next_position(int(s), 0)
+                if start + int(n) - 1 > 2**31 - 1:  # the defaults must be int32 (checked before allocating them)
+                    raise InvalidArgument(f"plan: q_lens[{i}]={int(n)} for sequence {int(s)} (next position "
+                                          f"{start}) would need positions beyond int32")
+                parts.append(np.arange(start, start + int(n), dtype=np.int64))
+            pos = _int_array(np.concatenate(parts) if parts else [], np.int32, "q_positions")
         self._s.plan(ids, lens, pos)
 
     def run(
@@ -389,16 +386,14 @@ class Store:
         ``q``: ``[total_q, num_q_heads, head_dim]`` (or ``[total_q, num_q_heads * head_dim]``), float32 or the
         store dtype. Returns ``out`` (same shape and dtype as q, allocated like q unless given), and
         ``(out, lse)`` with ``return_lse=True`` (lse: float32 ``[total_q, num_q_heads]``, natural log).
-        ``sm_scale`` defaults to ``1/sqrt(head_dim)``.
+        ``sm_scale`` ``None`` (or 0, as in C and C++) selects ``1/sqrt(head_dim)``; negative, NaN and infinite
+        values are rejected.
         """
         _check_array(q, "q")
         if not isinstance(return_lse, (bool, np.bool_)):
             raise InvalidArgument(f"run: return_lse must be a bool, got {type(return_lse).__name__} "
                                   f"{return_lse!r:.80}")
-        # Scalars first (the native call checks layer, sm_scale and num_threads again, with the same messages),
-        # so that nothing is allocated for a call that cannot run.
-        _int_arg(layer, "run: layer")
-        _int_arg(num_threads, "run: num_threads")
+        # layer, sm_scale and num_threads are checked by the native call (the core's rules, as in C and C++).
         if out is None:
             out = _empty_like(q, _shape(q, "q"), float32=False)
         if return_lse and lse is None:

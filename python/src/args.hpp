@@ -103,6 +103,18 @@ inline double float_arg(py::handle h, const char* fn, const char* name) {
   return v;
 }
 
+// A real-number argument passed on as a C float (float_arg, then narrowed): a finite value beyond the float
+// range, or a nonzero one that would round to 0 (which the core reads as "default"), does not fit and is an
+// error naming the value. NaN and infinities pass through for the core's range check.
+inline float float32_arg(py::handle h, const char* fn, const char* name) {
+  const double v = float_arg(h, fn, name);
+  const bool fits = !std::isfinite(v) || (std::fabs(v) <= std::numeric_limits<float>::max() &&
+                                          (v == 0.0 || static_cast<float>(v) != 0.f));
+  if (!fits)
+    throw InvalidArgument(detail::concat(fn, ": ", name, "=", safe_repr(h), " does not fit in float32"));
+  return static_cast<float>(v);
+}
+
 // A str argument as UTF-8 (bytes are taken as they are when allow_bytes).
 inline std::string str_arg(py::handle h, const char* fn, const char* name, bool allow_bytes = false) {
   if (h.ptr() != nullptr && PyUnicode_Check(h.ptr())) {

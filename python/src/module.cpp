@@ -1,18 +1,20 @@
 // The _redknot extension module: pybind11 bindings of HeadMap and AnyStore.
 //
-// This layer stays thin: tensors come in through DLPack (dlpack_import.hpp) and go straight to AnyStore,
-// which does every check; metadata arrays arrive as int32/int64 numpy arrays prepared by the pure-Python
-// wrapper (redknot/_store.py). The GIL is released around appends and attention so that independent stores
-// run in parallel from Python threads.
+// This layer stays thin: tensors come in through DLPack (dlpack_import.hpp) and go straight to AnyStore;
+// metadata arrays arrive as int32/int64 numpy arrays prepared by the pure-Python wrapper (redknot/_store.py).
+// It converts Python objects to C++ values (args.hpp: wrong types and values that do not fit the C type are
+// InvalidArgument) and C++ exceptions to RedknotError subclasses; every value rule (ranges, limits, ids, the
+// attention parameters) is the core's, so Python rejects exactly what C and C++ reject, with their message.
+// The GIL is released around appends and attention so that independent stores run in parallel from Python
+// threads.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cfloat>
-#include <cmath>
 #include <cstring>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <typeinfo>
@@ -22,12 +24,15 @@
 #include "dlpack_import.hpp"
 #include "redknot/any_store.hpp"
 #include "redknot/error.hpp"
+#include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
+#include "redknot/head_table.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/version.hpp"
 
 namespace py = pybind11;
 using namespace redknot;
+using py_bindings::float32_arg;
 using py_bindings::float_arg;
 using py_bindings::ImportedTensor;
 using py_bindings::int_arg;
@@ -63,30 +68,6 @@ DLDevice parse_device(const std::string& s) {
 
 // Sequence ids are int64 (SeqId).
 SeqId seq_arg(const py::handle& h, const char* fn, const char* name) { return int_arg<SeqId>(h, fn, name); }
-
-// HeadMap.to_json: an indent this large is a mistake (and would make a huge string).
-constexpr int kMaxJsonIndent = 64;
-
-// A head map parsed from user text: any non-redknot C++ exception from the parser (nlohmann's out_of_range
-// for a number like 1e999, ...) is the input's fault, so it becomes InvalidArgument with `where` in front.
-template <class F>
-HeadMap parse_head_map(F&& parse, const std::string& where) {
-  try {
-    return parse();
-  } catch (const InvalidArgument&) {
-    throw;
-  } catch (const NotFound&) {
-    throw;
-  } catch (const PoolExhausted&) {
-    throw;
-  } catch (const Unavailable&) {
-    throw;
-  } catch (const std::bad_alloc&) {
-    throw;
-  } catch (const std::exception& e) {
-    throw InvalidArgument(detail::concat(where, e.what()));
-  }
-}
 
 // An exception class deriving from RedknotError and a builtin; str() shows the message without the quotes
 // KeyError would add.
@@ -254,6 +235,11 @@ PYBIND11_MODULE(_redknot, m) {
       raise_translated(unavailable, e.what());
     } catch (const std::bad_alloc&) {
       raise_translated(exhausted, "out of host memory (std::bad_alloc): nothing was changed");
+    } catch (const std::length_error& e) {  // a container asked for more than max_size(): as in the C ABI
+      raise_translated(exhausted, detail::concat("out of memory: a host allocation larger than the address "
+                                                 "space was requested (",
+                                                 e.what(), ")")
+                                      .c_str());
     } catch (const std::exception& e) {
       raise_translated(internal,
                        detail::concat("internal error (", typeid(e).name(), "): ", e.what()).c_str());
@@ -276,17 +262,12 @@ PYBIND11_MODULE(_redknot, m) {
       .def_static(
           "from_json",
           [](const py::object& text) {
-            const std::string t = str_arg(text, "HeadMap.from_json", "text", /*allow_bytes=*/true);
-            return parse_head_map([&] { return HeadMap::from_json(t); }, "head map JSON: ");
+            return HeadMap::from_json(str_arg(text, "HeadMap.from_json", "text", /*allow_bytes=*/true));
           },
           py::arg("text"))
       .def_static(
           "load",
-          [](const py::object& path) {
-            const std::string p = path_arg(path, "HeadMap.load", "path");
-            return parse_head_map([&] { return HeadMap::load(p); },
-                                  detail::concat("head map file '", p, "': "));
-          },
+          [](const py::object& path) { return HeadMap::load(path_arg(path, "HeadMap.load", "path")); },
           py::arg("path"))
       .def_static(
           "all_global",
@@ -313,10 +294,8 @@ PYBIND11_MODULE(_redknot, m) {
              const py::object& sink) {
             constexpr const char* fn = "HeadMap.with_global_ratio";
             const int l = int_arg<int>(L, fn, "num_layers"), h = int_arg<int>(H, fn, "num_kv_heads");
-            const double r = float_arg(ratio, fn, "global_ratio");
-            require(std::isfinite(r) && r >= 0.0 && r <= 1.0, fn,
-                    ": global_ratio=", py_bindings::safe_repr(ratio), " must be in [0, 1]");
-            return HeadMap::with_global_ratio(l, h, r, int_arg<int>(window, fn, "window"),
+            return HeadMap::with_global_ratio(l, h, float_arg(ratio, fn, "global_ratio"),
+                                              int_arg<int>(window, fn, "window"),
                                               int_arg<int>(sink, fn, "sink"));
           },
           py::arg("num_layers"), py::arg("num_kv_heads"), py::arg("global_ratio"), py::arg("window"),
@@ -324,10 +303,7 @@ PYBIND11_MODULE(_redknot, m) {
       .def(
           "to_json",
           [](const HeadMap& h, const py::object& indent) {
-            const int i = int_arg<int>(indent, "HeadMap.to_json", "indent");
-            require(i >= -1 && i <= kMaxJsonIndent, "HeadMap.to_json: indent=", i, " must be in [-1, ",
-                    kMaxJsonIndent, "] (-1: compact)");
-            return h.to_json(i);
+            return h.to_json(int_arg<int>(indent, "HeadMap.to_json", "indent"));
           },
           py::arg("indent") = 2)
       .def(
@@ -362,11 +338,7 @@ PYBIND11_MODULE(_redknot, m) {
             const HeadClass c = parse_head_class(str_arg(cls_o, fn, "cls"));
             const int window = int_arg<int>(window_o, fn, "window");
             const int sink = int_arg<int>(sink_o, fn, "sink");
-            HeadPolicy p{c, c == HeadClass::kLocal ? window : -1, sink};
-            require(c != HeadClass::kLocal || window >= 1, "set: window=", window,
-                    " must be >= 1 for a local head");
-            require(sink >= 0, "set: sink=", sink, " must be >= 0");
-            h.set(layer, kv_head, p);
+            h.set(layer, kv_head, HeadPolicy{c, c == HeadClass::kLocal ? window : -1, sink});
           },
           py::arg("layer"), py::arg("kv_head"), py::arg("cls"), py::arg("window") = -1, py::arg("sink") = 0)
       .def(
@@ -395,8 +367,7 @@ PYBIND11_MODULE(_redknot, m) {
       .def("__deepcopy__", [](const HeadMap& h, const py::object&) { return HeadMap(h); })
       .def(py::pickle([](const HeadMap& h) { return py::str(h.to_json(-1)); },
                       [](const py::str& s) {
-                        const std::string t = str_arg(s, "HeadMap.__setstate__", "state", true);
-                        return parse_head_map([&] { return HeadMap::from_json(t); }, "head map JSON: ");
+                        return HeadMap::from_json(str_arg(s, "HeadMap.__setstate__", "state", true));
                       }))
       .def("__repr__", [](const HeadMap& h) {
         return detail::concat("HeadMap(num_layers=", h.num_layers(), ", num_kv_heads=", h.num_kv_heads(),
@@ -533,22 +504,16 @@ PYBIND11_MODULE(_redknot, m) {
           [](AnyStore& s, const py::object& layer_o, const py::handle& q, const py::handle& out,
              const py::object& lse, const py::object& sm_scale, const py::object& num_threads) {
             const int layer = int_arg<int>(layer_o, "run", "layer");
-            // sm_scale: None (or 0.0, the C default) selects 1/sqrt(head_dim).
-            double scale = 0.0;
-            if (!sm_scale.is_none()) {
-              scale = float_arg(sm_scale, "run", "sm_scale");
-              require(std::isfinite(scale) && scale > 0.0 && scale <= FLT_MAX,
-                      "run: sm_scale=", py_bindings::safe_repr(sm_scale),
-                      " must be a finite number > 0 (None selects 1/sqrt(head_dim))");
-            }
-            // The range [0, kMaxAttentionThreads] is checked once, by check_attention_params (AnyStore::run).
+            // sm_scale: None is 0, the default 1/sqrt(head_dim), as in C and C++. Its range and num_threads'
+            // are checked by check_attention_params (AnyStore::run), for every binding.
+            const float scale = sm_scale.is_none() ? 0.f : float32_arg(sm_scale, "run", "sm_scale");
             const int threads = int_arg<int>(num_threads, "run", "num_threads");
             const ImportedTensor qt(q, "q", false);
             const ImportedTensor ot(out, "out", true);
             std::optional<ImportedTensor> lt;
             if (!lse.is_none()) lt.emplace(lse, "lse", true);
             AttentionParams params;
-            params.scale = static_cast<float>(scale);
+            params.scale = scale;
             params.num_threads = threads;
             py::gil_scoped_release nogil;
             s.run(layer, qt.tensor(), ot.tensor(), lt ? lt->get() : nullptr, params);

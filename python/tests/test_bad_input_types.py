@@ -135,14 +135,21 @@ def test_store_int_arguments(store, name, call, value):
     still_usable(store)
 
 
-@pytest.mark.parametrize("value", [v for v in BAD_FLOATS if v is not None] + [0, -1.0, 1e39],
-                         ids=[i for i in BAD_FLOAT_IDS if i != "None"] + ["0", "-1.0", "1e39"])
-def test_run_sm_scale(store, value):  # None is the default (1/sqrt(head_dim))
+@pytest.mark.parametrize("value", [v for v in BAD_FLOATS if v is not None] + [-1.0, 1e39, 1e-50],
+                         ids=[i for i in BAD_FLOAT_IDS if i != "None"] + ["-1.0", "1e39", "1e-50"])
+def test_run_sm_scale(store, value):  # None and 0 are the default (1/sqrt(head_dim))
     before = store_snapshot(store)
     with pytest.raises(redknot.InvalidArgument, match="sm_scale"):
         store.run(Q3, 0, sm_scale=value)
     assert store_snapshot(store) == before
     still_usable(store)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, np.float32(0)], ids=["0", "0.0", "np.float32(0)"])
+def test_run_sm_scale_zero_is_the_default(store, value):  # as in C (rk_attention_params) and C++
+    np.testing.assert_array_equal(store.run(Q3, 0, sm_scale=value), store.run(Q3, 0))
+    np.testing.assert_array_equal(store.run(Q3, 0, sm_scale=value),
+                                  store.run(Q3, 0, sm_scale=1 / math.sqrt(store.head_dim)))
 
 
 @pytest.mark.parametrize("value", [2**31 - 1, 1025, -1])

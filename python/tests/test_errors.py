@@ -88,7 +88,7 @@ BAD_CALLS = [
     ("run bad layer", lambda st, s: st.run(np.ones((3, 4, 16), F), 7),
      ValueError, "layer=7"),
     ("run bad scale", lambda st, s: st.run(np.ones((3, 4, 16), F), 0, sm_scale=-1.0),
-     ValueError, "sm_scale=-1.0"),
+     ValueError, "sm_scale=-1 must be finite and >= 0"),
     ("run nan scale", lambda st, s: st._s.run(0, np.ones((3, 4, 16), F), np.ones((3, 4, 16), F), None,
                                               float("nan"), 0),
      ValueError, "sm_scale=nan"),

@@ -1,18 +1,21 @@
 // AnyStore implementation: KVHeadStore<T, HostAllocator> behind a runtime interface (see any_store.hpp).
+// The one translation unit that compiles the store and kernel templates for the bindings.
 #include "redknot/any_store.hpp"
 
 #include <array>
 #include <atomic>
-#include <cmath>
-#include <limits>
 #include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
-#include <unordered_set>
 
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
+#include "redknot/flashinfer_csr.hpp"
+#include "redknot/head_map.hpp"
+#include "redknot/head_table.hpp"
+#include "redknot/kv_head_store.hpp"
+#include "redknot/query_batch.hpp"
 #include "tensor_view.hpp"
 
 namespace redknot {
@@ -135,9 +138,7 @@ class StoreImpl final : public AnyStore {
   void append(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
               std::span<const std::int32_t> positions) override {
     const auto n = static_cast<std::int64_t>(positions.size());
-    require(n > 0, "append: positions is empty (n_tokens must be > 0)");
-    require(n <= std::int64_t{std::numeric_limits<std::int32_t>::max()} + 1, "append: n_tokens=", n,
-            " exceeds 2^31 (positions are strictly increasing int32)");
+    check_token_count(n, "append");  // before the tensors are read against n
     with_kv(k, v, n, "append: k", "append: v", [&](std::span<const T> ks, std::span<const T> vs) {
       store_.append(id, layer, ks, vs, positions);
     });
@@ -167,27 +168,8 @@ class StoreImpl final : public AnyStore {
 
   void plan(std::span<const SeqId> seqs, std::span<const std::int32_t> q_lens,
             std::span<const std::int32_t> q_positions) override {
-    require(q_lens.size() == seqs.size(), "plan: q_lens has ", q_lens.size(),
-            " entries, expected one per sequence (", seqs.size(), ")");
-    std::int64_t total = 0;
-    for (std::size_t i = 0; i < q_lens.size(); ++i) {
-      require(q_lens[i] >= 0, "plan: q_lens[", i, "]=", q_lens[i], " must be >= 0");
-      total += q_lens[i];
-    }
-    require(total <= std::numeric_limits<std::int32_t>::max(), "plan: sum(q_lens)=", total,
-            " exceeds INT32_MAX");
-    require(static_cast<std::int64_t>(q_positions.size()) == total, "plan: q_positions has ",
-            q_positions.size(), " entries, expected sum(q_lens)=", total);
-    for (std::size_t i = 0; i < q_positions.size(); ++i)
-      require(q_positions[i] >= 0, "plan: q_positions[", i, "]=", q_positions[i], " must be >= 0");
     std::lock_guard lk(mu_);
-    std::unordered_set<SeqId> seen;
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      require(seen.insert(seqs[i]).second, "plan: sequence id=", seqs[i],
-              " appears twice in the batch (index ", i, ")");
-      require<NotFound>(store_.contains(seqs[i]), "plan: seq_ids[", i, "]=", seqs[i],
-                        " is not live (never created or already freed)");
-    }
+    const std::int64_t total = check_query_batch(store_, seqs, q_lens, q_positions, "plan");
     seqs_.assign(seqs.begin(), seqs.end());
     q_lens_.assign(q_lens.begin(), q_lens.end());
     q_positions_.assign(q_positions.begin(), q_positions.end());
@@ -202,32 +184,32 @@ class StoreImpl final : public AnyStore {
   void run(int layer, const DLTensor& q, const DLTensor& out, const DLTensor* lse,
            AttentionParams params) override {
     const ModelShape& sh = store_.shape();
-    require(layer >= 0 && layer < sh.num_layers, "run: layer=", layer, " out of range [0, ", sh.num_layers,
-            ")");
+    sh.check_layer(layer, "run");
     check_attention_params(params, "run");  // also when the plan has no query to run
     detail::check_tensor(&q, "run: q");
     detail::check_tensor(&out, "run: out");
     if (lse) detail::check_tensor(lse, "run: lse");
     const ElemType qt = detail::elem_type(q.dtype);
     const ElemType st = detail::elem_type(sh.dtype);
-    require(qt == ElemType::kF32 || qt == st, "run: q has dtype ", dl_dtype_name(q.dtype),
-            ", expected float32 or the store dtype ", detail::elem_type_name(st));
-    require(detail::elem_type(out.dtype) == qt, "run: out has dtype ", dl_dtype_name(out.dtype),
-            ", expected the dtype of q (", dl_dtype_name(q.dtype), ")");
+    REDKNOT_CHECK(qt == ElemType::kF32 || qt == st, InvalidArgument, "run: q has dtype ",
+                  dl_dtype_name(q.dtype), ", expected float32 or the store dtype ",
+                  detail::elem_type_name(st));
+    REDKNOT_CHECK(detail::elem_type(out.dtype) == qt, InvalidArgument, "run: out has dtype ",
+                  dl_dtype_name(out.dtype), ", expected the dtype of q (", dl_dtype_name(q.dtype), ")");
     if (lse)
-      require(detail::elem_type(lse->dtype) == ElemType::kF32, "run: lse has dtype ",
-              dl_dtype_name(lse->dtype), ", expected float32");
+      REDKNOT_CHECK(detail::elem_type(lse->dtype) == ElemType::kF32, InvalidArgument, "run: lse has dtype ",
+                    dl_dtype_name(lse->dtype), ", expected float32");
 
     std::lock_guard lk(mu_);
-    require(planned_total_ >= 0, "run: no batch planned; call plan(seq_ids, q_lens, q_positions) first");
+    REDKNOT_CHECK(planned_total_ >= 0, InvalidArgument,
+                  "run: no batch planned; call plan(seq_ids, q_lens, q_positions) first");
     detail::check_rows(q, "run: q", planned_total_, sh.num_q_heads, sh.head_dim, "total_q", "num_q_heads");
     detail::check_rows(out, "run: out", planned_total_, sh.num_q_heads, sh.head_dim, "total_q",
                        "num_q_heads");
-    if (lse) {
-      const bool ok = lse->ndim == 2 && lse->shape[0] == planned_total_ && lse->shape[1] == sh.num_q_heads;
-      require(ok, "run: lse has shape ", detail::shape_string(*lse), ", expected [total_q=", planned_total_,
-              ", num_q_heads=", sh.num_q_heads, "]");
-    }
+    if (lse)
+      REDKNOT_CHECK(lse->ndim == 2 && lse->shape[0] == planned_total_ && lse->shape[1] == sh.num_q_heads,
+                    InvalidArgument, "run: lse has shape ", detail::shape_string(*lse),
+                    ", expected [total_q=", planned_total_, ", num_q_heads=", sh.num_q_heads, "]");
     // Brings this layer's mirror up to date; validates every query position against what was appended.
     AttentionPlan& p = plans_[static_cast<std::size_t>(layer)];
     p.update(store_, layer, seqs_, q_lens_, q_positions_);
@@ -272,53 +254,8 @@ class StoreImpl final : public AnyStore {
   }
 
   PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const override {
-    const ModelShape& sh = store_.shape();
-    require(layer >= 0 && layer < sh.num_layers, "export_page_table: layer=", layer, " out of range [0, ",
-            sh.num_layers, ")");
-    const int H = sh.num_kv_heads;
-    const int ps = store_.page_size();
     std::lock_guard lk(mu_);
-    PageTableCsr csr;
-    csr.indptr.reserve(seqs.size() * static_cast<std::size_t>(H) + 1);
-    csr.indptr.push_back(0);
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      require<NotFound>(store_.contains(seqs[i]), "export_page_table: seq_ids[", i, "]=", seqs[i],
-                        " is not live (never created or already freed)");
-      for (int h = 0; h < H; ++h) {
-        const HeadTable& t = store_.table(seqs[i], layer, h);
-        for (std::size_t e = 0; e < t.size(); ++e) {
-          const PageEntry& pe = t[e];
-          const bool last = e + 1 == t.size();
-          const auto where = [&] {
-            return detail::concat("export_page_table: sequence ", seqs[i], " layer ", layer, " kv_head ", h,
-                                  ": entry ", e, " (page ", pe.page_id, ", slots [", pe.first, ", ",
-                                  pe.end_slot(), "), positions [", pe.pos0, ", ", pe.pos0 + pe.count, "))");
-          };
-          if (e > 0 && t[e - 1].page_id == pe.page_id)
-            throw InvalidArgument(where() +
-                                  " shares its page with the previous entry (a position jump inside a "
-                                  "page), which FlashInfer's CSR cannot express");
-          if (pe.first != 0)
-            throw InvalidArgument(where() +
-                                  " does not start at slot 0, which FlashInfer's CSR cannot express");
-          if (!last && pe.count != ps)
-            throw InvalidArgument(detail::concat(
-                where(),
-                " is a partial page before the end of the row; FlashInfer's CSR needs every page but the "
-                "last full (page_size=",
-                ps,
-                "; a local head whose sink is not a multiple of page_size keeps such a page after "
-                "eviction)"));
-          csr.indices.push_back(pe.page_id);
-          csr.page_pos0.push_back(pe.pos0);
-        }
-        require(csr.indices.size() <= static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max()),
-                "export_page_table: more than INT32_MAX pages");
-        csr.indptr.push_back(static_cast<std::int32_t>(csr.indices.size()));
-        csr.last_page_len.push_back(t.empty() ? 0 : t[t.size() - 1].count);
-      }
-    }
-    return csr;
+    return flashinfer_csr(store_, layer, seqs);
   }
 
  private:
@@ -327,8 +264,9 @@ class StoreImpl final : public AnyStore {
     detail::check_tensor(&t, name);
     const ElemType et = detail::elem_type(t.dtype);
     const ElemType st = detail::elem_type(sh.dtype);
-    require(et == st || et == ElemType::kF32, name, " has dtype ", dl_dtype_name(t.dtype),
-            ", expected the store dtype ", detail::elem_type_name(st), " (or float32, converted)");
+    REDKNOT_CHECK(et == st || et == ElemType::kF32, InvalidArgument, name, " has dtype ",
+                  dl_dtype_name(t.dtype), ", expected the store dtype ", detail::elem_type_name(st),
+                  " (or float32, converted)");
     detail::check_rows(t, name, n, sh.num_kv_heads, sh.head_dim, "n_tokens", "num_kv_heads");
   }
 
@@ -404,12 +342,7 @@ std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, Store
       " is not available: the CUDA backend (device page pool + attention kernels) is not part of "
       "this build of the bindings yet; use device='cpu'");
   require(dev == kDLCPU, "store device ", device_name(device), " is not supported (only cpu)");
-  shape.validate();
-  require(shape.num_q_heads <= kMaxNumQHeads, "ModelShape.num_q_heads=", shape.num_q_heads,
-          " exceeds the limit of ", kMaxNumQHeads);
-  const std::int64_t grid = std::int64_t{shape.num_layers} * shape.num_kv_heads;
-  require(grid <= kMaxLayersTimesKvHeads, "ModelShape.num_layers * num_kv_heads = ", shape.num_layers, " * ",
-          shape.num_kv_heads, " = ", grid, " exceeds the limit of ", kMaxLayersTimesKvHeads, " heads");
+  shape.validate();  // before the dtype picks an instantiation (the store checks it again)
   // The pool is allocated up front: a size the host cannot allocate is out of memory, reported as such.
   try {
     switch (shape.dtype) {

@@ -92,24 +92,25 @@ inline char* base_ptr(const DLTensor& t) { return static_cast<char*>(t.data) + t
 
 // Structural sanity of a tensor from outside: pointers present, extents non-negative, host memory.
 inline void check_tensor(const DLTensor* t, const char* name) {
-  require(t != nullptr, name, " is NULL");
-  require(t->ndim >= 0 && t->ndim <= 8, name, ".ndim=", t->ndim, " must be in [0, 8]");
-  require(t->ndim == 0 || t->shape != nullptr, name, ".shape is NULL with ndim=", t->ndim);
+  REDKNOT_CHECK(t != nullptr, InvalidArgument, name, " is NULL");
+  REDKNOT_CHECK(t->ndim >= 0 && t->ndim <= 8, InvalidArgument, name, ".ndim=", t->ndim, " must be in [0, 8]");
+  REDKNOT_CHECK(t->ndim == 0 || t->shape != nullptr, InvalidArgument, name,
+                ".shape is NULL with ndim=", t->ndim);
   for (int i = 0; i < t->ndim; ++i)
-    require(t->shape[i] >= 0, name, ".shape[", i, "]=", t->shape[i], " is negative");
+    REDKNOT_CHECK(t->shape[i] >= 0, InvalidArgument, name, ".shape[", i, "]=", t->shape[i], " is negative");
   // Read as an integer: a foreign device_type outside the DLDeviceType enum must not be loaded as the enum.
   std::int32_t dev = 0;
   static_assert(sizeof(t->device.device_type) == sizeof(dev), "DLDeviceType is expected to be 32-bit");
   std::memcpy(&dev, &t->device.device_type, sizeof dev);
-  require(
-      dev == kDLCPU || dev == kDLCUDAHost, name, " lives on device type ", dev, " (",
+  REDKNOT_CHECK(
+      dev == kDLCPU || dev == kDLCUDAHost, InvalidArgument, name, " lives on device type ", dev, " (",
       dev == kDLCUDA                                                                   ? "cuda"
       : (dev >= kDLCPU && dev <= kDLOpenCL) || (dev >= kDLVulkan && dev <= kDLHexagon) ? "not host memory"
                                                                                        : "not a DLDeviceType",
       "), but this store is on the cpu: pass a host tensor (kDLCPU=1 or kDLCUDAHost=3; CUDA stores are not "
       "available yet)");
-  require(t->data != nullptr || numel(*t) == 0, name, ".data is NULL but the tensor has ", numel(*t),
-          " elements");
+  REDKNOT_CHECK(t->data != nullptr || numel(*t) == 0, InvalidArgument, name,
+                ".data is NULL but the tensor has ", numel(*t), " elements");
 }
 
 // Visits every element of t in row-major order: f(byte pointer of the element, index in row-major order).
@@ -160,8 +161,9 @@ inline void check_rows(const DLTensor& t, const char* name, std::int64_t rows, s
                        std::int64_t dim, const char* rows_name, const char* heads_name) {
   const bool ok3 = t.ndim == 3 && t.shape[0] == rows && t.shape[1] == heads && t.shape[2] == dim;
   const bool ok2 = t.ndim == 2 && t.shape[0] == rows && t.shape[1] == heads * dim;
-  require(ok3 || ok2, name, " has shape ", shape_string(t), ", expected [", rows_name, "=", rows, ", ",
-          heads_name, "=", heads, ", head_dim=", dim, "] or [", rows, ", ", heads * dim, "]");
+  REDKNOT_CHECK(ok3 || ok2, InvalidArgument, name, " has shape ", shape_string(t), ", expected [", rows_name,
+                "=", rows, ", ", heads_name, "=", heads, ", head_dim=", dim, "] or [", rows, ", ",
+                heads * dim, "]");
 }
 
 }  // namespace redknot::detail

@@ -686,7 +686,7 @@ TEST_CASE("huge counts and sizes are a precise error, never INTERNAL") {
   CHECK(rk_head_map_uniform(1 << 11, 1 << 10, RK_HEAD_GLOBAL, -1, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
   CHECK(rk_head_map_with_global_ratio(INT32_MAX, INT32_MAX, 0.5, 4, 0, &untouched) ==
         RK_ERR_INVALID_ARGUMENT);
-  CHECK(contains(rk_last_error(), "RK_MAX_LAYERS_X_KV_HEADS"));
+  CHECK(contains(rk_last_error(), "exceeds the limit of 1048576 heads"));  // RK_MAX_LAYERS_X_KV_HEADS
   CHECK(rk_head_map_with_global_ratio(INT32_MAX, 1, 1.0, 4, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
   CHECK(rk_head_map_uniform(-1, 2, RK_HEAD_GLOBAL, -1, 0, &untouched) == RK_ERR_INVALID_ARGUMENT);
   CHECK(contains(rk_last_error(), "num_layers=-1"));
@@ -740,7 +740,7 @@ TEST_CASE("huge counts and sizes are a precise error, never INTERNAL") {
   const std::int32_t ql = 1;
   CHECK(rk_plan(f.store, &s, &ql, -1, pos.data(), 1) == RK_ERR_INVALID_ARGUMENT);
   CHECK(rk_plan(f.store, &s, &ql, 1, pos.data(), INT64_MAX) == RK_ERR_INVALID_ARGUMENT);
-  CHECK(contains(rk_last_error(), "total_q"));
+  CHECK(contains(rk_last_error(), "q_positions has 9223372036854775807 entries"));  // total_q
   const std::int32_t big_len = INT32_MAX;
   CHECK(rk_plan(f.store, &s, &big_len, 1, pos.data(), 1) == RK_ERR_INVALID_ARGUMENT);
   std::int64_t n = -1;

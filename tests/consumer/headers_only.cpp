@@ -5,14 +5,19 @@
 // and redknot.hpp; any_store.hpp (redknot::anystore), c_api.h (redknot::c), cuda/*.hpp (redknot::cuda).
 // head_map.hpp itself may be included for HeadClass and HeadPolicy.
 #include <redknot/allocator.hpp>
+#include <redknot/attention_params.hpp>
 #include <redknot/dtype.hpp>
 #include <redknot/error.hpp>
+#include <redknot/flashinfer_csr.hpp>
 #include <redknot/head_map.hpp>
 #include <redknot/head_table.hpp>
+#include <redknot/limits.hpp>
 #include <redknot/model_shape.hpp>
 #include <redknot/page_pool.hpp>
 #include <redknot/policies.hpp>
+#include <redknot/query_batch.hpp>
 #include <redknot/rope.hpp>
+#include <redknot/store_types.hpp>
 #include <redknot/version.hpp>
 #include <redknot/visibility.hpp>
 
@@ -66,6 +71,13 @@ int main() {
   check(inv_freq.size() == 2 && row[0] == static_cast<float>(std::cos(1.0)) &&
             row[2] == static_cast<float>(std::sin(1.0)),
         "rope_apply");
+  // The one check of AttentionParams names sm_scale and its value.
+  try {
+    check_attention_params(AttentionParams{-1.5f}, "run");
+    check(false, "check_attention_params must throw");
+  } catch (const InvalidArgument& e) {
+    check(std::string(e.what()).find("sm_scale=-1.5") != std::string::npos, "sm_scale message");
+  }
 
   // Page pool and a head table.
   PagePool<float> pool(4, 16, 8);
