@@ -20,13 +20,16 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "redknot/attention_params.hpp"
 #include "redknot/dlpack_types.h"
 #include "redknot/model_shape.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/store_types.hpp"
 
 namespace redknot {
@@ -46,6 +49,7 @@ class AnyStore {
   virtual int page_size() const = 0;
   virtual std::int32_t num_pages() const = 0;
   virtual DLDevice device() const = 0;
+  virtual const RopeConfig* rope() const = 0;  // nullptr: the store has no RoPE spec
 
   // ---- sequences (KVHeadStore semantics) ----
   virtual SeqId create_sequence() = 0;
@@ -86,6 +90,22 @@ class AnyStore {
 
   // FlashInfer's paged-KV CSR of `layer` for seqs: flashinfer_csr() of flashinfer_csr.hpp, under the lock.
   virtual PageTableCsr export_page_table(int layer, std::span<const SeqId> seqs) const = 0;
+
+  // ---- chunks: position-independent reuse (KVHeadStore semantics; kv_head_store.hpp) ----
+  virtual ChunkKey chunk_key(std::string_view model_id, std::span<const std::int32_t> tokens) const = 0;
+  virtual void register_chunk(const ChunkKey& key, SeqId seq) = 0;
+  // Tokens of the chunk, or -1 when the key is not registered (counted as a hit or a miss).
+  virtual std::int32_t lookup_chunk(const ChunkKey& key) = 0;
+  virtual void splice(SeqId dst, const ChunkKey& key, std::int32_t at, std::int32_t first_query) = 0;
+  virtual void relocate(SeqId dst, const ChunkKey& key, std::int32_t at, std::int32_t first_query) = 0;
+  virtual bool drop_chunk(const ChunkKey& key) = 0;
+  virtual ChunkStats chunk_stats() const = 0;
+  // Recomputed tokens: k and v [n, num_kv_heads, head_dim] in the store dtype or f32, as for append.
+  virtual void overwrite(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
+                         std::span<const std::int32_t> positions) = 0;
+  // Cached rows as fp32, keys rotated for their current positions (NaN rows: not held by that head).
+  virtual void read_rows(SeqId id, int layer, std::span<const std::int32_t> positions, std::span<float> k,
+                         std::span<float> v) const = 0;
   // The page pool as one tensor [num_pages, 2, page_size, head_dim] (K = [:, 0], V = [:, 1]) in the store
   // dtype, row-major: with export_page_table it is exactly what FlashInfer's paged kernels read (num_kv_heads
   // = 1 per row). The view is valid for the store's lifetime; the shape array belongs to the store. Read it
@@ -103,8 +123,11 @@ class AnyStore {
 // (kDLCUDA throws Unavailable: there is no CUDA attention backend behind this wrapper yet; a device_type
 // outside DLDeviceType throws InvalidArgument). The shape is checked by ModelShape::validate (limits.hpp); a
 // page pool the host cannot allocate throws PoolExhausted ("out of memory ...").
+// rope: the model's RoPE as the engine applies it (needed to splice chunks at other offsets, relocate and
+// overwrite; see KVHeadStore).
 std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
-                                     DLDevice device = DLDevice{kDLCPU, 0});
+                                     DLDevice device = DLDevice{kDLCPU, 0},
+                                     std::optional<RopeConfig> rope = std::nullopt);
 
 // The device type of d as an integer. DLDevice comes from foreign producers, and a value outside the
 // DLDeviceType enum must not be loaded as the enum (undefined behaviour): read the bytes instead.

@@ -47,7 +47,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of a signature or struct layout in this header. */
-#define RK_ABI_VERSION 1
+#define RK_ABI_VERSION 2
 
 /* Limits every entry point checks (RK_ERR_INVALID_ARGUMENT, naming the argument and value, beyond them). The
  * C++ core enforces them (redknot/limits.hpp): C++ and Python reject the same values with the same message.
@@ -154,20 +154,48 @@ RK_API int rk_head_map_to_json(const rk_head_map* map, int32_t indent, char* buf
 /* ---- stores ----------------------------------------------------------------------------------------------
  */
 
+/* The model's RoPE as the engine applies it to K and Q (rope.hpp). A store needs it to splice a chunk at
+ * other positions than it was computed at (the kernel counter-rotates queries), to relocate and to overwrite.
+ */
+enum rk_rope_scaling {
+  RK_ROPE_NONE = -1, /* the store has no RoPE spec */
+  RK_ROPE_DEFAULT = 0,
+  RK_ROPE_LINEAR = 1,
+  RK_ROPE_LLAMA3 = 2,
+  RK_ROPE_YARN = 3
+};
+enum rk_rope_pairing { RK_ROPE_ROTATE_HALF = 0, RK_ROPE_INTERLEAVED = 1 };
+
+typedef struct rk_rope_config {
+  int32_t scaling;    /* rk_rope_scaling; RK_ROPE_NONE (the default of rk_store_config_init): no RoPE spec */
+  int32_t pairing;    /* rk_rope_pairing */
+  int32_t rotary_dim; /* 0: head_dim; partial rotary rotates dims [0, rotary_dim) */
+  int32_t original_max_position; /* llama3, yarn */
+  double theta;
+  double factor;           /* linear, llama3, yarn */
+  double low_freq_factor;  /* llama3 */
+  double high_freq_factor; /* llama3 */
+  double beta_fast;        /* yarn */
+  double beta_slow;        /* yarn */
+} rk_rope_config;
+
 typedef struct rk_store_config {
   uint32_t struct_size; /* sizeof(rk_store_config); set by rk_store_config_init */
   int32_t num_layers;
   int32_t num_q_heads;
   int32_t num_kv_heads;
-  int32_t head_dim;  /* multiple of 8 in [8, 1024] */
-  int32_t dtype;     /* rk_dtype of the stored K/V */
-  int32_t page_size; /* tokens of one kv head per page, [1, 4096] */
-  int32_t num_pages; /* pool capacity, fixed for the store's lifetime */
-  DLDevice device;   /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands; a device_type
-                        outside DLDeviceType is RK_ERR_INVALID_ARGUMENT */
+  int32_t head_dim;    /* multiple of 8 in [8, 1024] */
+  int32_t dtype;       /* rk_dtype of the stored K/V */
+  int32_t page_size;   /* tokens of one kv head per page, [1, 4096] */
+  int32_t num_pages;   /* pool capacity, fixed for the store's lifetime */
+  DLDevice device;     /* kDLCPU; kDLCUDA is RK_ERR_UNAVAILABLE until the CUDA backend lands; a device_type
+                          outside DLDeviceType is RK_ERR_INVALID_ARGUMENT */
+  rk_rope_config rope; /* RK_ROPE_NONE by default */
 } rk_store_config;
 
-/* Fills defaults: bf16, page_size 16, device CPU, everything else 0 (must be set). */
+/* Fills defaults: bf16, page_size 16, device CPU, no RoPE spec (rope.scaling = RK_ROPE_NONE; its other fields
+ * hold the HF defaults: theta 10000, factor 1, low/high freq factor 1/4, original_max_position 8192, beta
+ * fast/slow 32/1), everything else 0 (must be set). */
 RK_API int rk_store_config_init(rk_store_config* cfg);
 /* The store copies the head map; map may be destroyed right after. */
 RK_API int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store** out);
@@ -295,6 +323,57 @@ RK_API int rk_export_page_table(const rk_store* store, int32_t layer, const int6
  * paged kernels read, one kv head per CSR row. out->shape points into the store and stays valid until
  * rk_store_destroy. Read-only, and only while no call mutates the store. */
 RK_API int rk_store_get_kv_pool(const rk_store* store, DLTensor* out);
+
+/* ---- chunks: position-independent reuse
+ * --------------------------------------------------------------------- A document prefilled alone at
+ * positions 0..n-1 into a sequence (one rk_append per layer) is registered under a content key and spliced
+ * into any number of sequences at any offset without copying (kv_head_store.hpp). */
+
+typedef struct rk_chunk_key {
+  uint64_t hi;
+  uint64_t lo;
+} rk_chunk_key;
+
+typedef struct rk_chunk_stats {
+  int64_t chunks;
+  int64_t chunks_in_use; /* spliced into a live sequence: never dropped or evicted */
+  int64_t pages_held;
+  int64_t hits;
+  int64_t misses;
+  int64_t splices;
+  int64_t evictions; /* unused chunks dropped under pool pressure, least recently used first */
+} rk_chunk_stats;
+
+/* XXH3-128 of (model_id, the store's shape, dtype and head map, tokens). model_id: NUL-terminated. */
+RK_API int rk_chunk_key_make(const rk_store* store, const char* model_id, const int32_t* tokens,
+                             int64_t n_tokens, rk_chunk_key* out);
+/* The sequence (every position 0..n-1 on every head) becomes the chunk; its id is no longer live. */
+RK_API int rk_chunk_register(rk_store* store, rk_chunk_key key, int64_t seq);
+/* *out_n_tokens = the chunk's token count, or -1 when the key is not registered (not an error). */
+RK_API int rk_chunk_lookup(rk_store* store, rk_chunk_key key, int32_t* out_n_tokens);
+/* Zero-copy: the chunk joins seq at positions [at, at + n). first_query: the first position whose query will
+ * run (-1: at + n). at != 0 needs the store's RoPE spec. */
+RK_API int rk_chunk_splice(rk_store* store, int64_t seq, rk_chunk_key key, int32_t at, int32_t first_query);
+/* The copying path: the chunk's keys are rotated to their new positions (needs pages like an append). */
+RK_API int rk_chunk_relocate(rk_store* store, int64_t seq, rk_chunk_key key, int32_t at, int32_t first_query);
+/* *out_dropped = 1 if the chunk was dropped, 0 if the key was not registered; a chunk in use is an error. */
+RK_API int rk_chunk_drop(rk_store* store, rk_chunk_key key, int32_t* out_dropped);
+RK_API int rk_chunk_get_stats(const rk_store* store, rk_chunk_stats* out);
+/* Fresh K/V of recomputed tokens for this sequence only (copy-on-write of shared pages): k and v as for
+ * rk_append, positions strictly increasing and already held. */
+RK_API int rk_overwrite(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, const DLTensor* v,
+                        const int32_t* positions, int64_t n_tokens);
+/* Cached rows as fp32 into k and v (n_tokens * num_kv_heads * head_dim floats each), keys rotated for their
+ * current positions; NaN rows where a head no longer holds the token. */
+RK_API int rk_read_rows(const rk_store* store, int64_t seq, int32_t layer, const int32_t* positions,
+                        int64_t n_tokens, float* k, float* v);
+/* Which tokens of a chunk to recompute (recompute.hpp). strategy: "none", "first_k", "deviation_topk",
+ * "global_deviation_topk", "query_topk". deviation: [n_tokens * num_kv_heads] or NULL; head_is_local:
+ * [num_kv_heads] (0/1) or NULL (all global); query_attention: [n_tokens] or NULL. out_tokens has room for
+ * n_tokens entries; *out_count receives how many were written (sorted token indices). */
+RK_API int rk_select_recompute(const char* strategy, double ratio, int32_t first_k, int32_t n_tokens,
+                               const float* deviation, int32_t num_kv_heads, const int32_t* head_is_local,
+                               const float* query_attention, int32_t* out_tokens, int32_t* out_count);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -15,17 +15,9 @@
 
 #include "redknot/head_map.hpp"
 #include "redknot/model_shape.hpp"
+#include "redknot/store_types.hpp"
 
 namespace redknot {
-
-struct ChunkKey {
-  std::uint64_t hi = 0;
-  std::uint64_t lo = 0;
-  friend bool operator==(const ChunkKey&, const ChunkKey&) = default;
-  friend bool operator<(const ChunkKey& a, const ChunkKey& b) {
-    return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
-  }
-};
 
 // XXH3-128 of (model_id, shape incl. dtype, head map, tokens). model_id is the engine's name for the weights
 // (e.g. path and revision): two models of one shape must not share keys. src/chunk_key.cpp.
@@ -35,11 +27,5 @@ ChunkKey make_chunk_key(std::string_view model_id, const ModelShape& shape, cons
 // 32 lowercase hex digits (hi then lo), and back; parse_chunk_key throws InvalidArgument on anything else.
 std::string to_hex(const ChunkKey& key);
 ChunkKey parse_chunk_key(std::string_view hex);
-
-struct ChunkKeyHash {
-  std::size_t operator()(const ChunkKey& k) const noexcept {
-    return static_cast<std::size_t>(k.lo ^ (k.hi * 0x9e3779b97f4a7c15ull));
-  }
-};
 
 }  // namespace redknot

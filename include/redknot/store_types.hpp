@@ -2,6 +2,7 @@
 // template, so that interfaces over it (any_store.hpp) need not compile it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace redknot {
@@ -35,6 +36,22 @@ struct SequenceStats {
   std::int64_t bytes_local = 0;
   std::int64_t pages() const { return pages_global + pages_local; }
   std::int64_t bytes() const { return bytes_global + bytes_local; }
+};
+
+// Content address of a precomputed chunk: XXH3-128 of everything its K/V depend on (chunk_key.hpp).
+struct ChunkKey {
+  std::uint64_t hi = 0;
+  std::uint64_t lo = 0;
+  friend bool operator==(const ChunkKey&, const ChunkKey&) = default;
+  friend bool operator<(const ChunkKey& a, const ChunkKey& b) {
+    return a.hi != b.hi ? a.hi < b.hi : a.lo < b.lo;
+  }
+};
+
+struct ChunkKeyHash {
+  std::size_t operator()(const ChunkKey& k) const noexcept {
+    return static_cast<std::size_t>(k.lo ^ (k.hi * 0x9e3779b97f4a7c15ull));
+  }
 };
 
 // The registry of precomputed chunks (position-independent reuse). Counters are totals since the store was

@@ -83,8 +83,8 @@ using detail::ElemType;
 template <StorageType T>
 class StoreImpl final : public AnyStore {
  public:
-  StoreImpl(const ModelShape& shape, HeadMap map, StoreConfig cfg)
-      : store_(shape, std::move(map), cfg),
+  StoreImpl(const ModelShape& shape, HeadMap map, StoreConfig cfg, std::optional<RopeConfig> rope)
+      : store_(shape, std::move(map), cfg, std::move(rope)),
         plans_(static_cast<std::size_t>(shape.num_layers)),
         pool_shape_{store_.pool().num_pages(), 2, store_.page_size(), shape.head_dim} {}
 
@@ -93,6 +93,7 @@ class StoreImpl final : public AnyStore {
   int page_size() const override { return store_.page_size(); }
   std::int32_t num_pages() const override { return store_.pool().num_pages(); }
   DLDevice device() const override { return DLDevice{kDLCPU, 0}; }
+  const RopeConfig* rope() const override { return store_.rope(); }
 
   SeqId create_sequence() override {
     std::lock_guard lk(mu_);
@@ -258,6 +259,47 @@ class StoreImpl final : public AnyStore {
     return flashinfer_csr(store_, layer, seqs);
   }
 
+  ChunkKey chunk_key(std::string_view model_id, std::span<const std::int32_t> tokens) const override {
+    return store_.chunk_key(model_id, tokens);  // shape and map only: no lock
+  }
+  void register_chunk(const ChunkKey& key, SeqId seq) override {
+    std::lock_guard lk(mu_);
+    store_.register_chunk(key, seq);
+  }
+  std::int32_t lookup_chunk(const ChunkKey& key) override {
+    std::lock_guard lk(mu_);
+    return store_.lookup_chunk(key).value_or(-1);
+  }
+  void splice(SeqId dst, const ChunkKey& key, std::int32_t at, std::int32_t first_query) override {
+    std::lock_guard lk(mu_);
+    store_.splice(dst, key, at, first_query);
+  }
+  void relocate(SeqId dst, const ChunkKey& key, std::int32_t at, std::int32_t first_query) override {
+    std::lock_guard lk(mu_);
+    store_.relocate(dst, key, at, first_query);
+  }
+  bool drop_chunk(const ChunkKey& key) override {
+    std::lock_guard lk(mu_);
+    return store_.drop_chunk(key);
+  }
+  ChunkStats chunk_stats() const override {
+    std::lock_guard lk(mu_);
+    return store_.chunk_stats();
+  }
+  void overwrite(SeqId id, int layer, const DLTensor& k, const DLTensor& v,
+                 std::span<const std::int32_t> positions) override {
+    const auto n = static_cast<std::int64_t>(positions.size());
+    check_token_count(n, "overwrite");
+    with_kv(k, v, n, "overwrite: k", "overwrite: v", [&](std::span<const T> ks, std::span<const T> vs) {
+      store_.overwrite(id, layer, ks, vs, positions);
+    });
+  }
+  void read_rows(SeqId id, int layer, std::span<const std::int32_t> positions, std::span<float> k,
+                 std::span<float> v) const override {
+    std::lock_guard lk(mu_);
+    store_.read_rows(id, layer, positions, k, v);
+  }
+
  private:
   void check_kv(const DLTensor& t, const char* name, std::int64_t n) const {
     const ModelShape& sh = store_.shape();
@@ -333,7 +375,7 @@ class StoreImpl final : public AnyStore {
 }  // namespace
 
 std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, StoreConfig config,
-                                     DLDevice device) {
+                                     DLDevice device, std::optional<RopeConfig> rope) {
   const std::int32_t dev = device_type_int(device);
   require(is_known_device_type(dev), "store device: device_type=", dev,
           " is not a DLDeviceType (kDLCPU=1, kDLCUDA=2, ...)");
@@ -347,11 +389,11 @@ std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, Store
   try {
     switch (shape.dtype) {
       case DType::kF32:
-        return std::make_unique<StoreImpl<float>>(shape, std::move(map), config);
+        return std::make_unique<StoreImpl<float>>(shape, std::move(map), config, std::move(rope));
       case DType::kF16:
-        return std::make_unique<StoreImpl<Half>>(shape, std::move(map), config);
+        return std::make_unique<StoreImpl<Half>>(shape, std::move(map), config, std::move(rope));
       case DType::kBF16:
-        return std::make_unique<StoreImpl<BFloat16>>(shape, std::move(map), config);
+        return std::make_unique<StoreImpl<BFloat16>>(shape, std::move(map), config, std::move(rope));
     }
   } catch (const PoolExhausted& e) {
     throw PoolExhausted(detail::concat("out of memory creating the store (num_pages=", config.num_pages,

@@ -15,6 +15,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -26,6 +27,7 @@
 #include "redknot/head_map.hpp"
 #include "redknot/limits.hpp"
 #include "redknot/pool_sizing.hpp"
+#include "redknot/recompute.hpp"
 #include "redknot/version.hpp"
 
 struct rk_head_map {
@@ -145,6 +147,45 @@ std::span<const T> host_array(const T* p, std::int64_t n, const char* fn, const 
   require(p != nullptr || n == 0, fn, ": ", name, " is NULL but its length is ", n);
   return {p, static_cast<std::size_t>(n)};
 }
+
+rk_rope_config to_c(const redknot::RopeConfig& r) {
+  rk_rope_config c{};
+  c.scaling = static_cast<int32_t>(r.scaling);
+  c.pairing = static_cast<int32_t>(r.pairing);
+  c.rotary_dim = r.rotary_dim;
+  c.original_max_position = r.original_max_position;
+  c.theta = r.theta;
+  c.factor = r.factor;
+  c.low_freq_factor = r.low_freq_factor;
+  c.high_freq_factor = r.high_freq_factor;
+  c.beta_fast = r.beta_fast;
+  c.beta_slow = r.beta_slow;
+  return c;
+}
+
+// The store's RoPE spec from the C struct (the core validates the values); RK_ROPE_NONE: none.
+std::optional<redknot::RopeConfig> from_c(const rk_rope_config& c, int32_t head_dim) {
+  if (c.scaling == RK_ROPE_NONE) return std::nullopt;
+  require(c.scaling >= RK_ROPE_DEFAULT && c.scaling <= RK_ROPE_YARN,
+          "rk_store_create: cfg->rope.scaling=", c.scaling, " is not an rk_rope_scaling (-1..3)");
+  require(c.pairing == RK_ROPE_ROTATE_HALF || c.pairing == RK_ROPE_INTERLEAVED,
+          "rk_store_create: cfg->rope.pairing=", c.pairing, " is not an rk_rope_pairing (0 or 1)");
+  redknot::RopeConfig r;
+  r.head_dim = head_dim;
+  r.scaling = static_cast<redknot::RopeScaling>(c.scaling);
+  r.pairing = static_cast<redknot::RopePairing>(c.pairing);
+  r.rotary_dim = c.rotary_dim;
+  r.original_max_position = c.original_max_position;
+  r.theta = c.theta;
+  r.factor = c.factor;
+  r.low_freq_factor = c.low_freq_factor;
+  r.high_freq_factor = c.high_freq_factor;
+  r.beta_fast = c.beta_fast;
+  r.beta_slow = c.beta_slow;
+  return r;
+}
+
+redknot::ChunkKey key_of(rk_chunk_key k) { return redknot::ChunkKey{k.hi, k.lo}; }
 
 rk_head_map* new_map(redknot::HeadMap m) {
   auto h = std::make_unique<rk_head_map>(rk_head_map{std::move(m)});
@@ -303,6 +344,8 @@ int rk_store_config_init(rk_store_config* cfg) {
     c.dtype = RK_DTYPE_BF16;
     c.page_size = 16;
     c.device = DLDevice{kDLCPU, 0};
+    c.rope = to_c(redknot::RopeConfig{});
+    c.rope.scaling = RK_ROPE_NONE;
     *cfg = c;
   });
 }
@@ -327,7 +370,8 @@ int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store
     redknot::StoreConfig sc;
     sc.page_size = cfg->page_size;
     sc.num_pages = cfg->num_pages;
-    auto h = std::make_unique<rk_store>(rk_store{redknot::make_store(shape, m, sc, cfg->device)});
+    auto h = std::make_unique<rk_store>(
+        rk_store{redknot::make_store(shape, m, sc, cfg->device, from_c(cfg->rope, cfg->head_dim))});
     {
       std::lock_guard lk(registry().mu);
       registry().stores.insert(h.get());
@@ -358,6 +402,8 @@ int rk_store_get_config(const rk_store* store, rk_store_config* out) {
     c.page_size = s.page_size();
     c.num_pages = s.num_pages();
     c.device = s.device();
+    c.rope = to_c(s.rope() ? *s.rope() : redknot::RopeConfig{});
+    if (!s.rope()) c.rope.scaling = RK_ROPE_NONE;
     *out = c;
   });
 }
@@ -551,3 +597,107 @@ int rk_store_get_kv_pool(const rk_store* store, DLTensor* out) {
 }
 
 }  // extern "C"
+
+// ---- chunks
+// ---------------------------------------------------------------------------------------------------
+
+int rk_chunk_key_make(const rk_store* store, const char* model_id, const int32_t* tokens, int64_t n_tokens,
+                      rk_chunk_key* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_chunk_key_make");
+    require(model_id != nullptr, "rk_chunk_key_make: model_id is NULL");
+    require_out(out, "rk_chunk_key_make", "out");
+    const auto toks = host_array(tokens, n_tokens, "rk_chunk_key_make", "tokens");
+    const redknot::ChunkKey k = s.chunk_key(model_id, toks);
+    *out = rk_chunk_key{k.hi, k.lo};
+  });
+}
+
+int rk_chunk_register(rk_store* store, rk_chunk_key key, int64_t seq) {
+  return guard([&] { store_of(store, "rk_chunk_register").register_chunk(key_of(key), seq); });
+}
+
+int rk_chunk_lookup(rk_store* store, rk_chunk_key key, int32_t* out_n_tokens) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_chunk_lookup");
+    require_out(out_n_tokens, "rk_chunk_lookup", "out_n_tokens");
+    *out_n_tokens = s.lookup_chunk(key_of(key));
+  });
+}
+
+int rk_chunk_splice(rk_store* store, int64_t seq, rk_chunk_key key, int32_t at, int32_t first_query) {
+  return guard([&] { store_of(store, "rk_chunk_splice").splice(seq, key_of(key), at, first_query); });
+}
+
+int rk_chunk_relocate(rk_store* store, int64_t seq, rk_chunk_key key, int32_t at, int32_t first_query) {
+  return guard([&] { store_of(store, "rk_chunk_relocate").relocate(seq, key_of(key), at, first_query); });
+}
+
+int rk_chunk_drop(rk_store* store, rk_chunk_key key, int32_t* out_dropped) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_chunk_drop");
+    require_out(out_dropped, "rk_chunk_drop", "out_dropped");
+    *out_dropped = s.drop_chunk(key_of(key)) ? 1 : 0;
+  });
+}
+
+int rk_chunk_get_stats(const rk_store* store, rk_chunk_stats* out) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_chunk_get_stats");
+    require_out(out, "rk_chunk_get_stats", "out");
+    const redknot::ChunkStats st = s.chunk_stats();
+    *out = rk_chunk_stats{st.chunks, st.chunks_in_use, st.pages_held, st.hits,
+                          st.misses, st.splices,       st.evictions};
+  });
+}
+
+int rk_overwrite(rk_store* store, int64_t seq, int32_t layer, const DLTensor* k, const DLTensor* v,
+                 const int32_t* positions, int64_t n_tokens) {
+  return guard([&] {
+    redknot::AnyStore& s = store_of(store, "rk_overwrite");
+    require(k != nullptr, "rk_overwrite: k is NULL");
+    require(v != nullptr, "rk_overwrite: v is NULL");
+    s.overwrite(seq, layer, *k, *v, host_array(positions, n_tokens, "rk_overwrite", "positions"));
+  });
+}
+
+int rk_read_rows(const rk_store* store, int64_t seq, int32_t layer, const int32_t* positions,
+                 int64_t n_tokens, float* k, float* v) {
+  return guard([&] {
+    const redknot::AnyStore& s = store_of(store, "rk_read_rows");
+    const auto pos = host_array(positions, n_tokens, "rk_read_rows", "positions");
+    const std::int64_t rows =
+        n_tokens * s.shape().num_kv_heads * s.shape().head_dim;  // n bounded by host_array
+    require(n_tokens <= redknot::kMaxTokens, "rk_read_rows: n_tokens=", n_tokens, " exceeds ",
+            redknot::kMaxTokens);
+    require((k != nullptr && v != nullptr) || rows == 0, "rk_read_rows: k or v is NULL");
+    s.read_rows(seq, layer, pos, std::span<float>(k, static_cast<std::size_t>(rows)),
+                std::span<float>(v, static_cast<std::size_t>(rows)));
+  });
+}
+
+int rk_select_recompute(const char* strategy, double ratio, int32_t first_k, int32_t n_tokens,
+                        const float* deviation, int32_t num_kv_heads, const int32_t* head_is_local,
+                        const float* query_attention, int32_t* out_tokens, int32_t* out_count) {
+  return guard([&] {
+    constexpr const char* fn = "rk_select_recompute";
+    require(strategy != nullptr, fn, ": strategy is NULL");
+    require_out(out_count, fn, "out_count");
+    require(n_tokens >= 0, fn, ": n_tokens=", n_tokens, " must be >= 0");
+    require(num_kv_heads >= 0 && num_kv_heads <= redknot::kMaxLayersTimesKvHeads, fn,
+            ": num_kv_heads=", num_kv_heads, " must be in [0, ", redknot::kMaxLayersTimesKvHeads, "]");
+    const std::int64_t cells = std::int64_t{n_tokens} * num_kv_heads;
+    std::vector<redknot::HeadPolicy> heads(static_cast<std::size_t>(num_kv_heads));
+    const auto local = host_array(head_is_local, head_is_local ? num_kv_heads : 0, fn, "head_is_local");
+    for (std::size_t h = 0; h < local.size(); ++h)
+      if (local[h]) heads[h] = redknot::HeadPolicy{redknot::HeadClass::kLocal, 1, 0};
+    redknot::RecomputeConfig cfg{redknot::parse_recompute_strategy(strategy), ratio, first_k};
+    redknot::RecomputeInputs in{
+        n_tokens, host_array(deviation, deviation ? cells : 0, fn, "deviation"), heads,
+        host_array(query_attention, query_attention ? n_tokens : 0, fn, "query_attention")};
+    const std::vector<std::int32_t> picked = redknot::select_recompute(cfg, in);
+    require(out_tokens != nullptr || picked.empty(), fn, ": out_tokens is NULL");
+    std::copy(picked.begin(), picked.end(), out_tokens);
+    *out_count = static_cast<int32_t>(picked.size());
+  });
+}
