@@ -377,9 +377,12 @@ bool small_scenarios_only() {
 }
 
 std::vector<const Scenario*> scenarios_for(BackendKind b, SizeClass size) {
+  const char* filter = std::getenv("REDKNOT_SCENARIO");
   std::vector<const Scenario*> out;
   for (const Scenario& sc : all_scenarios())
-    if (sc.size == size && sc.applies_to(b)) out.push_back(&sc);
+    if (sc.size == size && sc.applies_to(b) &&
+        (filter == nullptr || sc.name.find(filter) != std::string::npos))
+      out.push_back(&sc);
   return out;
 }
 

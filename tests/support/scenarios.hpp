@@ -11,7 +11,8 @@
 //
 // Each scenario says which backends it applies to (the CUDA kernels: f16/bf16 with activations in the
 // storage dtype, head_dim 64/128, GQA group 1/2/4/8) and its size class: REDKNOT_SCENARIO_SIZE=small (the
-// sanitizer builds) skips the large ones.
+// sanitizer builds) skips the large ones. REDKNOT_SCENARIO=<text> keeps only the scenarios whose name holds
+// the text (debugging, short device checks).
 #pragma once
 
 #include <cstdint>
@@ -70,7 +71,7 @@ const std::vector<Scenario>& all_scenarios();
 // REDKNOT_SCENARIO_SIZE=small: only SizeClass::kSmall scenarios run.
 bool small_scenarios_only();
 
-// The scenarios of one size class that apply to backend b.
+// The scenarios of one size class that apply to backend b (and match REDKNOT_SCENARIO when it is set).
 std::vector<const Scenario*> scenarios_for(BackendKind b, SizeClass size);
 
 }  // namespace rktest
