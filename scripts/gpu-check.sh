@@ -8,13 +8,15 @@
 #
 # Steps, most important first:
 #   1. build for this device's arch only (CMake standalone cuda/; plain nvcc if CMake fails)
-#   2. every GPU test case on the small scenario grid, REDKNOT_GPU_REQUIRE=1 (no device = failure)
+#   2. every GPU test case on the small scenarios (REDKNOT_SCENARIO_SIZE=small), REDKNOT_GPU_REQUIRE=1 (no
+#      device = failure)
 #   3. decode benchmark at batch 64 x 32K (bf16, head_dim 128, GQA 4, page 16 and 64), dense and 12.5% global,
 #      next to the measured copy bandwidth (and FlashInfer / torch where importable)
-#   4. the full scenario grid
-#   5. compute-sanitizer memcheck on decode and prefill (small grid), where the tool exists
+#   4. every scenario (the large ones too)
+#   5. compute-sanitizer memcheck of the decode and prefill kernels on the spliced_histories scenarios (both
+#      dtypes, head_dim 64/128, GQA 1/4/8), where the tool exists
 #   6. prefill benchmark at 8K
-#   7. compute-sanitizer racecheck (small grid)
+#   7. compute-sanitizer racecheck, same scenarios
 # Results: $OUT (or results-gpu/ without it): summary.txt, one log per step, bench.jsonl.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +27,7 @@ DEPS="$ROOT/build-gpu-deps/include"
 BUDGET="${GPU_CHECK_BUDGET:-570}"  # seconds for all steps together (the device tool allows 600 per command)
 TESTS="$BUILD/tests_gpu/test_gpu_kernels"
 BENCH="$BUILD/benchmarks_gpu/bench_gpu_attention"
-CASES=(decode prefill append rope graph "cuda attention" "bad input")
+CASES=(scenarios split-kv graph rope "bad input")
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
 
@@ -122,7 +124,8 @@ sanitizer() {  # <tool> <cases...>
   command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer not installed: skipped"; return 0; }
   for c in "$@"; do
     echo "=== $tool: $c"
-    REDKNOT_GPU_REQUIRE=1 REDKNOT_GPU_TEST_SMALL=1 compute-sanitizer --tool "$tool" --error-exitcode 99 "$TESTS" "$c" || rc=1
+    REDKNOT_GPU_REQUIRE=1 REDKNOT_SCENARIO_SIZE=small REDKNOT_SCENARIO=spliced_histories \
+      compute-sanitizer --tool "$tool" --error-exitcode 99 "$TESTS" "$c" || rc=1
   done
   return $rc
 }
@@ -158,12 +161,12 @@ export ARCH
 SELF="$ROOT/scripts/gpu-check.sh"
 step build 240 "$SELF" --do build || { note "build failed: nothing else can run"; exit 1; }
 status=0
-step gpu_small 60 env REDKNOT_GPU_TEST_SMALL=1 "$SELF" --do cases || status=1
+step gpu_small 60 env REDKNOT_SCENARIO_SIZE=small "$SELF" --do cases || status=1
 step bench_decode 90 "$SELF" --do bench_decode || status=1
 step gpu_full 90 "$SELF" --do cases || status=1
-step memcheck 60 "$SELF" --do sanitizer memcheck decode prefill || status=1
+step memcheck 60 "$SELF" --do sanitizer memcheck scenarios || status=1
 step bench_prefill 30 "$SELF" --do bench_prefill || status=1
-step racecheck 60 "$SELF" --do sanitizer racecheck decode prefill || status=1
+step racecheck 60 "$SELF" --do sanitizer racecheck scenarios || status=1
 [[ $DRY -eq 0 && -s "$RESULTS/bench.jsonl" ]] && python3 benchmarks/gpu/report.py "$RESULTS/bench.jsonl" >"$RESULTS/bench.md" 2>&1
 note "total $((SECONDS - T0)) s, status $status"
 exit $status

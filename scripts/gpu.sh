@@ -13,7 +13,8 @@
 #
 # Results: JSON lines and logs in $OUT when set (the device tool's output folder), else build-gpu/results/.
 # Knobs: CUDA_ARCHS (default 90 on the GPU host: build only what runs), JOBS (default nproc), BENCH_QUICK=1
-# (fewer contexts), SANITIZE_FULL=1 (sanitize the whole parameter grid instead of the corner subset).
+# (fewer contexts), SANITIZE_FULL=1 (sanitize every scenario instead of the small ones). The GPU tests run
+# with REDKNOT_GPU_REQUIRE=1: on the GPU host a missing device is a failure, not a skip.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,19 +67,19 @@ run_tests() {
   section "ctest -L gpu"
   mkdir -p "$RESULTS"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RESULTS/device.txt" || true
-  ctest --test-dir "$BUILD" -L gpu --output-on-failure 2>&1 | tee "$RESULTS/ctest.log"
+  REDKNOT_GPU_REQUIRE=1 ctest --test-dir "$BUILD" -L gpu --output-on-failure 2>&1 | tee "$RESULTS/ctest.log"
 }
 
 sanitize() {
   section "compute-sanitizer (memcheck, racecheck)"
   mkdir -p "$RESULTS"
-  local small=1
-  [[ "${SANITIZE_FULL:-0}" == "1" ]] && small=0
+  local size=small
+  [[ "${SANITIZE_FULL:-0}" == "1" ]] && size=all
   local rc=0
   for tool in memcheck racecheck; do
-    for case in decode prefill append rope graph "cuda attention"; do
+    for case in scenarios split-kv graph rope; do
       echo "--- $tool: $case"
-      REDKNOT_GPU_TEST_SMALL=$small compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      REDKNOT_GPU_REQUIRE=1 REDKNOT_SCENARIO_SIZE=$size compute-sanitizer --tool "$tool" --error-exitcode 99 \
         "$BUILD/tests_gpu/test_gpu_kernels" "$case" >>"$RESULTS/sanitizer.log" 2>&1 || rc=$?
       tail -n 3 "$RESULTS/sanitizer.log"
     done

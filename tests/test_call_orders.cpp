@@ -1,5 +1,5 @@
-// Random call orders against the oracle: the adversarial counterpart of test_attention_oracle's scripted
-// scenario.
+// Random call orders against the oracle: the adversarial counterpart of the scripted scenarios
+// (support/scenarios.hpp, played by test_backends).
 //
 // A seeded generator drives a store, its per-layer plans and the dense oracle through every legal order of
 // the public calls: zero-query batch items, appends without attention, several appends to one layer between

@@ -1,6 +1,6 @@
 // Tests of the C ABI (c_api.h) through the shared library: statuses and messages for bad input, the store
-// left intact after every failure, attention against the dense oracle in every dtype, CSR export, leak
-// checks.
+// left intact after every failure, CSR export, leak checks. Attention through the C ABI against the dense
+// oracle, in every dtype, is tests/test_backends.cpp's c_api backend (the shared scenario list).
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/generators/catch_generators.hpp>
 
@@ -11,7 +11,6 @@
 #include <string>
 #include <vector>
 
-#include "../support/oracle.hpp"
 #include "redknot/c_api.h"
 #include "redknot/cpu_attention.hpp"
 #include "redknot/dtype.hpp"
@@ -47,10 +46,6 @@ constexpr DLDataType kF32{kDLFloat, 32, 1};
 constexpr DLDataType kF16{kDLFloat, 16, 1};
 constexpr DLDataType kBF16{kDLBfloat, 16, 1};
 constexpr DLDataType kI32{kDLInt, 32, 1};
-
-DLDataType dl_of(int rk_dtype) {
-  return rk_dtype == RK_DTYPE_F32 ? kF32 : rk_dtype == RK_DTYPE_F16 ? kF16 : kBF16;
-}
 
 // A store built from kMapJson with the given dtype (and a few knobs), released at scope exit.
 struct Fixture {
@@ -229,103 +224,6 @@ TEST_CASE("store creation rejects bad configs with a status") {
   REQUIRE(rk_live_handles(&stores, &maps) == RK_OK);
   CHECK(stores == 0);
   CHECK(maps == 0);
-}
-
-// Prefill in chunks, then decode, for several sequences at once (one with a fork), against the oracle.
-template <class T>
-void run_against_oracle(int dtype, int page_size, int hq, double tol) {
-  Fixture f(dtype, page_size, 512, hq);
-  const int L = 2, Hk = 2, D = 16;
-  redknot::ModelShape shape{L, hq, Hk, D, redknot::dtype_of<T>()};
-  redknot::DenseOracle oracle(shape, redknot::HeadMap::from_json(kMapJson));
-  std::mt19937 rng(7);
-
-  std::int64_t a = 0, b = 0;
-  REQUIRE(rk_sequence_create(f.store, &a) == RK_OK);
-  REQUIRE(rk_sequence_create(f.store, &b) == RK_OK);
-  std::vector<std::int64_t> seqs = {a, b};
-  std::vector<std::int32_t> next = {0, 0};
-
-  // Steps: (q_len of a, q_len of b). Mixed prefill chunks and decodes in one batch.
-  const std::vector<std::pair<int, int>> steps = {{7, 3}, {5, 1}, {1, 9},  {1, 1},
-                                                  {1, 1}, {1, 1}, {20, 1}, {1, 1}};
-  for (std::size_t s = 0; s < steps.size(); ++s) {
-    if (s == 4) {  // fork b mid-way: the child decodes on its own from then on
-      std::int64_t c = 0;
-      REQUIRE(rk_sequence_fork(f.store, b, &c) == RK_OK);
-      oracle.fork(b, c);
-      seqs.push_back(c);
-      next.push_back(next[1]);
-    }
-    std::vector<std::int32_t> q_lens, q_pos;
-    for (std::size_t i = 0; i < seqs.size(); ++i) {
-      const int n = i == 0 ? steps[s].first : i == 1 ? steps[s].second : 1;
-      q_lens.push_back(n);
-      for (int j = 0; j < n; ++j) q_pos.push_back(next[i] + j);
-    }
-    const auto total = static_cast<std::int64_t>(q_pos.size());
-    REQUIRE(rk_plan(f.store, seqs.data(), q_lens.data(), static_cast<int32_t>(seqs.size()), q_pos.data(),
-                    total) == RK_OK);
-    for (int l = 0; l < L; ++l) {
-      std::size_t row = 0;
-      for (std::size_t i = 0; i < seqs.size(); ++i) {
-        const int n = q_lens[i];
-        auto k = random_vec<T>(static_cast<std::size_t>(n) * Hk * D, rng);
-        auto v = random_vec<T>(static_cast<std::size_t>(n) * Hk * D, rng);
-        std::span<const std::int32_t> pos(q_pos.data() + row, static_cast<std::size_t>(n));
-        Tensor kt{{n, Hk, D}}, vt{{n, Hk, D}};
-        REQUIRE(rk_append(f.store, seqs[i], l, kt.make(k.data(), dl_of(dtype)),
-                          vt.make(v.data(), dl_of(dtype)), pos.data(), n, nullptr) == RK_OK);
-        oracle.append<T>(seqs[i], l, k, v, pos);
-        row += static_cast<std::size_t>(n);
-      }
-      // Queries in f32 on even layers and in the store dtype on odd ones: both activation types are accepted.
-      std::vector<float> lse(static_cast<std::size_t>(total) * hq);
-      Tensor lt{{total, hq}};
-      std::vector<double> ref, ref_lse;
-      auto check_out = [&](auto& q, auto& out) {
-        row = 0;
-        for (std::size_t i = 0; i < seqs.size(); ++i) {
-          const int n = q_lens[i];
-          using Q = typename std::decay_t<decltype(q)>::value_type;
-          std::span<const Q> qi(q.data() + row * hq * D, static_cast<std::size_t>(n) * hq * D);
-          oracle.attention<Q>(seqs[i], l, qi, std::span<const std::int32_t>(q_pos.data() + row, n), ref,
-                              ref_lse);
-          for (std::size_t e = 0; e < ref.size(); ++e)
-            REQUIRE(std::abs(static_cast<double>(redknot::to_float(out[row * hq * D + e])) - ref[e]) < tol);
-          for (std::size_t e = 0; e < ref_lse.size(); ++e)
-            REQUIRE(std::abs(lse[row * hq + e] - ref_lse[e]) < 1e-3);
-          row += static_cast<std::size_t>(n);
-        }
-      };
-      if (l % 2 == 0) {
-        auto q = random_vec<float>(static_cast<std::size_t>(total) * hq * D, rng);
-        std::vector<float> out(q.size());
-        Tensor qt{{total, hq, D}}, ot{{total, hq * D}};  // out given 2-D: both layouts are accepted
-        REQUIRE(rk_attention(f.store, l, qt.make(q.data(), kF32), ot.make(out.data(), kF32),
-                             lt.make(lse.data(), kF32), nullptr, nullptr) == RK_OK);
-        check_out(q, out);
-      } else {
-        auto q = random_vec<T>(static_cast<std::size_t>(total) * hq * D, rng);
-        std::vector<T> out(q.size());
-        Tensor qt{{total, hq, D}}, ot{{total, hq, D}};
-        REQUIRE(rk_attention(f.store, l, qt.make(q.data(), dl_of(dtype)), ot.make(out.data(), dl_of(dtype)),
-                             lt.make(lse.data(), kF32), nullptr, nullptr) == RK_OK);
-        check_out(q, out);
-      }
-    }
-    for (std::size_t i = 0; i < seqs.size(); ++i) next[i] += q_lens[i];
-  }
-  for (std::int64_t id : seqs) REQUIRE(rk_sequence_free(f.store, id) == RK_OK);
-  CHECK(f.stats().pages_in_use == 0);
-  CHECK(f.stats().num_sequences == 0);
-}
-
-TEST_CASE("attention through the C ABI matches the dense oracle") {
-  const int page_size = GENERATE(1, 4, 16);
-  SECTION("f32, GQA 2") { run_against_oracle<float>(RK_DTYPE_F32, page_size, 4, 2e-5); }
-  SECTION("f16, MHA") { run_against_oracle<redknot::Half>(RK_DTYPE_F16, page_size, 2, 2e-3); }
-  SECTION("bf16, GQA 4") { run_against_oracle<redknot::BFloat16>(RK_DTYPE_BF16, page_size, 8, 2e-2); }
 }
 
 TEST_CASE("bad data-path input is a status, and the store is left intact") {

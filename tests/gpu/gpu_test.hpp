@@ -1,9 +1,10 @@
 // A tiny self-contained test harness for the GPU tests, so they build where Catch2 is not installed (the GPU
 // machines have CUDA, CMake and ninja only). Semantics follow Catch2's: CHECK records and continues, REQUIRE
 // aborts the test case, SKIP_TEST skips it, and a process whose test cases were all skipped exits with 4 —
-// Catch2's skip code — which CTest maps to "Skipped" through SKIP_RETURN_CODE.
+// Catch2's skip code — which CTest maps to "Skipped" through SKIP_RETURN_CODE. REDKNOT_GPU_REQUIRE=1 turns a
+// missing device into failures instead of skips.
 //
-//   GPU_TEST_CASE("decode matches the oracle") { ... CHECK(x == y); ... }
+//   GPU_TEST_CASE("scenarios: ...") { ... CHECK(x == y); ... }
 //   main: provided by gpu_test_main.cpp; `prog [prefix]` runs the cases whose name starts with the prefix.
 #pragma once
 

@@ -1,8 +1,10 @@
-// main() of the GPU test binaries: runs the registered cases (optionally filtered by a name prefix), skips
-// everything with exit code 4 when no CUDA device is usable (skip, not fail, without a device).
+// main() of the GPU test binaries: runs the registered cases (optionally filtered by a name prefix). When no
+// CUDA device is usable every case is skipped (exit code 4), unless REDKNOT_GPU_REQUIRE=1: then a missing
+// device fails every case (a GPU runner must not pass by skipping).
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 
@@ -12,9 +14,17 @@ namespace gputest {
 
 int run_all(int argc, char** argv, bool device_present) {
   const char* filter = argc > 1 ? argv[1] : "";
+  const char* require = std::getenv("REDKNOT_GPU_REQUIRE");
+  const bool device_required = require != nullptr && std::strcmp(require, "1") == 0;
   int ran = 0, skipped = 0, failed_cases = 0;
   for (const Case& c : registry()) {
-    if (c.name.rfind(filter, 0) != 0) continue;  // prefix match: "decode" must not pick "graph: ... decode"
+    if (c.name.rfind(filter, 0) != 0) continue;  // prefix match: "scenarios" must not pick "graph: ..."
+    if (!device_present && device_required) {
+      std::printf("FAILED  %s: no CUDA device and REDKNOT_GPU_REQUIRE=1\n", c.name.c_str());
+      ++ran;
+      ++failed_cases;
+      continue;
+    }
     if (!device_present) {
       std::printf("SKIPPED %s: no CUDA device\n", c.name.c_str());
       ++skipped;
