@@ -205,6 +205,44 @@ void reserve_rows(HeadTable& t, Pool& pool, int page_size, std::span<const std::
   }
 }
 
+// Index of the entry holding position p (entries are position ordered), or -1.
+inline std::int64_t find_entry(const HeadTable& t, std::int32_t p) {
+  std::size_t lo = 0, hi = t.size();
+  while (lo < hi) {  // first entry whose last position is >= p
+    const std::size_t mid = (lo + hi) / 2;
+    if (t[mid].last_pos() < p)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo < t.size() && t[lo].pos0 <= p ? static_cast<std::int64_t>(lo) : -1;
+}
+
+// Whether page p has holders beyond this table's own references (one per run of entries on it).
+template <class Pool>
+bool page_is_shared(const Pool& pool, const HeadTable& t, PageId p) {
+  std::int32_t runs = 0;
+  t.for_each_page_ref([&](PageId q) { runs += q == p; });
+  return pool.refcount(p) > runs;
+}
+
+// Gives the table a private copy of page `old` (K and V, every slot): every entry on it is repointed and each
+// run's reference moves to the copy. The caller checked capacity.
+template <class Pool>
+void copy_page_for_table(HeadTable& t, Pool& pool, PageId old, PageCounter& pages) {
+  const PageId np = take_page(pool, pages);
+  std::copy(pool.k_ptr(old), pool.k_ptr(old) + pool.page_elems(), pool.k_ptr(np));
+  std::int32_t runs = 0;
+  t.for_each_page_ref([&](PageId q) { runs += q == old; });
+  for (std::int32_t r = 1; r < runs; ++r) pool.incref(np);
+  for (std::int32_t r = 0; r < runs; ++r) release_page(pool, old, pages);
+  for (auto& e : t.sink)
+    if (e.page_id == old) e.page_id = np;
+  for (auto& e : t.body)
+    if (e.page_id == old) e.page_id = np;
+  ++t.layout_version;
+}
+
 // Takes references to existing pages: `entries` (in position order, all beyond the table's last position once
 // shifted, well-formed for the pool) join the back of the body at positions pos0 + shift, sharing their pages
 // with whoever else holds them. rope_pos0 is kept: the keys stay rotated for where they were computed. The

@@ -407,13 +407,14 @@ class KVHeadStore {
       const HeadTable& t = s.table(layer, h, shape_);
       std::vector<PageId> shared;
       for (std::size_t i = 0; i < positions.size(); ++i) {
-        const std::int64_t e = find_entry(t, positions[i]);
+        const std::int64_t e = head_ops::find_entry(t, positions[i]);
         require(e >= 0 || is_local_head(layer, h), "overwrite: sequence ", id, " layer ", layer, " kv_head ",
                 h, " does not hold position ", positions[i]);
         where[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)] = e;
         if (e < 0) continue;
         const PageId p = t[static_cast<std::size_t>(e)].page_id;
-        if (page_is_shared(t, p) && std::find(shared.begin(), shared.end(), p) == shared.end())
+        if (head_ops::page_is_shared(pool_, t, p) &&
+            std::find(shared.begin(), shared.end(), p) == shared.end())
           shared.push_back(p);
       }
       need += static_cast<std::int64_t>(shared.size());
@@ -429,8 +430,9 @@ class KVHeadStore {
       for (std::size_t i = 0; i < positions.size(); ++i) {
         const std::int64_t e = where[i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)];
         if (e < 0) continue;
-        if (page_is_shared(t, t[static_cast<std::size_t>(e)].page_id))
-          copy_page_for_table(t, t[static_cast<std::size_t>(e)].page_id, layer, h);
+        if (head_ops::page_is_shared(pool_, t, t[static_cast<std::size_t>(e)].page_id))
+          head_ops::copy_page_for_table(t, pool_, t[static_cast<std::size_t>(e)].page_id,
+                                        class_pages(layer, h));
         const PageEntry& pe = t[static_cast<std::size_t>(e)];
         const std::size_t slot = static_cast<std::size_t>(pe.first + (positions[i] - pe.pos0));
         const std::size_t src = (i * static_cast<std::size_t>(H) + static_cast<std::size_t>(h)) * D;
@@ -468,7 +470,7 @@ class KVHeadStore {
       for (std::size_t i = 0; i < positions.size(); ++i) {
         float* kd = k.data() + (i * H + h) * D;
         float* vd = v.data() + (i * H + h) * D;
-        const std::int64_t e = find_entry(t, positions[i]);
+        const std::int64_t e = head_ops::find_entry(t, positions[i]);
         if (e < 0) {
           std::fill(kd, kd + D, std::numeric_limits<float>::quiet_NaN());
           std::fill(vd, vd + D, std::numeric_limits<float>::quiet_NaN());
@@ -660,41 +662,6 @@ class KVHeadStore {
     require(first_query == -1 || (first_query >= at && first_query <= end), op, ": first_query=", first_query,
             " must be in [at, at + n] = [", at, ", ", end, "] (or -1 for at + n)");
     return static_cast<std::int32_t>(end);
-  }
-
-  // Index of the entry holding position p (entries are position ordered), or -1.
-  static std::int64_t find_entry(const HeadTable& t, std::int32_t p) {
-    std::size_t lo = 0, hi = t.size();
-    while (lo < hi) {  // first entry whose last position is >= p
-      const std::size_t mid = (lo + hi) / 2;
-      if (t[mid].last_pos() < p)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    return lo < t.size() && t[lo].pos0 <= p ? static_cast<std::int64_t>(lo) : -1;
-  }
-
-  // Whether page p has holders beyond this table's own references (one per run of entries on it).
-  bool page_is_shared(const HeadTable& t, PageId p) const {
-    std::int32_t runs = 0;
-    t.for_each_page_ref([&](PageId q) { runs += q == p; });
-    return pool_.refcount(p) > runs;
-  }
-
-  // Gives the table a private copy of page `old`: every entry on it is repointed, each run's reference moves.
-  void copy_page_for_table(HeadTable& t, PageId old, int l, int h) {
-    const PageId np = head_ops::take_page(pool_, class_pages(l, h));
-    std::copy(pool_.k_ptr(old), pool_.k_ptr(old) + pool_.page_elems(), pool_.k_ptr(np));
-    std::int32_t runs = 0;
-    t.for_each_page_ref([&](PageId q) { runs += q == old; });
-    for (std::int32_t r = 1; r < runs; ++r) pool_.incref(np);
-    for (std::int32_t r = 0; r < runs; ++r) release_page(old, l, h);
-    for (auto& e : t.sink)
-      if (e.page_id == old) e.page_id = np;
-    for (auto& e : t.body)
-      if (e.page_id == old) e.page_id = np;
-    ++t.layout_version;
   }
 
   // Pages that dropping every unused chunk would free (pages referenced once, by the chunk alone).
