@@ -39,14 +39,45 @@ double parse_number(std::string_view s, std::string_view what) {
   return x;
 }
 
+// select_recompute over the pages of a document (tokens [p * page_size, (p + 1) * page_size) share page p of
+// a chunk prefilled from position 0), expanded back to tokens.
+std::vector<std::int32_t> select_pages(const RecomputeConfig& cfg, const RecomputeInputs& in, int page_size) {
+  const std::int32_t n = in.n_tokens, P = (n + page_size - 1) / page_size;
+  const std::size_t H = in.policies.size();
+  std::vector<float> dev;
+  RecomputeInputs pin;
+  pin.n_tokens = P;
+  pin.policies = in.policies;
+  if (!in.deviation.empty()) {
+    dev.assign(static_cast<std::size_t>(P) * H, 0.f);
+    for (std::int32_t t = 0; t < n; ++t)
+      for (std::size_t h = 0; h < H; ++h) {
+        const float d = in.deviation[static_cast<std::size_t>(t) * H + h];
+        float& acc = dev[static_cast<std::size_t>(t / page_size) * H + h];
+        if (!std::isnan(d)) acc += d;
+      }
+    pin.deviation = dev;
+  }
+  RecomputeConfig pc = cfg;
+  pc.first_k = (cfg.first_k + page_size - 1) / page_size;
+  std::vector<std::int32_t> out;
+  for (std::int32_t p : select_recompute(pc, pin))
+    for (std::int32_t t = p * page_size; t < std::min(n, (p + 1) * page_size); ++t) out.push_back(t);
+  return out;
+}
+
 }  // namespace
 
 RecomputeSpec parse_recompute_spec(std::string_view text) {
   RecomputeSpec spec;
   std::string_view body = text;
-  if (const auto at = text.find('@'); at != std::string_view::npos) {
-    body = text.substr(0, at);
-    spec.layer = static_cast<int>(parse_number(text.substr(at + 1), "layer"));
+  if (body.size() > 5 && body.substr(body.size() - 5) == "/page") {
+    spec.pages = true;
+    body.remove_suffix(5);
+  }
+  if (const auto at = body.find('@'); at != std::string_view::npos) {
+    spec.layer = static_cast<int>(parse_number(body.substr(at + 1), "layer"));
+    body = body.substr(0, at);
   }
   const auto parts = split(body, ':');
   spec.cfg.strategy = parse_recompute_strategy(parts[0]);
@@ -111,6 +142,7 @@ std::string recompute_spec_name(const RecomputeSpec& spec) {
     std::snprintf(b, sizeof b, "@%d", spec.layer);
     s += b;
   }
+  if (spec.pages) s += "/page";
   return s;
 }
 
@@ -213,7 +245,8 @@ RagResult prefill_rag(Session& s, const DocumentCache& cache, const RagRequest& 
       in.deviation = dev;
       in.policies = policies;
     }
-    const std::vector<std::int32_t> sel = select_recompute(spec.cfg, in);
+    const std::vector<std::int32_t> sel =
+        spec.pages ? select_pages(spec.cfg, in, store.page_size()) : select_recompute(spec.cfg, in);
     r.select_s += since(t);
     if (sel.empty()) continue;
 

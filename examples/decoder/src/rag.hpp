@@ -35,6 +35,11 @@ namespace redknot::decoder {
 struct RecomputeSpec {
   RecomputeConfig cfg;
   int layer = 1;
+  // Select whole pages of the document instead of tokens: the strategy runs on pages (deviation summed over
+  // a page's tokens, first_k rounded up to pages, ratio of pages) and every token of a chosen page is
+  // recomputed. Copy-on-write copies pages, so scattered tokens cost a private copy of nearly every page;
+  // page-aligned selection costs ratio x the document.
+  bool pages = false;
   bool needs_deviation() const {
     return cfg.strategy == RecomputeStrategy::kDeviationTopK ||
            cfg.strategy == RecomputeStrategy::kGlobalDeviationTopK;
@@ -42,7 +47,8 @@ struct RecomputeSpec {
 };
 
 // "none", "first_k:K", "deviation_topk:R", "global_deviation_topk:R:K", each optionally followed by "@L" (the
-// deviation layer; default 1). query_topk needs attention the decoder does not measure: rejected.
+// deviation layer; default 1) and then "/page" (page-aligned selection). query_topk needs attention the
+// decoder does not measure: rejected.
 RecomputeSpec parse_recompute_spec(std::string_view text);
 std::string recompute_spec_name(const RecomputeSpec& spec);
 

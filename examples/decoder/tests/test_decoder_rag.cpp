@@ -153,14 +153,20 @@ TEST_CASE("rag: none, first_k and the deviation strategies run and give finite l
   CHECK(fk.recomputed == 12);  // 4 per document
   for (const auto& l : fk_logits) CHECK(all_finite(l));
 
-  for (const char* spec :
-       {"deviation_topk:0.25", "global_deviation_topk:0.25:2", "global_deviation_topk:0.2@0"}) {
+  for (const char* spec : {"deviation_topk:0.25", "global_deviation_topk:0.25:2",
+                           "global_deviation_topk:0.2@0", "global_deviation_topk:0.25:2/page"}) {
     INFO(spec);
     const auto [r, logits] = f.rag(req, parse_recompute_spec(spec));
     CHECK(r.recomputed > 0);
     CHECK(r.recomputed < req.document_tokens());
     for (const auto& l : logits) CHECK(all_finite(l));
   }
+  // Page-aligned: whole pages of 8 tokens (documents of 27, 33 and 40 tokens: 4 + 5 + 5 pages).
+  const auto [pg, pg_logits] = f.rag(req, parse_recompute_spec("first_k:9/page"));
+  CHECK(pg.recomputed == 3 * 16);  // 9 tokens round up to 2 pages per document
+  const auto [pa, pa_logits] = f.rag(req, parse_recompute_spec("deviation_topk:1/page"));
+  CHECK(pa.recomputed == req.document_tokens());
+  CHECK(max_abs_diff(pa_logits[0], want[0]) <= 1e-3f);
   CHECK(f.store->stats().num_sequences == 0);
 }
 
@@ -195,6 +201,9 @@ TEST_CASE("rag: recompute specs parse and print", "[decoder][rag]") {
   CHECK(name("deviation_topk:0.15") == "deviation_topk:0.15");
   CHECK(name("global_deviation_topk:0.15:16") == "global_deviation_topk:0.15:16");
   CHECK(name("global_deviation_topk:0.1@7") == "global_deviation_topk:0.1@7");
+  CHECK(name("global_deviation_topk:0.1:16@7/page") == "global_deviation_topk:0.1:16@7/page");
+  CHECK(parse_recompute_spec("deviation_topk:0.2/page").pages);
+  CHECK(!parse_recompute_spec("deviation_topk:0.2").pages);
   const RecomputeSpec g = parse_recompute_spec("global_deviation_topk:0.15:16@3");
   CHECK(g.cfg.strategy == RecomputeStrategy::kGlobalDeviationTopK);
   CHECK(g.cfg.ratio == 0.15);
