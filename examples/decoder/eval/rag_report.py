@@ -15,8 +15,11 @@ def load(paths):
     for p in paths:
         d = json.load(open(p))
         meta[p] = d
-        for jl in d.get("lengths", []):
-            lengths[jl["length"]] = (jl, d)
+        # A run cut short has its last length under lengths_partial (summary of the requests done).
+        done = d.get("lengths", []) + ([d["lengths_partial"]] if "lengths_partial" in d else [])
+        for jl in done:
+            if "summary" in jl:
+                lengths[jl["length"]] = (jl, d)
     return lengths, meta
 
 

@@ -75,6 +75,10 @@ RecomputeSpec parse_recompute_spec(std::string_view text) {
     spec.pages = true;
     body.remove_suffix(5);
   }
+  if (const auto at = body.find("+tail:"); at != std::string_view::npos) {
+    spec.tail = static_cast<int>(parse_number(body.substr(at + 6), "tail"));
+    body = body.substr(0, at);
+  }
   if (const auto at = body.find('@'); at != std::string_view::npos) {
     spec.layer = static_cast<int>(parse_number(body.substr(at + 1), "layer"));
     body = body.substr(0, at);
@@ -112,6 +116,7 @@ RecomputeSpec parse_recompute_spec(std::string_view text) {
   require(spec.cfg.ratio >= 0 && spec.cfg.ratio <= 1, "recompute spec '", text, "': ratio must be in [0, 1]");
   require(spec.cfg.first_k >= 0, "recompute spec '", text, "': k must be >= 0");
   require(spec.layer >= 0, "recompute spec '", text, "': layer must be >= 0");
+  require(spec.tail >= 0, "recompute spec '", text, "': tail must be >= 0");
   return spec;
 }
 
@@ -140,6 +145,10 @@ std::string recompute_spec_name(const RecomputeSpec& spec) {
   std::string s = b;
   if (spec.needs_deviation() && spec.layer != 1) {
     std::snprintf(b, sizeof b, "@%d", spec.layer);
+    s += b;
+  }
+  if (spec.tail > 0) {
+    std::snprintf(b, sizeof b, "+tail:%d", spec.tail);
     s += b;
   }
   if (spec.pages) s += "/page";
@@ -216,6 +225,7 @@ RagResult prefill_rag(Session& s, const DocumentCache& cache, const RagRequest& 
   std::vector<HeadPolicy> policies;
   if (spec.needs_deviation())
     for (int h = 0; h < c.n_kv_heads; ++h) policies.push_back(store.policy(spec.layer, h));
+  const std::int64_t question_at = static_cast<std::int64_t>(req.system.size()) + req.document_tokens();
   for (const auto& doc : req.documents) {
     auto t = Clock::now();
     const ChunkKey key = cache.key(doc);
@@ -224,7 +234,9 @@ RagResult prefill_rag(Session& s, const DocumentCache& cache, const RagRequest& 
     const std::int32_t at = s.position();
     const auto n = static_cast<std::int32_t>(doc.size());
     // Queries inside the document run when tokens may be recomputed: the first may be its first token.
-    const bool recompute = spec.cfg.strategy != RecomputeStrategy::kNone;
+    const std::int64_t tail_from = std::max<std::int64_t>(0, question_at - spec.tail - at);  // doc-local
+    const bool in_tail = spec.tail > 0 && tail_from < static_cast<std::int64_t>(doc.size());
+    const bool recompute = spec.cfg.strategy != RecomputeStrategy::kNone || in_tail;
     s.splice(key, recompute ? at : -1);
     r.splice_s += since(t);
     r.document_tokens += n;
@@ -245,8 +257,15 @@ RagResult prefill_rag(Session& s, const DocumentCache& cache, const RagRequest& 
       in.deviation = dev;
       in.policies = policies;
     }
-    const std::vector<std::int32_t> sel =
+    std::vector<std::int32_t> sel =
         spec.pages ? select_pages(spec.cfg, in, store.page_size()) : select_recompute(spec.cfg, in);
+    if (in_tail) {  // union with [tail_from, n), still sorted
+      std::vector<std::int32_t> merged;
+      for (std::int32_t i : sel)
+        if (i < tail_from) merged.push_back(i);
+      for (auto i = static_cast<std::int32_t>(tail_from); i < n; ++i) merged.push_back(i);
+      sel = std::move(merged);
+    }
     r.select_s += since(t);
     if (sel.empty()) continue;
 

@@ -40,6 +40,9 @@ struct RecomputeSpec {
   // recomputed. Copy-on-write copies pages, so scattered tokens cost a private copy of nearly every page;
   // page-aligned selection costs ratio x the document.
   bool pages = false;
+  // Also recompute every document token among the last `tail` before the question: the keys the question's
+  // local heads read (sink + window) come from there, global heads read everything. 0: none.
+  int tail = 0;
   bool needs_deviation() const {
     return cfg.strategy == RecomputeStrategy::kDeviationTopK ||
            cfg.strategy == RecomputeStrategy::kGlobalDeviationTopK;
@@ -47,7 +50,8 @@ struct RecomputeSpec {
 };
 
 // "none", "first_k:K", "deviation_topk:R", "global_deviation_topk:R:K", each optionally followed by "@L" (the
-// deviation layer; default 1) and then "/page" (page-aligned selection). query_topk needs attention the
+// deviation layer; default 1), "+tail:N" (also the last N document tokens) and "/page" (page-aligned
+// selection), in this order. query_topk needs attention the
 // decoder does not measure: rejected.
 RecomputeSpec parse_recompute_spec(std::string_view text);
 std::string recompute_spec_name(const RecomputeSpec& spec);

@@ -161,6 +161,13 @@ TEST_CASE("rag: none, first_k and the deviation strategies run and give finite l
     CHECK(r.recomputed < req.document_tokens());
     for (const auto& l : logits) CHECK(all_finite(l));
   }
+  // The tail: the last 30 document tokens (inside the last document, of 40 tokens, after its first 4), plus
+  // the first 4 of each document.
+  const auto [tl, tl_logits] = f.rag(req, parse_recompute_spec("first_k:4+tail:30"));
+  CHECK(tl.recomputed == 4 + 4 + 4 + 30);
+  const auto [nt, nt_logits] = f.rag(req, parse_recompute_spec("none+tail:10"));
+  CHECK(nt.recomputed == 10);
+  for (const auto& l : nt_logits) CHECK(all_finite(l));
   // Page-aligned: whole pages of 8 tokens (documents of 27, 33 and 40 tokens: 4 + 5 + 5 pages).
   const auto [pg, pg_logits] = f.rag(req, parse_recompute_spec("first_k:9/page"));
   CHECK(pg.recomputed == 3 * 16);  // 9 tokens round up to 2 pages per document
@@ -203,6 +210,9 @@ TEST_CASE("rag: recompute specs parse and print", "[decoder][rag]") {
   CHECK(name("global_deviation_topk:0.1@7") == "global_deviation_topk:0.1@7");
   CHECK(name("global_deviation_topk:0.1:16@7/page") == "global_deviation_topk:0.1:16@7/page");
   CHECK(parse_recompute_spec("deviation_topk:0.2/page").pages);
+  CHECK(name("first_k:4+tail:64") == "first_k:4+tail:64");
+  CHECK(name("global_deviation_topk:0.1:16@3+tail:512/page") ==
+        "global_deviation_topk:0.1:16@3+tail:512/page");
   CHECK(!parse_recompute_spec("deviation_topk:0.2").pages);
   const RecomputeSpec g = parse_recompute_spec("global_deviation_topk:0.15:16@3");
   CHECK(g.cfg.strategy == RecomputeStrategy::kGlobalDeviationTopK);

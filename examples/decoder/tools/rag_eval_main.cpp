@@ -49,7 +49,7 @@ void usage() {
                "          global_deviation_topk:0.15:16] [--reuse-map headaware|dense] [--concurrent 16]\n"
                "         [--max-new 8] [--kl-tokens 8] [--fact-docs 8] [--plain-docs 20] [--doc-min 300]\n"
                "         [--doc-max 1500] [--seed 1] [--chunk 256] [--threads N] [--json out.json]\n"
-               "         [--md out.md] [--quiet]\n");
+               "         [--md out.md] [--only 0,2] [--quiet]\n");
 }
 
 double median(std::vector<double> v) {
@@ -123,6 +123,8 @@ int main(int argc, char** argv) {
     const int max_new = args.get_int("max-new", 8);
     const int kl_tokens = args.get_int("kl-tokens", 8);
     const int concurrent = args.get_int("concurrent", 16);
+    std::set<int> only;  // --only i,j: run these requests (0-based) of each length and skip the others
+    for (const auto& s : split_list(args.get("only"))) only.insert(std::stoi(s));
     const int page_size = 16;
     SessionOptions so;
     so.chunk = args.get_int("chunk", 256);
@@ -171,14 +173,18 @@ int main(int argc, char** argv) {
     std::int64_t doc_tokens_total = 0;
     for (const auto& d : docs) doc_tokens_total += static_cast<std::int64_t>(d.tokens.size());
 
-    // Pools: host memory is reserved, not touched, so they are sized for the worst case (every head of every
-    // registry document, the kept requests, copy-on-write of a whole request).
+    // Pools: host memory is reserved, not touched (only pages in use cost memory), but one reservation must
+    // stay below RAM for the kernel to grant it. The registry holds every head of every document; a kept
+    // request holds at most what a full prefill with the reuse map would (its own tokens, recomputed pages of
+    // global heads, sink + window of local heads); the request in flight may copy every page it recomputes.
     const std::int64_t ctx = so.max_context;
     const std::int64_t heads = static_cast<std::int64_t>(c.n_layers) * c.n_kv_heads;
+    std::int64_t n_reuse = 0;
+    for (const auto& m : methods) n_reuse += m.full ? 0 : 1;
     const std::int64_t reuse_pages =
         heads * (doc_tokens_total / page_size + static_cast<std::int64_t>(docs.size())) +
-        (concurrent * static_cast<std::int64_t>(methods.size()) + 4) *
-            peak_sequence_pages(dense, page_size, ctx, so.chunk);
+        concurrent * n_reuse * peak_sequence_pages(reuse_map, page_size, ctx, page_size) +
+        3 * peak_sequence_pages(dense, page_size, ctx, so.chunk);
     auto reuse_store = Session::make_store(model, reuse_map, page_size, reuse_pages);
     auto dense_store = Session::make_store(model, dense, page_size,
                                            3 * peak_sequence_pages(dense, page_size, ctx, so.chunk));
@@ -249,8 +255,76 @@ int main(int argc, char** argv) {
       std::vector<std::unique_ptr<Session>> kept;  // the first `concurrent` requests of every reuse method
       std::set<int> kept_docs;
       std::vector<std::int64_t> own_bytes;  // per kept request: its own tokens' pages
+      // Summary of the first `done` requests and memory with the first `concurrent` of them alive (written
+      // after every request, so a run cut short still has one).
+      const auto summarize = [&](int done) {
+        const int kept_n = std::min(concurrent, done);
+        std::int64_t docs_once = 0;
+        for (int d : kept_docs) docs_once += doc_pages[static_cast<std::size_t>(d)] * page_bytes;
+        std::int64_t own_total = 0;
+        for (auto b : own_bytes) own_total += b;
+        const auto first_n_sum = [&](std::size_t mi, auto field) {
+          std::int64_t s = 0;
+          for (int r = 0; r < kept_n; ++r) s += field(all[mi][static_cast<std::size_t>(r)]);
+          return s;
+        };
+        std::int64_t copy_dense = 0, copy_ha = 0;
+        for (std::size_t mi = 0; mi < methods.size(); ++mi)
+          if (methods[mi].full) {
+            const std::int64_t b = first_n_sum(mi, [](const Outcome& o) { return o.kv_bytes; });
+            (methods[mi].map == &dense ? copy_dense : copy_ha) = b;
+          }
+        jl["memory"] = {{"requests", kept_n},
+                        {"docs_once_bytes", docs_once},
+                        {"own_tokens_bytes", own_total},
+                        {"one_copy_dense_bytes", copy_dense},
+                        {"one_copy_headaware_bytes", copy_ha}};
+        const double dense_ttft = median([&] {
+          std::vector<double> v;
+          for (const auto& o : all[0]) v.push_back(o.ttft);
+          return v;
+        }());
+        for (std::size_t mi = 0; mi < methods.size(); ++mi) {
+          const auto& os = all[mi];
+          std::vector<double> ttft, cold, kl;
+          double correct = 0, agree = 0, recomputed = 0, doc_tok = 0;
+          for (const auto& o : os) {
+            ttft.push_back(o.ttft);
+            cold.push_back(o.ttft_cold);
+            kl.push_back(o.kl);
+            correct += o.correct;
+            agree += o.agree;
+            recomputed += static_cast<double>(o.recomputed);
+            doc_tok += static_cast<double>(o.doc_tokens);
+          }
+          const double n = static_cast<double>(os.size());
+          json js = {{"requests", os.size()},
+                     {"ttft_median_s", median(ttft)},
+                     {"ttft_mean_s", mean(ttft)},
+                     {"ttft_cold_median_s", median(cold)},
+                     {"speedup_vs_dense", median(ttft) > 0 ? dense_ttft / median(ttft) : 0},
+                     {"accuracy", correct / n},
+                     {"agreement", agree / n},
+                     {"kl_mean", mean(kl)},
+                     {"recomputed_fraction", doc_tok > 0 ? recomputed / doc_tok : 0}};
+          if (methods[mi].full) {
+            js["kv_bytes_concurrent"] = first_n_sum(mi, [](const Outcome& o) { return o.kv_bytes; });
+          } else {
+            const std::int64_t kv =
+                docs_once + first_n_sum(mi, [](const Outcome& o) { return o.private_bytes; });
+            js["kv_bytes_concurrent"] = kv;
+            // Against the target's reference: one copy of the documents plus each request's own tokens.
+            js["kv_vs_docs_plus_own"] = static_cast<double>(kv) /
+                                        static_cast<double>(std::max<std::int64_t>(docs_once + own_total, 1));
+          }
+          jl["summary"][methods[mi].name] = js;
+        }
+      };
       for (int r = 0; r < n_requests; ++r) {
         const RagCase rc = bench.make_case(length, max_new, r % bo.fact_docs, rng);
+        if (!only.empty() && !only.count(r))
+          continue;  // drawn all the same: the other cases stay as they were
+        const int ran = static_cast<int>(all[0].size());  // requests run before this one
         const std::vector<std::int32_t> prompt = rc.request.tokens();
         double cold_extra = 0;
         for (int d : rc.doc_ids) cold_extra += doc_seconds[static_cast<std::size_t>(d)];
@@ -312,7 +386,7 @@ int main(int argc, char** argv) {
             o.kv_bytes = s->kv_stats().bytes();
           } else {
             o.private_bytes = (reuse_store->pool().used_pages() - pages_before) * page_bytes;
-            if (r < concurrent) kept.push_back(std::move(s));
+            if (ran < concurrent) kept.push_back(std::move(s));
           }
           s.reset();
           if (!quiet)
@@ -326,7 +400,7 @@ int main(int argc, char** argv) {
               {"kv_bytes", o.kv_bytes},     {"select_s", o.select_s},     {"recompute_s", o.recompute_s}};
           all[mi].push_back(o);
         }
-        if (r < concurrent) {
+        if (ran < concurrent) {
           for (int d : rc.doc_ids) kept_docs.insert(d);
           // The request's own tokens (system, question, answer) as pages of every head.
           const std::int64_t own_tok_pages =
@@ -335,72 +409,11 @@ int main(int argc, char** argv) {
           own_bytes.push_back(own_tok_pages * heads * page_bytes);
         }
         jl["requests"].push_back(jr);
+        summarize(ran + 1);
         out["lengths_partial"] = jl;
         write_outputs();
       }
 
-      // Summary and memory with `concurrent` requests alive.
-      const int kept_n = std::min(concurrent, n_requests);
-      std::int64_t docs_once = 0;
-      for (int d : kept_docs) docs_once += doc_pages[static_cast<std::size_t>(d)] * page_bytes;
-      std::int64_t own_total = 0;
-      for (auto b : own_bytes) own_total += b;
-      const auto first_n_sum = [&](std::size_t mi, auto field) {
-        std::int64_t s = 0;
-        for (int r = 0; r < kept_n; ++r) s += field(all[mi][static_cast<std::size_t>(r)]);
-        return s;
-      };
-      std::int64_t copy_dense = 0, copy_ha = 0;
-      for (std::size_t mi = 0; mi < methods.size(); ++mi)
-        if (methods[mi].full) {
-          const std::int64_t b = first_n_sum(mi, [](const Outcome& o) { return o.kv_bytes; });
-          (methods[mi].map == &dense ? copy_dense : copy_ha) = b;
-        }
-      jl["memory"] = {{"requests", kept_n},
-                      {"docs_once_bytes", docs_once},
-                      {"own_tokens_bytes", own_total},
-                      {"one_copy_dense_bytes", copy_dense},
-                      {"one_copy_headaware_bytes", copy_ha}};
-      const double dense_ttft = median([&] {
-        std::vector<double> v;
-        for (const auto& o : all[0]) v.push_back(o.ttft);
-        return v;
-      }());
-      for (std::size_t mi = 0; mi < methods.size(); ++mi) {
-        const auto& os = all[mi];
-        std::vector<double> ttft, cold, kl;
-        double correct = 0, agree = 0, recomputed = 0, doc_tok = 0;
-        for (const auto& o : os) {
-          ttft.push_back(o.ttft);
-          cold.push_back(o.ttft_cold);
-          kl.push_back(o.kl);
-          correct += o.correct;
-          agree += o.agree;
-          recomputed += static_cast<double>(o.recomputed);
-          doc_tok += static_cast<double>(o.doc_tokens);
-        }
-        const double n = static_cast<double>(os.size());
-        json js = {{"requests", os.size()},
-                   {"ttft_median_s", median(ttft)},
-                   {"ttft_mean_s", mean(ttft)},
-                   {"ttft_cold_median_s", median(cold)},
-                   {"speedup_vs_dense", median(ttft) > 0 ? dense_ttft / median(ttft) : 0},
-                   {"accuracy", correct / n},
-                   {"agreement", agree / n},
-                   {"kl_mean", mean(kl)},
-                   {"recomputed_fraction", doc_tok > 0 ? recomputed / doc_tok : 0}};
-        if (methods[mi].full) {
-          js["kv_bytes_concurrent"] = first_n_sum(mi, [](const Outcome& o) { return o.kv_bytes; });
-        } else {
-          const std::int64_t kv =
-              docs_once + first_n_sum(mi, [](const Outcome& o) { return o.private_bytes; });
-          js["kv_bytes_concurrent"] = kv;
-          // Against the target's reference: one copy of the documents plus each request's own tokens.
-          js["kv_vs_docs_plus_own"] =
-              static_cast<double>(kv) / static_cast<double>(std::max<std::int64_t>(docs_once + own_total, 1));
-        }
-        jl["summary"][methods[mi].name] = js;
-      }
       kept.clear();
       out["lengths"].push_back(jl);
       out.erase("lengths_partial");
