@@ -6,6 +6,10 @@
 #   scripts/demo.sh [redknot-demo options]     e.g. --tokens 4096 --depth 0.5 --max-new 24 (default: 8128
 #                                              tokens, about 2 minutes on 2 cores)
 #   scripts/demo.sh --capacity [options]       the capacity demo (benchmarks/capacity_demo.cpp) instead
+#   scripts/demo.sh --rag [options]            document reuse instead: one multi-document request answered by a
+#                                              full dense prefill, then from the chunk registry with a cold
+#                                              and a warm cache (e.g. --tokens 4096 --strategy first_k:16;
+#                                              default 4096 tokens, about 2 minutes on 2 cores)
 #
 # Fresh machine: installs dependencies, downloads the model (scripts/get-model.sh), builds, and profiles the
 # model first if the shipped head map is missing. See scripts/common.sh for build knobs.
@@ -41,5 +45,9 @@ if [[ ! -f "$MAP" ]]; then
     --kv-reduction 4.05 --budget-tokens 8192
 fi
 
-section "redknot-demo: dense vs redknot ($(basename "$MAP"))"
+if [[ " $* " == *" --rag "* ]]; then
+  section "redknot-demo --rag: full dense prefill vs document reuse, cold and warm cache ($(basename "$MAP"))"
+else
+  section "redknot-demo: dense vs redknot ($(basename "$MAP"))"
+fi
 exec "$TOOLS/redknot-demo" --model "$MODEL" --head-map "$MAP" "$@"

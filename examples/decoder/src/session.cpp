@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <optional>
 
 #include "redknot/cpu_attention.hpp"
 #include "redknot/error.hpp"
@@ -40,19 +42,72 @@ Session::Session(const LlamaModel& model, HeadMap map, SessionOptions opt) : mod
   const LlamaConfig& c = model.config();
   require(opt_.chunk > 0 && opt_.max_context > 0, "session: chunk and max_context must be > 0");
   map.validate_shape(c.n_layers, c.n_kv_heads);
-  const ModelShape shape{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, DType::kF32};
   // The peak of a chunked prefill (sink + window of a chunk's first query + the chunk, per local head).
-  const auto pages =
-      static_cast<std::int32_t>(peak_sequence_pages(map, opt_.page_size, opt_.max_context, opt_.chunk));
-  store_ = std::make_unique<Store>(shape, std::move(map), StoreConfig{opt_.page_size, pages});
+  const auto pages = peak_sequence_pages(map, opt_.page_size, opt_.max_context, opt_.chunk);
+  store_ = make_store(model, std::move(map), opt_.page_size, pages);
   plans_.resize(static_cast<std::size_t>(c.n_layers));
   seq_ = store_->create_sequence();
 }
 
+Session::Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionOptions opt)
+    : model_(model), opt_(opt), store_(std::move(store)) {
+  const LlamaConfig& c = model.config();
+  require(store_ != nullptr, "session: no store");
+  require(opt_.chunk > 0 && opt_.max_context > 0, "session: chunk and max_context must be > 0");
+  const ModelShape& sh = store_->shape();
+  require(sh.num_layers == c.n_layers && sh.num_kv_heads == c.n_kv_heads && sh.head_dim == c.head_dim &&
+              sh.num_q_heads == c.n_heads,
+          "session: the store's shape does not match the model");
+  plans_.resize(static_cast<std::size_t>(c.n_layers));
+  seq_ = store_->create_sequence();
+}
+
+Session::Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionOptions opt, SeqId seq,
+                 std::int32_t pos)
+    : model_(model), opt_(opt), store_(std::move(store)), seq_(seq), pos_(pos) {
+  plans_.resize(static_cast<std::size_t>(model.config().n_layers));
+}
+
+Session::~Session() {
+  if (seq_ != 0 && store_->contains(seq_)) store_->free_sequence(seq_);
+}
+
+std::shared_ptr<Store> Session::make_store(const LlamaModel& model, HeadMap map, int page_size,
+                                           std::int64_t num_pages) {
+  const LlamaConfig& c = model.config();
+  map.validate_shape(c.n_layers, c.n_kv_heads);
+  require(num_pages > 0 && num_pages <= std::numeric_limits<std::int32_t>::max(),
+          "session: num_pages=", num_pages, " out of range");
+  const ModelShape shape{c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, DType::kF32};
+  // The store rotates with rope_inv_freq(c.rope); a file's rope_freqs.weight divisors are not part of a
+  // RopeConfig, so such a model gets no RoPE spec and the store refuses to move its chunks (nothing silently
+  // rotates with the wrong frequencies).
+  std::optional<RopeConfig> rope = c.rope;
+  const std::vector<double> f = rope_inv_freq(c.rope);
+  for (std::size_t i = 0; i < f.size(); ++i)
+    if (i >= model.inv_freq().size() || !(std::abs(f[i] - model.inv_freq()[i]) <= 1e-9 * std::abs(f[i])))
+      rope.reset();
+  return std::make_shared<Store>(shape, std::move(map),
+                                 StoreConfig{page_size, static_cast<std::int32_t>(num_pages)}, rope);
+}
+
 void Session::reset() {
-  store_->free_sequence(seq_);
+  if (seq_ != 0 && store_->contains(seq_)) store_->free_sequence(seq_);
   seq_ = store_->create_sequence();
   pos_ = 0;
+}
+
+SeqId Session::release() {
+  require(seq_ != 0, "session: no sequence to release (reset() first)");
+  const SeqId id = seq_;
+  seq_ = 0;
+  pos_ = 0;
+  return id;
+}
+
+std::unique_ptr<Session> Session::fork() const {
+  require(seq_ != 0, "session: no sequence to fork");
+  return std::unique_ptr<Session>(new Session(model_, store_, opt_, store_->fork(seq_), pos_));
 }
 
 void Session::rope(float* x, int n_heads, std::size_t n) const {
@@ -63,16 +118,13 @@ void Session::rope(float* x, int n_heads, std::size_t n) const {
       rope_rotate(rc, rope_cs_.data() + t * half, x + (t * static_cast<std::size_t>(n_heads) + h) * D);
 }
 
-void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std::vector<float>& logits,
-                      ForwardObserver* observer) {
+void Session::run_layers(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                         KvWrite kv, int stop_layer, ForwardObserver* observer) {
   const LlamaConfig& c = model_.config();
+  require(seq_ != 0, "session: no sequence (released; reset() first)");
   const int n = static_cast<int>(tokens.size());
   require(n > 0, "forward: no tokens");
-  require(n <= opt_.chunk, "forward: ", n,
-          " tokens in one call, more than SessionOptions::chunk=", opt_.chunk,
-          " (the pool is sized for chunks of at most that many)");
-  require(pos_ + n <= opt_.max_context, "forward: ", pos_ + n,
-          " positions exceed max_context=", opt_.max_context);
+  require(positions.size() == tokens.size(), "forward: ", positions.size(), " positions for ", n, " tokens");
   const int d = c.d_model, kvd = c.n_kv_heads * c.head_dim;
   const auto N = static_cast<std::size_t>(n);
   x_.resize(N * d);
@@ -83,8 +135,6 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
   v_.resize(N * kvd);
   gate_.resize(N * c.d_ff);
   up_.resize(N * c.d_ff);
-  std::vector<std::int32_t> positions(N);
-  for (int i = 0; i < n; ++i) positions[static_cast<std::size_t>(i)] = pos_ + i;
   const std::vector<double>& inv_freq = model_.inv_freq();
   rope_cs_.resize(N * inv_freq.size());
   for (std::size_t t = 0; t < N; ++t)
@@ -104,12 +154,21 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
   for (int l = 0; l < c.n_layers; ++l) {
     const LlamaLayer& L = model_.layers()[static_cast<std::size_t>(l)];
     rms_norm(x_.data(), L.attn_norm, h_.data(), n, d, c.rms_eps);
+    if (l == stop_layer) {  // fresh_kv: this layer's K/V are the result
+      matmul(h_.data(), L.wk, k_.data(), n, d, kvd, false);
+      matmul(h_.data(), L.wv, v_.data(), n, d, kvd, false);
+      rope(k_.data(), c.n_kv_heads, N);
+      return;
+    }
     matmul(h_.data(), L.wq, q_.data(), n, d, d, false);
     matmul(h_.data(), L.wk, k_.data(), n, d, kvd, false);
     matmul(h_.data(), L.wv, v_.data(), n, d, kvd, false);
     rope(q_.data(), c.n_heads, N);
     rope(k_.data(), c.n_kv_heads, N);
-    store_->append(seq_, l, k_, v_, positions);
+    if (kv == KvWrite::kAppend)
+      store_->append(seq_, l, k_, v_, positions);
+    else if (kv == KvWrite::kOverwrite)
+      store_->overwrite(seq_, l, k_, v_, positions);
     if (observer) observer->on_qkv(l, positions, q_, k_, v_);
     AttentionPlan& plan = plans_[static_cast<std::size_t>(l)];
     plan.update(*store_, l, std::span<const std::int64_t>(&seq, 1), std::span<const std::int32_t>(&q_len, 1),
@@ -126,6 +185,21 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
     }
     matmul(gate_.data(), L.w_down, x_.data(), n, c.d_ff, d, true);
   }
+}
+
+void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std::vector<float>& logits,
+                      ForwardObserver* observer) {
+  const LlamaConfig& c = model_.config();
+  const int n = static_cast<int>(tokens.size());
+  require(n <= opt_.chunk, "forward: ", n,
+          " tokens in one call, more than SessionOptions::chunk=", opt_.chunk,
+          " (the pool is sized for chunks of at most that many)");
+  require(pos_ + n <= opt_.max_context, "forward: ", pos_ + n,
+          " positions exceed max_context=", opt_.max_context);
+  std::vector<std::int32_t> positions(tokens.size());
+  for (int i = 0; i < n; ++i) positions[static_cast<std::size_t>(i)] = pos_ + i;
+  run_layers(tokens, positions, KvWrite::kAppend, c.n_layers, observer);
+  const int d = c.d_model;
   const int rows = all_logits ? n : 1;
   const float* last = x_.data() + static_cast<std::size_t>(n - rows) * d;
   rms_norm(last, model_.output_norm(), h_.data(), rows, d, c.rms_eps);
@@ -135,6 +209,40 @@ void Session::forward(std::span<const std::int32_t> tokens, bool all_logits, std
   // Every query before pos_ has run: local heads may drop what only those queries could see now, rather than
   // at the next append, so KV bytes between calls are the steady state (sink + window), not window + chunk.
   store_->retire_queries(seq_, pos_);
+}
+
+void Session::prefill_chunk(std::span<const std::int32_t> tokens) {
+  const int n = static_cast<int>(tokens.size());
+  require(pos_ + n <= opt_.max_context, "prefill_chunk: ", pos_ + n,
+          " positions exceed max_context=", opt_.max_context);
+  std::vector<std::int32_t> positions(tokens.size());
+  for (int i = 0; i < n; ++i) positions[static_cast<std::size_t>(i)] = pos_ + i;
+  run_layers(tokens, positions, KvWrite::kAppend, model_.config().n_layers, nullptr);
+  pos_ += n;
+}
+
+std::int32_t Session::splice(const ChunkKey& key, std::int32_t first_query) {
+  require(seq_ != 0, "splice: no sequence (released; reset() first)");
+  const std::int32_t n = store_->chunk_tokens(key);
+  require(static_cast<std::int64_t>(pos_) + n <= opt_.max_context, "splice: ", pos_ + n,
+          " positions exceed max_context=", opt_.max_context);
+  store_->splice(seq_, key, pos_, first_query);
+  pos_ += n;
+  return n;
+}
+
+void Session::fresh_kv(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions,
+                       int layer, std::vector<float>& k, std::vector<float>& v) {
+  require(layer >= 0 && layer < model_.config().n_layers, "fresh_kv: layer=", layer, " out of range");
+  run_layers(tokens, positions, KvWrite::kNone, layer, nullptr);
+  const std::size_t nkv = tokens.size() * static_cast<std::size_t>(model_.config().n_kv_heads) *
+                          static_cast<std::size_t>(model_.config().head_dim);
+  k.assign(k_.begin(), k_.begin() + static_cast<std::ptrdiff_t>(nkv));
+  v.assign(v_.begin(), v_.begin() + static_cast<std::ptrdiff_t>(nkv));
+}
+
+void Session::recompute(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions) {
+  run_layers(tokens, positions, KvWrite::kOverwrite, model_.config().n_layers, nullptr);
 }
 
 std::vector<float> Session::prefill(std::span<const std::int32_t> tokens,

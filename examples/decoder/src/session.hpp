@@ -3,6 +3,11 @@
 // The forward pass is the standard Llama block (RMSNorm, RoPE, GQA attention, SwiGLU) with GEMMs in BLAS; the
 // attention reads K/V back from the store through redknot's CPU SegPagedAttention, so what a head can see is
 // exactly what the head map lets the store keep. "dense" is simply the all-global map.
+//
+// Chunk reuse (src/rag.hpp): a session may live in a store shared with other sessions and the store's chunk
+// registry; it can splice a registered chunk at its next position, measure fresh K/V of spliced tokens at one
+// layer (fresh_kv) and recompute a scattered set of spliced tokens through every layer (recompute), their
+// fresh K/V overwriting the cached rows for this sequence only.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +44,20 @@ using Store = KVHeadStore<float>;
 
 class Session {
  public:
+  // A session with a store of its own, sized for opt.max_context tokens in chunks of opt.chunk.
   Session(const LlamaModel& model, HeadMap map, SessionOptions opt = {});
+  // A new sequence in a store shared with other sessions (a document cache, concurrent requests): the pool is
+  // the caller's to size (make_store); opt.max_context and opt.chunk only bound this session's calls.
+  Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionOptions opt = {});
+  // Frees the sequence unless release() handed it over.
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // A store for `model` with its RoPE (so chunks can be spliced at other offsets) and num_pages pages (host
+  // memory is reserved, not touched: only pages in use cost memory).
+  static std::shared_ptr<Store> make_store(const LlamaModel& model, HeadMap map, int page_size,
+                                           std::int64_t num_pages);
 
   // Runs `tokens` at the next positions. logits receives [n, vocab] when all_logits, else the last row only.
   void forward(std::span<const std::int32_t> tokens, bool all_logits, std::vector<float>& logits,
@@ -52,20 +70,57 @@ class Session {
   // Starts over with an empty sequence (same store, same map).
   void reset();
 
+  // ---- chunk reuse
+  // Runs `tokens` at the next positions in ONE forward call, without logits and without retiring queries, so
+  // every head keeps every key: what KVHeadStore::register_chunk needs of a chunk prefilled alone.
+  void prefill_chunk(std::span<const std::int32_t> tokens);
+  // Hands the sequence over (e.g. to register_chunk, which takes it out of the sequence registry): the
+  // session no longer frees it and holds no sequence until reset().
+  SeqId release();
+  // Splices the registered chunk `key` at position() (KVHeadStore::splice: zero-copy) and advances past it.
+  // first_query: the first position whose query will still run (-1: none inside the chunk). Returns the
+  // chunk's length.
+  std::int32_t splice(const ChunkKey& key, std::int32_t first_query = -1);
+  // Fresh K and V [n, n_kv_heads, head_dim] of tokens the sequence already holds (spliced), at `layer`, with
+  // the sequence's real context: layers below run them as queries over the cached K/V and write nothing.
+  // positions strictly increase, each in [query_floor, position()); gaps are allowed. Keys are rotated for
+  // their positions (what KVHeadStore::read_rows returns for the cached rows).
+  void fresh_kv(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions, int layer,
+                std::vector<float>& k, std::vector<float>& v);
+  // Recomputes tokens the sequence already holds through every layer at their positions (strictly
+  // increasing, any gaps, each in [query_floor, position())): at each layer their fresh K/V overwrite the
+  // cached rows (KVHeadStore::overwrite, copy-on-write: a shared chunk stays intact), then they attend as
+  // queries over the sequence (the causal mask orders them among themselves and the cached tokens).
+  void recompute(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions);
+  // A session on the same store continuing a fork of this sequence (shares its pages).
+  std::unique_ptr<Session> fork() const;
+
   std::int32_t position() const { return pos_; }
   const Store& store() const { return *store_; }
+  Store& store() { return *store_; }
+  const std::shared_ptr<Store>& shared_store() const { return store_; }
   SeqId sequence() const { return seq_; }
   SequenceStats kv_stats() const { return store_->sequence_stats(seq_); }
   const SessionOptions& options() const { return opt_; }
   const LlamaModel& model() const { return model_; }
 
  private:
+  // What a layer does with the K/V it computes: append them (a normal forward), overwrite the rows the
+  // sequence already holds (recompute), or leave the store as it is (fresh_kv).
+  enum class KvWrite { kAppend, kOverwrite, kNone };
+
+  Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionOptions opt, SeqId seq,
+          std::int32_t pos);
   // Rotates x [n, n_heads, head_dim] by the angles of rope_cs_ (n positions).
   void rope(float* x, int n_heads, std::size_t n) const;
+  // The layer stack over tokens at `positions`: layers [0, stop_layer) in full; when stop_layer < n_layers,
+  // only the K/V of layer stop_layer (left in k_, v_). The final hidden states are in x_.
+  void run_layers(std::span<const std::int32_t> tokens, std::span<const std::int32_t> positions, KvWrite kv,
+                  int stop_layer, ForwardObserver* observer);
 
   const LlamaModel& model_;
   SessionOptions opt_;
-  std::unique_ptr<Store> store_;
+  std::shared_ptr<Store> store_;
   std::vector<AttentionPlan> plans_;  // one per layer, so plan updates stay incremental
   SeqId seq_ = 0;
   std::int32_t pos_ = 0;

@@ -18,20 +18,13 @@
 
 using namespace redknot;
 using namespace redknot::decoder;
+using testing::random_tokens;
 
 namespace {
 
 const GgufFile& tiny_gguf() {
   static const GgufFile f = GgufFile::parse(testing::tiny_model_gguf(), "tiny");
   return f;
-}
-
-std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int> d(3, vocab - 1);
-  std::vector<std::int32_t> t(n);
-  for (auto& x : t) x = d(rng);
-  return t;
 }
 
 // Teacher-forced logits of every position, fed in chunks.

@@ -110,4 +110,12 @@ std::vector<std::uint8_t> tiny_model_gguf(const TinySpec& sp) {
   return w.bytes();
 }
 
+std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> d(3, vocab - 1);
+  std::vector<std::int32_t> t(n);
+  for (auto& x : t) x = d(rng);
+  return t;
+}
+
 }  // namespace redknot::decoder::testing

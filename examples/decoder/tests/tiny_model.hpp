@@ -20,4 +20,7 @@ struct TinySpec {
 // GGUF bytes of the tiny model.
 std::vector<std::uint8_t> tiny_model_gguf(const TinySpec& spec = {});
 
+// n token ids drawn uniformly from [3, vocab) (ids below 3 are specials of the tiny vocabulary).
+std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint32_t seed);
+
 }  // namespace redknot::decoder::testing

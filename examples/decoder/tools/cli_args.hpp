@@ -3,8 +3,10 @@
 
 #include <map>
 #include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace redknot::decoder {
 
@@ -39,5 +41,14 @@ class CliArgs {
  private:
   std::map<std::string, std::string> values_;
 };
+
+// The non-empty items of a comma-separated list ("a,b,,c" -> a, b, c).
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string x; std::getline(ss, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
 
 }  // namespace redknot::decoder

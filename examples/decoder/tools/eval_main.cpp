@@ -44,14 +44,6 @@ void usage() {
                "                    [--score-from 512] [--budget-tokens 8192]\n");
 }
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string x; std::getline(ss, x, ',');)
-    if (!x.empty()) out.push_back(x);
-  return out;
-}
-
 struct NamedMap {
   std::string name;
   HeadMap map;
@@ -214,7 +206,7 @@ int main(int argc, char** argv) {
         {"all-local", HeadMap::uniform(c.n_layers, c.n_kv_heads, HeadClass::kLocal, loc.window, loc.sink)}};
     if (!uniform_windows(profiled)) maps.push_back({"profiled-uniform", with_uniform_local(profiled, loc)});
     // Extra maps to compare, "name=path,name=path".
-    for (const auto& spec : split(args.get("extra-maps"))) {
+    for (const auto& spec : split_list(args.get("extra-maps"))) {
       const auto eq = spec.find('=');
       require(eq != std::string::npos, "--extra-maps entries are name=path, got '", spec, "'");
       HeadMap m = HeadMap::load(spec.substr(eq + 1));
@@ -222,10 +214,10 @@ int main(int argc, char** argv) {
       maps.push_back({spec.substr(0, eq), std::move(m)});
     }
     std::vector<int> lengths;
-    for (const auto& s : split(args.get("lengths", "2048"))) lengths.push_back(std::stoi(s));
-    const auto tasks = split(args.get("tasks", "teacher,needle,multikey"));
+    for (const auto& s : split_list(args.get("lengths", "2048"))) lengths.push_back(std::stoi(s));
+    const auto tasks = split_list(args.get("tasks", "teacher,needle,multikey"));
     std::vector<double> depths;
-    for (const auto& s : split(args.get("depths", "0.1,0.5,0.9"))) depths.push_back(std::stod(s));
+    for (const auto& s : split_list(args.get("depths", "0.1,0.5,0.9"))) depths.push_back(std::stod(s));
     const int n_keys = args.get_int("keys", 4);
 
     nlohmann::json out;
