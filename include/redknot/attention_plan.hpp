@@ -22,7 +22,6 @@
 #include "redknot/core_types.hpp"
 #include "redknot/error.hpp"
 #include "redknot/head_table.hpp"
-#include "redknot/query_batch.hpp"
 
 namespace redknot {
 
@@ -63,11 +62,28 @@ class AttentionPlan {
   void update(const Store& store, int layer, std::span<const std::int64_t> seqs,
               std::span<const std::int32_t> q_lens, std::span<const std::int32_t> q_positions) {
     const int H = store.shape().num_kv_heads;
-    store.shape().check_layer(layer, "plan");
-    check_query_batch(store, seqs, q_lens, q_positions, "plan");
-    for (std::size_t i = 0, row = 0; i < seqs.size(); row += static_cast<std::size_t>(q_lens[i]), ++i)
-      for (std::int32_t j = 0; j < q_lens[i]; ++j)
-        store.check_query_position(seqs[i], layer, q_positions[row + static_cast<std::size_t>(j)]);
+    require(layer >= 0 && layer < store.shape().num_layers, "plan: layer=", layer, " out of range [0, ",
+            store.shape().num_layers, ")");
+    require(q_lens.size() == seqs.size(), "plan: q_lens has ", q_lens.size(),
+            " entries, expected one per sequence (", seqs.size(), ")");
+    std::int64_t total = 0;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      require(q_lens[i] >= 0, "plan: q_lens[", i, "]=", q_lens[i], " must be >= 0");
+      total += q_lens[i];
+    }
+    require(static_cast<std::int64_t>(q_positions.size()) == total, "plan: q_positions has ",
+            q_positions.size(), " entries, expected sum(q_lens)=", total);
+    {
+      std::unordered_map<std::int64_t, std::size_t> seen;
+      std::int64_t row = 0;
+      for (std::size_t i = 0; i < seqs.size(); ++i) {
+        require(seen.emplace(seqs[i], i).second, "plan: sequence id=", seqs[i],
+                " appears twice in the batch");
+        for (std::int32_t j = 0; j < q_lens[i]; ++j)
+          store.check_query_position(seqs[i], layer, q_positions[row + j]);
+        row += q_lens[i];
+      }
+    }
 
     // A different layer means different tables: start over (engines keep one plan per layer to stay
     // incremental).

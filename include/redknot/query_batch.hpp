@@ -39,7 +39,7 @@ std::int64_t check_query_batch(const Store& store, std::span<const std::int64_t>
   for (std::size_t i = 0; i < seqs.size(); ++i) {
     REDKNOT_CHECK(seen.insert(seqs[i]).second, InvalidArgument, op, ": sequence id=", seqs[i],
                   " appears twice in the batch (index ", i, ")");
-    REDKNOT_CHECK(store.contains(seqs[i]), NotFound, op, ": seq_ids[", i, "]: sequence id=", seqs[i],
+    REDKNOT_CHECK(store.contains(seqs[i]), NotFound, op, ": seq_ids[", i, "]=", seqs[i],
                   " is not live (never created or already freed)");
   }
   return total;
