@@ -7,6 +7,7 @@ A later file's results for a length replace an earlier file's. The plot is a PNG
 (--png), else ASCII (printed; log-scale TTFT on x)."""
 import json
 import math
+import signal
 import sys
 
 
@@ -26,6 +27,7 @@ def load(paths):
 def table(jl, d):
     mem = jl["memory"]
     mib = lambda b: b / 1048576.0
+    mb = lambda b: f"{mib(b):.0f} MiB" if b else "- (method not run)"
     out = []
     out.append(
         f"**{jl['length']}-token requests**: {len(jl['requests'])} requests, "
@@ -33,8 +35,8 @@ def table(jl, d):
         f"({sum(len(r['docs']) for r in jl['requests']) / len(jl['requests']):.1f} documents); "
         f"KV of the first {mem['requests']} requests alive together: documents once "
         f"{mib(mem['docs_once_bytes']):.0f} MiB, own tokens {mib(mem['own_tokens_bytes']):.0f} MiB, "
-        f"one copy per request {mib(mem['one_copy_dense_bytes']):.0f} MiB dense / "
-        f"{mib(mem['one_copy_headaware_bytes']):.0f} MiB head-aware")
+        f"one copy per request {mb(mem['one_copy_dense_bytes'])} dense / "
+        f"{mb(mem['one_copy_headaware_bytes'])} head-aware")
     out.append("")
     out.append("| method | TTFT warm median (mean) | TTFT cold median | speed-up vs dense | accuracy | agreement "
                "| KL mean | recomputed | KV, " + str(mem["requests"]) + " requests | KV / (docs once + own) |")
@@ -77,6 +79,7 @@ def ascii_plot(points, width=64, height=16):
 
 
 def main(argv):
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # quiet under `| head`
     png = None
     if "--png" in argv:
         i = argv.index("--png")
