@@ -54,6 +54,9 @@ struct RecomputeSpec {
 // selection), in this order. query_topk needs attention the
 // decoder does not measure: rejected.
 RecomputeSpec parse_recompute_spec(std::string_view text);
+// The decoder's default (docs/reuse.md): head-aware deviation on 5% of each document plus its first 16
+// tokens, plus the last 1024 document tokens (the reach of most local heads' windows from the question).
+inline constexpr const char* kDefaultRecomputeSpec = "global_deviation_topk:0.05:16+tail:1024";
 std::string recompute_spec_name(const RecomputeSpec& spec);
 
 class DocumentCache {

@@ -4,7 +4,8 @@
 //                  [--head-map map.json] [--max-new N] [--chunk N] [--raw] [--max-context N] [--quiet]
 // The prompt is read from stdin when neither --prompt nor --prompt-file is given.
 //
-//   redknot-decode --rag --docs a.txt,b.txt [--strategy global_deviation_topk:0.15:16] [--primer TEXT] ...
+//   redknot-decode --rag --docs a.txt,b.txt [--strategy global_deviation_topk:0.05:16+tail:1024] [--primer
+//   TEXT] ...
 // RAG mode (src/rag.hpp): each document is prefilled alone into the chunk registry, then the request
 // [system][documents in the given order][prompt] is answered from it: documents spliced, tokens recomputed
 // per --strategy (none, first_k:K, deviation_topk:R, global_deviation_topk:R[:K], optional @LAYER).
@@ -59,7 +60,7 @@ int run_rag(const CliArgs& args, const LlamaModel& model, const Tokenizer& tok, 
   }
   if (docs.empty()) throw std::runtime_error("--rag needs --docs a.txt[,b.txt...]");
   const RagRequest req = rag_request_from_text(tok, docs, read_prompt(args), "", args.get("primer"));
-  const RecomputeSpec spec = parse_recompute_spec(args.get("strategy", "global_deviation_topk:0.15:16"));
+  const RecomputeSpec spec = parse_recompute_spec(args.get("strategy", kDefaultRecomputeSpec));
   const std::string mode = args.get("mode", "redknot");
   const HeadMap map = head_map_for(mode, args.get("head-map"), c);
   SessionOptions so;

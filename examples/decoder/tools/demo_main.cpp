@@ -45,7 +45,7 @@ int rag_demo(const CliArgs& args, const LlamaModel& model, const Tokenizer& tok)
   };
   const LlamaConfig& c = model.config();
   const int target = args.get_int("tokens", 4096), max_new = args.get_int("max-new", 8);
-  const RecomputeSpec spec = parse_recompute_spec(args.get("strategy", "global_deviation_topk:0.15:16"));
+  const RecomputeSpec spec = parse_recompute_spec(args.get("strategy", kDefaultRecomputeSpec));
   RagBenchOptions bo;
   bo.fact_docs = 1;
   bo.plain_docs = args.get_int("docs", 12);
@@ -140,12 +140,12 @@ int main(int argc, char** argv) {
   try {
     const CliArgs args(argc, argv, {"help", "rag"});
     if (args.has("help") || !args.has("head-map")) {
-      std::fprintf(
-          stderr,
-          "usage: redknot-demo --head-map map.json [--model M.gguf] [--tokens 8128] [--depth 0.3]\n"
-          "                    [--prompt-file F] [--max-new 32]\n"
-          "       redknot-demo --rag --head-map map.json [--model M.gguf] [--tokens 4096]\n"
-          "                    [--strategy global_deviation_topk:0.15:16] [--docs 12] [--max-new 8]\n");
+      std::fprintf(stderr,
+                   "usage: redknot-demo --head-map map.json [--model M.gguf] [--tokens 8128] [--depth 0.3]\n"
+                   "                    [--prompt-file F] [--max-new 32]\n"
+                   "       redknot-demo --rag --head-map map.json [--model M.gguf] [--tokens 4096]\n"
+                   "                    [--strategy global_deviation_topk:0.05:16+tail:1024] [--docs 12] "
+                   "[--max-new 8]\n");
       return args.has("help") ? 0 : 1;
     }
     const LoadedModel loaded = load_model(args.get("model", ""));

@@ -45,8 +45,8 @@ using Clock = std::chrono::steady_clock;
 void usage() {
   std::fprintf(stderr,
                "usage: redknot-rag-eval --head-map map.json [--model M.gguf] [--lengths 2048,4096,8192]\n"
-               "         [--requests 30] [--methods dense,headaware,none,first_k:16,deviation_topk:0.15,\n"
-               "          global_deviation_topk:0.15:16] [--reuse-map headaware|dense] [--concurrent 16]\n"
+               "         [--requests 30] [--methods dense,headaware,none,first_k:16,...] (dense first)\n"
+               "         [--reuse-map headaware|dense] [--concurrent 16]\n"
                "         [--max-new 8] [--kl-tokens 8] [--fact-docs 8] [--plain-docs 20] [--doc-min 300]\n"
                "         [--doc-max 1500] [--seed 1] [--chunk 256] [--threads N] [--json out.json]\n"
                "         [--md out.md] [--only 0,2] [--quiet]\n");
@@ -143,9 +143,10 @@ int main(int argc, char** argv) {
     const HeadMap& reuse_map = reuse_map_name == "dense" ? dense : headaware;
 
     std::vector<Method> methods;
-    for (const auto& m : split_list(
-             args.get("methods",
-                      "dense,headaware,none,first_k:16,deviation_topk:0.15,global_deviation_topk:0.15:16"))) {
+    for (const auto& m : split_list(args.get(
+             "methods",
+             "dense,headaware,none,first_k:16,first_k:128,deviation_topk:0.15,first_k:16+tail:1024,"
+             "global_deviation_topk:0.05:16+tail:1024,global_deviation_topk:0.05:16+tail:1024/page"))) {
       Method x;
       if (m == "dense" || m == "headaware") {
         x.name = m;
