@@ -23,6 +23,7 @@ from ._redknot import (  # noqa: E402
     __version__,
     live_stores,
 )
+from ._reuse import RECOMPUTE_STRATEGIES, RopeConfig, kv_deviation, select_recompute  # noqa: E402
 from ._store import KVHeadStore, KVPoolView, PageEntry, PageTableCsr, Store  # noqa: E402
 
 __all__ = [
@@ -32,6 +33,10 @@ __all__ = [
     "KVPoolView",
     "PageEntry",
     "PageTableCsr",
+    "RopeConfig",
+    "RECOMPUTE_STRATEGIES",
+    "select_recompute",
+    "kv_deviation",
     "Store",
     "RedknotError",
     "InvalidArgument",

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _redknot
 from ._redknot import HeadMap, InvalidArgument
+from ._reuse import RopeConfig, _rope_arg
 
 __all__ = ["Store", "KVHeadStore", "KVPoolView", "PageEntry", "PageTableCsr", "IntArrayLike"]
 
@@ -174,6 +175,8 @@ class Store:
       dtype: storage dtype of K/V: ``"bf16"``, ``"f16"`` or ``"f32"`` (numpy/torch dtypes are accepted too).
       page_size: tokens of one kv head per page.
       device: ``"cpu"``; ``"cuda[:i]"`` raises ``Unavailable`` until the CUDA backend lands.
+      rope: the model's ``RopeConfig`` (or its dict), needed to splice chunks at other offsets than they were
+        computed at, to relocate them and to overwrite rows; ``None``: no RoPE spec.
     """
 
     def __init__(
@@ -188,6 +191,7 @@ class Store:
         dtype: Any = "bf16",
         page_size: int = 16,
         device: Any = "cpu",
+        rope: Union[RopeConfig, dict, None] = None,
     ) -> None:
         if head_map is None:
             head_map = HeadMap.all_global(num_layers, num_kv_heads)
@@ -206,7 +210,7 @@ class Store:
         # The native constructor checks every integer (type and range) and names the argument.
         self._impl: Optional[_redknot._Store] = _redknot._Store(
             num_layers, num_q_heads, num_kv_heads, head_dim, _dtype_name(dtype), head_map, page_size, num_pages,
-            device)
+            device, _rope_arg(rope))
 
     # ---- lifetime ----------------------------------------------------------------------------------------
 
@@ -273,6 +277,12 @@ class Store:
     def head_map(self) -> HeadMap:
         """A copy of the store's head map."""
         return self._s.head_map
+
+    @property
+    def rope(self) -> Optional[RopeConfig]:
+        """The store's RoPE spec, or None."""
+        d = self._s.rope
+        return None if d is None else RopeConfig(**d)
 
     # ---- sequences ---------------------------------------------------------------------------------------
 
@@ -400,6 +410,56 @@ class Store:
             lse = _empty_like(q, (_rows(q, "q"), self._s.num_q_heads), float32=True)
         self._s.run(layer, q, out, lse, sm_scale, num_threads)
         return (out, lse) if return_lse else out
+
+    # ---- chunks: position-independent reuse ----------------------------------------------------------------
+
+    def chunk_key(self, model_id: str, tokens: IntArrayLike) -> bytes:
+        """The 16-byte key (XXH3-128) of a chunk of ``tokens`` computed by ``model_id`` for this store's shape,
+        dtype and head map: a chunk of another model, map or dtype never matches."""
+        return self._s.chunk_key(model_id, _int_array(tokens, np.int32, "chunk_key: tokens"))
+
+    def register_chunk(self, key: bytes, seq: int) -> None:
+        """Turns ``seq`` (the chunk's K/V appended alone at positions ``0..n-1`` on every layer) into the chunk
+        ``key``; the sequence id is no longer live and the chunk holds its pages until dropped or evicted."""
+        self._s.register_chunk(key, seq)
+
+    def lookup_chunk(self, key: bytes) -> Optional[int]:
+        """The chunk's token count, or None when it is not registered (counted as a hit or a miss)."""
+        n = self._s.lookup_chunk(key)
+        return None if n < 0 else n
+
+    def splice(self, seq: int, key: bytes, at: int, first_query: Optional[int] = None) -> None:
+        """Makes chunk ``key`` positions ``[at, at + n)`` of ``seq`` without copying K/V (pages shared).
+
+        ``first_query``: the first position whose query will still run (e.g. the first recomputed token);
+        default ``at + n``. Positions must lie after everything ``seq`` holds; ``at != 0`` needs ``rope``.
+        """
+        self._s.splice(seq, key, at, -1 if first_query is None else first_query)
+
+    def relocate(self, seq: int, key: bytes, at: int, first_query: Optional[int] = None) -> None:
+        """As ``splice`` but copies the chunk and rotates its keys to their new positions (fp32): for kernels
+        that cannot counter-rotate queries. Needs pages like an append of the chunk."""
+        self._s.relocate(seq, key, at, -1 if first_query is None else first_query)
+
+    def drop_chunk(self, key: bytes) -> bool:
+        """Drops a registered chunk (False when ``key`` is not registered); a chunk in use is an error."""
+        return self._s.drop_chunk(key)
+
+    def chunk_stats(self) -> dict:
+        """chunks, chunks_in_use, pages_held, hits, misses, splices, evictions."""
+        return self._s.chunk_stats()
+
+    def overwrite(self, seq: int, layer: int, k: Any, v: Any, positions: IntArrayLike) -> None:
+        """Fresh K/V of recomputed tokens for ``seq`` only (copy-on-write of shared pages; the chunk stays
+        intact). ``k``/``v`` as for ``append``; ``positions`` strictly increasing and already held."""
+        _check_array(k, "k")
+        _check_array(v, "v")
+        self._s.overwrite(seq, layer, k, v, _int_array(positions, np.int32, "overwrite: positions"))
+
+    def read_rows(self, seq: int, layer: int, positions: IntArrayLike) -> Tuple[np.ndarray, np.ndarray]:
+        """Cached K and V rows as float32 ``[n, num_kv_heads, head_dim]``, keys rotated for their current
+        positions; NaN rows where a head no longer holds the token."""
+        return self._s.read_rows(seq, layer, _int_array(positions, np.int32, "read_rows: positions"))
 
     # ---- accounting --------------------------------------------------------------------------------------
 

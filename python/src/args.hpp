@@ -167,4 +167,15 @@ py::array_t<T, py::array::c_style> int_array_arg(py::handle h, const char* fn, c
   return py::reinterpret_borrow<A>(h);
 }
 
+// A float32 array, C-contiguous (redknot/_store.py prepares them); its shape is the caller's to check.
+inline py::array_t<float, py::array::c_style> float32_array_arg(py::handle h, const char* fn,
+                                                                const char* name) {
+  using A = py::array_t<float, py::array::c_style>;
+  if (!A::check_(h))
+    throw InvalidArgument(detail::concat(fn, ": ", name,
+                                         " must be a C-contiguous numpy array of float32, got ", type_name(h),
+                                         " ", safe_repr(h), " (use the redknot package, which converts)"));
+  return py::reinterpret_borrow<A>(h);
+}
+
 }  // namespace redknot::py_bindings

@@ -28,11 +28,14 @@
 #include "redknot/head_map.hpp"
 #include "redknot/head_table.hpp"
 #include "redknot/pool_sizing.hpp"
+#include "redknot/recompute.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/version.hpp"
 
 namespace py = pybind11;
 using namespace redknot;
 using py_bindings::float32_arg;
+using py_bindings::float32_array_arg;
 using py_bindings::float_arg;
 using py_bindings::ImportedTensor;
 using py_bindings::int_arg;
@@ -119,6 +122,120 @@ py::dict to_dict(const SequenceStats& s) {
   d["bytes_global"] = s.bytes_global;
   d["bytes_local"] = s.bytes_local;
   return d;
+}
+
+// Chunk keys are 16 bytes in Python: hi then lo, big-endian, so key.hex() is the text C++ messages print.
+py::bytes key_to_bytes(const ChunkKey& k) {
+  char b[16];
+  for (int i = 0; i < 8; ++i) {
+    b[i] = static_cast<char>((k.hi >> (56 - 8 * i)) & 0xff);
+    b[8 + i] = static_cast<char>((k.lo >> (56 - 8 * i)) & 0xff);
+  }
+  return py::bytes(b, sizeof b);
+}
+
+ChunkKey key_arg(py::handle h, const char* fn) {
+  if (!PyBytes_Check(h.ptr()) || PyBytes_Size(h.ptr()) != 16)
+    throw InvalidArgument(detail::concat(fn, ": key must be the 16 bytes Store.chunk_key returns, got ",
+                                         type_name(h), " ", py_bindings::safe_repr(h)));
+  const auto* b = reinterpret_cast<const unsigned char*>(PyBytes_AsString(h.ptr()));
+  ChunkKey k;
+  for (int i = 0; i < 8; ++i) {
+    k.hi = (k.hi << 8) | b[i];
+    k.lo = (k.lo << 8) | b[8 + i];
+  }
+  return k;
+}
+
+// The RoPE spec from the dict redknot.RopeConfig.to_dict() makes (None: the store has no spec). Field values
+// are checked by the core's validate(), with its messages.
+std::optional<RopeConfig> rope_arg(const py::object& o, int head_dim, const char* fn) {
+  if (o.is_none()) return std::nullopt;
+  if (!py::isinstance<py::dict>(o))
+    throw InvalidArgument(detail::concat(fn, ": rope must be a redknot.RopeConfig, a dict or None, got ",
+                                         type_name(o), " ", py_bindings::safe_repr(o)));
+  RopeConfig r;
+  r.head_dim = head_dim;
+  for (const auto& [key_h, value] : py::reinterpret_borrow<py::dict>(o)) {
+    const std::string key = str_arg(key_h, fn, "rope key");
+    const std::string name = "rope." + key;
+    if (key == "theta")
+      r.theta = float_arg(value, fn, name.c_str());
+    else if (key == "rotary_dim")
+      r.rotary_dim = int_arg<int>(value, fn, name.c_str());
+    else if (key == "factor")
+      r.factor = float_arg(value, fn, name.c_str());
+    else if (key == "low_freq_factor")
+      r.low_freq_factor = float_arg(value, fn, name.c_str());
+    else if (key == "high_freq_factor")
+      r.high_freq_factor = float_arg(value, fn, name.c_str());
+    else if (key == "original_max_position")
+      r.original_max_position = int_arg<int>(value, fn, name.c_str());
+    else if (key == "beta_fast")
+      r.beta_fast = float_arg(value, fn, name.c_str());
+    else if (key == "beta_slow")
+      r.beta_slow = float_arg(value, fn, name.c_str());
+    else if (key == "pairing") {
+      const std::string v = str_arg(value, fn, name.c_str());
+      if (v == "rotate_half")
+        r.pairing = RopePairing::kRotateHalf;
+      else if (v == "interleaved")
+        r.pairing = RopePairing::kInterleaved;
+      else
+        throw InvalidArgument(
+            detail::concat(fn, ": rope.pairing='", v, "' is not 'rotate_half' or 'interleaved'"));
+    } else if (key == "scaling") {
+      const std::string v = str_arg(value, fn, name.c_str());
+      if (v == "default")
+        r.scaling = RopeScaling::kDefault;
+      else if (v == "linear")
+        r.scaling = RopeScaling::kLinear;
+      else if (v == "llama3")
+        r.scaling = RopeScaling::kLlama3;
+      else if (v == "yarn")
+        r.scaling = RopeScaling::kYarn;
+      else
+        throw InvalidArgument(
+            detail::concat(fn, ": rope.scaling='", v, "' is not 'default', 'linear', 'llama3' or 'yarn'"));
+    } else {
+      throw InvalidArgument(detail::concat(fn, ": rope has an unknown field '", key, "'"));
+    }
+  }
+  validate(r);
+  return r;
+}
+
+py::object rope_to_dict(const RopeConfig* r) {
+  if (!r) return py::none();
+  py::dict d;
+  d["theta"] = r->theta;
+  d["rotary_dim"] = r->rotary_dim;
+  d["pairing"] = r->pairing == RopePairing::kRotateHalf ? "rotate_half" : "interleaved";
+  constexpr const char* scalings[] = {"default", "linear", "llama3", "yarn"};
+  d["scaling"] = scalings[static_cast<int>(r->scaling)];
+  d["factor"] = r->factor;
+  d["low_freq_factor"] = r->low_freq_factor;
+  d["high_freq_factor"] = r->high_freq_factor;
+  d["original_max_position"] = r->original_max_position;
+  d["beta_fast"] = r->beta_fast;
+  d["beta_slow"] = r->beta_slow;
+  return d;
+}
+
+py::dict to_dict(const ChunkStats& s) {
+  py::dict d;
+  d["chunks"] = s.chunks;
+  d["chunks_in_use"] = s.chunks_in_use;
+  d["pages_held"] = s.pages_held;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["splices"] = s.splices;
+  d["evictions"] = s.evictions;
+  return d;
+}
+
+std::span<const float> float_span(const py::array_t<float, py::array::c_style>& a) {
+  return {a.data(), static_cast<std::size_t>(a.size())};
 }
 
 template <class T>
@@ -381,7 +498,7 @@ PYBIND11_MODULE(_redknot, m) {
           py::init([](const py::object& num_layers, const py::object& num_q_heads,
                       const py::object& num_kv_heads, const py::object& head_dim, const py::object& dtype,
                       const py::object& map, const py::object& page_size, const py::object& num_pages,
-                      const py::object& device) {
+                      const py::object& device, const py::object& rope) {
             constexpr const char* fn = "Store";
             ModelShape shape{
                 int_arg<int>(num_layers, fn, "num_layers"), int_arg<int>(num_q_heads, fn, "num_q_heads"),
@@ -392,11 +509,16 @@ PYBIND11_MODULE(_redknot, m) {
             const StoreConfig config{int_arg<int>(page_size, fn, "page_size"),
                                      int_arg<std::int32_t>(num_pages, fn, "num_pages")};
             const DLDevice dev = parse_device(str_arg(device, fn, "device"));
-            return make_store(shape, map.cast<const HeadMap&>(), config, dev);
+            // The shape first (its messages name the shape's fields), then the RoPE spec, which needs
+            // head_dim.
+            shape.validate();
+            return make_store(shape, map.cast<const HeadMap&>(), config, dev,
+                              rope_arg(rope, shape.head_dim, fn));
           }),
           py::arg("num_layers"), py::arg("num_q_heads"), py::arg("num_kv_heads"), py::arg("head_dim"),
           py::arg("dtype"), py::arg("head_map"), py::arg("page_size"), py::arg("num_pages"),
-          py::arg("device"))
+          py::arg("device"), py::arg("rope"))
+      .def_property_readonly("rope", [](const AnyStore& s) { return rope_to_dict(s.rope()); })
       .def_property_readonly("num_layers", [](const AnyStore& s) { return s.shape().num_layers; })
       .def_property_readonly("num_q_heads", [](const AnyStore& s) { return s.shape().num_q_heads; })
       .def_property_readonly("num_kv_heads", [](const AnyStore& s) { return s.shape().num_kv_heads; })
@@ -527,6 +649,81 @@ PYBIND11_MODULE(_redknot, m) {
                                 py::bool_(versioned).cast<bool>());
           },
           py::arg("versioned"))
+      // ---- chunks (position-independent reuse; KVHeadStore semantics) ----
+      .def(
+          "chunk_key",
+          [](const AnyStore& s, const py::object& model_id, const py::object& tokens) {
+            const std::string id = str_arg(model_id, "chunk_key", "model_id");
+            const auto t = int_array_arg<std::int32_t>(tokens, "chunk_key", "tokens");
+            return key_to_bytes(s.chunk_key(id, span_of(t, "tokens")));
+          },
+          py::arg("model_id"), py::arg("tokens"))
+      .def(
+          "register_chunk",
+          [](AnyStore& s, const py::object& key, const py::object& seq) {
+            s.register_chunk(key_arg(key, "register_chunk"), seq_arg(seq, "register_chunk", "seq"));
+          },
+          py::arg("key"), py::arg("seq"))
+      .def(
+          "lookup_chunk",
+          [](AnyStore& s, const py::object& key) { return s.lookup_chunk(key_arg(key, "lookup_chunk")); },
+          py::arg("key"))
+      .def(
+          "splice",
+          [](AnyStore& s, const py::object& seq, const py::object& key, const py::object& at,
+             const py::object& first_query) {
+            constexpr const char* fn = "splice";
+            s.splice(seq_arg(seq, fn, "seq"), key_arg(key, fn), int_arg<std::int32_t>(at, fn, "at"),
+                     int_arg<std::int32_t>(first_query, fn, "first_query"));
+          },
+          py::arg("seq"), py::arg("key"), py::arg("at"), py::arg("first_query"))
+      .def(
+          "relocate",
+          [](AnyStore& s, const py::object& seq, const py::object& key, const py::object& at,
+             const py::object& first_query) {
+            constexpr const char* fn = "relocate";
+            const SeqId id = seq_arg(seq, fn, "seq");
+            const ChunkKey k = key_arg(key, fn);
+            const auto a = int_arg<std::int32_t>(at, fn, "at");
+            const auto f = int_arg<std::int32_t>(first_query, fn, "first_query");
+            py::gil_scoped_release nogil;
+            s.relocate(id, k, a, f);
+          },
+          py::arg("seq"), py::arg("key"), py::arg("at"), py::arg("first_query"))
+      .def(
+          "drop_chunk",
+          [](AnyStore& s, const py::object& key) { return s.drop_chunk(key_arg(key, "drop_chunk")); },
+          py::arg("key"))
+      .def("chunk_stats", [](const AnyStore& s) { return to_dict(s.chunk_stats()); })
+      .def(
+          "overwrite",
+          [](AnyStore& s, const py::object& seq, const py::object& layer_o, const py::handle& k,
+             const py::handle& v, const py::object& positions) {
+            const SeqId id = seq_arg(seq, "overwrite", "seq");
+            const int layer = int_arg<int>(layer_o, "overwrite", "layer");
+            const auto pos_a = int_array_arg<std::int32_t>(positions, "overwrite", "positions");
+            const ImportedTensor kt(k, "k", false);
+            const ImportedTensor vt(v, "v", false);
+            py::gil_scoped_release nogil;
+            s.overwrite(id, layer, kt.tensor(), vt.tensor(), span_of(pos_a, "positions"));
+          },
+          py::arg("seq"), py::arg("layer"), py::arg("k"), py::arg("v"), py::arg("positions"))
+      .def(
+          "read_rows",
+          [](const AnyStore& s, const py::object& seq, const py::object& layer_o,
+             const py::object& positions) {
+            const SeqId id = seq_arg(seq, "read_rows", "seq");
+            const int layer = int_arg<int>(layer_o, "read_rows", "layer");
+            const auto pos_a = int_array_arg<std::int32_t>(positions, "read_rows", "positions");
+            const auto pos = span_of(pos_a, "positions");
+            const auto n = static_cast<py::ssize_t>(pos.size());
+            const py::ssize_t kvh = s.shape().num_kv_heads, hd = s.shape().head_dim;
+            py::array_t<float> k({n, kvh, hd}), v({n, kvh, hd});
+            s.read_rows(id, layer, pos, {k.mutable_data(), static_cast<std::size_t>(k.size())},
+                        {v.mutable_data(), static_cast<std::size_t>(v.size())});
+            return py::make_tuple(k, v);
+          },
+          py::arg("seq"), py::arg("layer"), py::arg("positions"))
       .def("stats", [](const AnyStore& s) { return to_dict(s.stats()); })
       .def(
           "sequence_stats",
@@ -557,5 +754,47 @@ PYBIND11_MODULE(_redknot, m) {
           },
           py::arg("layer"), py::arg("seq_ids"));
 
+  m.def(
+      "select_recompute",
+      [](const py::object& strategy, const py::object& ratio, const py::object& first_k,
+         const py::object& n_tokens, const py::object& deviation, const py::object& head_is_local,
+         const py::object& query_attention) {
+        constexpr const char* fn = "select_recompute";
+        RecomputeConfig cfg{parse_recompute_strategy(str_arg(strategy, fn, "strategy")),
+                            float_arg(ratio, fn, "ratio"), int_arg<int>(first_k, fn, "first_k")};
+        RecomputeInputs in;
+        in.n_tokens = int_arg<std::int32_t>(n_tokens, fn, "n_tokens");
+        const auto local = int_array_arg<std::int32_t>(head_is_local, fn, "head_is_local");
+        std::vector<HeadPolicy> heads(static_cast<std::size_t>(local.size()));
+        for (std::size_t h = 0; h < heads.size(); ++h)
+          if (local.data()[h]) heads[h] = HeadPolicy{HeadClass::kLocal, 1, 0};
+        in.policies = heads;
+        std::optional<py::array_t<float, py::array::c_style>> dev, qa;
+        if (!deviation.is_none())
+          in.deviation = float_span(dev.emplace(float32_array_arg(deviation, fn, "deviation")));
+        if (!query_attention.is_none())
+          in.query_attention =
+              float_span(qa.emplace(float32_array_arg(query_attention, fn, "query_attention")));
+        return to_numpy(select_recompute(cfg, in));
+      },
+      py::arg("strategy"), py::arg("ratio"), py::arg("first_k"), py::arg("n_tokens"), py::arg("deviation"),
+      py::arg("head_is_local"), py::arg("query_attention"),
+      "Sorted token indices of a chunk to recompute (recompute.hpp); use redknot.select_recompute.");
+  m.def(
+      "kv_deviation",
+      [](const py::object& kf, const py::object& vf, const py::object& kc, const py::object& vc,
+         const py::object& n, const py::object& kvh, const py::object& hd) {
+        constexpr const char* fn = "kv_deviation";
+        const auto a = float32_array_arg(kf, fn, "k_fresh");
+        const auto b = float32_array_arg(vf, fn, "v_fresh");
+        const auto c = float32_array_arg(kc, fn, "k_cached");
+        const auto d = float32_array_arg(vc, fn, "v_cached");
+        return to_numpy(kv_deviation(float_span(a), float_span(b), float_span(c), float_span(d),
+                                     int_arg<std::int32_t>(n, fn, "n"), int_arg<int>(kvh, fn, "num_kv_heads"),
+                                     int_arg<int>(hd, fn, "head_dim")));
+      },
+      py::arg("k_fresh"), py::arg("v_fresh"), py::arg("k_cached"), py::arg("v_cached"), py::arg("n"),
+      py::arg("num_kv_heads"), py::arg("head_dim"),
+      "Per-(token, kv_head) deviation; use redknot.kv_deviation.");
   m.def("live_stores", &AnyStore::live_count, "Native stores alive in this process (leak checks).");
 }

@@ -54,6 +54,11 @@ def store():
         st.append(seq, layer, kv, kv, [0, 1, 2])
     st.plan([seq], [3], [0, 1, 2])
     st.seq = seq
+    chunk = st.create_sequence()  # a registered chunk for the chunk calls
+    for layer in range(2):
+        st.append(chunk, layer, K3[:2], K3[:2], [0, 1])
+    st.key = st.chunk_key("m", [5, 6])
+    st.register_chunk(st.key, chunk)
     return st
 
 
@@ -65,7 +70,7 @@ def snapshot(st: redknot.Store):
 
 
 def store_snapshot(st: redknot.Store):
-    return st.stats(), st._s.planned_queries(), snapshot(st)
+    return st.stats(), st._s.planned_queries(), snapshot(st), st.chunk_stats()
 
 
 def still_usable(st: redknot.Store) -> None:
@@ -106,9 +111,25 @@ STORE_INT_ARGS = [
     ("sequences_that_fit num_tokens", "int64", lambda st, s, v: st.sequences_that_fit(v)),
     ("export_page_table layer", "int32", lambda st, s, v: st.export_page_table(v, [s])),
     ("export_page_table seq_ids[i]", "int64", lambda st, s, v: st.export_page_table(0, [s, v])),
+    ("chunk_key tokens[i]", "int32", lambda st, s, v: st.chunk_key("m", [1, v])),
+    ("register_chunk seq", "int64", lambda st, s, v: st.register_chunk(b"\x01" * 16, v)),
+    ("splice seq", "int64", lambda st, s, v: st.splice(v, st.key, 3)),
+    ("splice at", "int32", lambda st, s, v: st.splice(s, st.key, v)),
+    ("splice first_query", "int32", lambda st, s, v: st.splice(s, st.key, 3, v)),
+    ("relocate seq", "int64", lambda st, s, v: st.relocate(v, st.key, 3)),
+    ("relocate at", "int32", lambda st, s, v: st.relocate(s, st.key, v)),
+    ("relocate first_query", "int32", lambda st, s, v: st.relocate(s, st.key, 3, v)),
+    ("overwrite seq", "int64", lambda st, s, v: st.overwrite(v, 0, K3, K3, [0, 1, 2])),
+    ("overwrite layer", "int32", lambda st, s, v: st.overwrite(s, v, K3, K3, [0, 1, 2])),
+    ("overwrite positions[i]", "int32", lambda st, s, v: st.overwrite(s, 0, K3, K3, [0, 1, v])),
+    ("read_rows seq", "int64", lambda st, s, v: st.read_rows(v, 0, [0])),
+    ("read_rows layer", "int32", lambda st, s, v: st.read_rows(s, v, [0])),
+    ("read_rows positions[i]", "int32", lambda st, s, v: st.read_rows(s, 0, [0, v])),
 ]
 
 def _applies(name: str, ctype: str, v) -> bool:
+    if name.endswith("first_query") and v is None:
+        return False  # None is the default (at + n)
     if ctype == "int64" and v == 2**31 and not isinstance(v, bool):
         return False  # a valid int64
     if "[i]" in name and isinstance(v, bool):
