@@ -29,49 +29,24 @@ __global__ void append_kernel(uint4* __restrict__ pool, int page_size, int vec_p
 template <DType K>
 __global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page_size, int head_dim,
                             const PageEntry* __restrict__ entries, const int32_t* __restrict__ deltas,
-                            int half, bool interleaved, const double* __restrict__ inv_freq) {
+                            int half, RopePairing pairing, const double* __restrict__ inv_freq) {
   using T = typename KvTraits<K>::T;
-  extern __shared__ float s_cs[];  // [2][rot / 2]: cos, sin
+  extern __shared__ RopeCosSin s_cs[];  // [rot / 2]
   const PageEntry e = entries[blockIdx.x];
   const long long delta = deltas[blockIdx.x];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    double sn, cs;
-    sincos(static_cast<double>(delta) * inv_freq[i], &sn, &cs);  // fp64 angle, see rope.hpp
-    s_cs[i] = static_cast<float>(cs);
-    s_cs[half + i] = static_cast<float>(sn);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x) s_cs[i] = rope_cos_sin(delta, inv_freq[i]);
   __syncthreads();
   if (delta == 0) return;
   T* base = pool + (static_cast<long long>(e.page_id) * 2 * page_size + e.first) * head_dim;
   const int work = e.count * half;
   for (int w = threadIdx.x; w < work; w += blockDim.x) {
     const int slot = w / half, i = w % half;
-    int a, b;
-    if (interleaved) {
-      a = 2 * i;
-      b = 2 * i + 1;
-    } else {
-      a = i;
-      b = i + half;
-    }
+    const RopePair pr = rope_pair(pairing, half, i);
     T* row = base + static_cast<long long>(slot) * head_dim;
-    float x, y;
-    if constexpr (K == DType::kBF16) {
-      x = __bfloat162float(row[a]);
-      y = __bfloat162float(row[b]);
-    } else {
-      x = __half2float(row[a]);
-      y = __half2float(row[b]);
-    }
-    const float cs = s_cs[i], sn = s_cs[half + i];
-    const float nx = x * cs - y * sn, ny = x * sn + y * cs;
-    if constexpr (K == DType::kBF16) {
-      row[a] = __float2bfloat16_rn(nx);
-      row[b] = __float2bfloat16_rn(ny);
-    } else {
-      row[a] = __float2half_rn(nx);
-      row[b] = __float2half_rn(ny);
-    }
+    float x = to_f32<K>(row[pr.a]), y = to_f32<K>(row[pr.b]);
+    rope_rotate_pair(x, y, s_cs[i]);
+    row[pr.a] = from_f32<K>(x);
+    row[pr.b] = from_f32<K>(y);
   }
 }
 
@@ -101,16 +76,15 @@ void rope_relocate(void* pool, DType dtype, int page_size, const PageEntry* entr
   check_arg(page_size > 0 && num_entries >= 0, "rope_relocate: bad sizes");
   if (num_entries == 0) return;
   check_arg(pool && entries && deltas && inv_freq, "rope_relocate: null device pointer");
-  const std::size_t smem = static_cast<std::size_t>(cfg.rot()) * sizeof(float);
   const int half = cfg.rot() / 2;
-  const bool interleaved = cfg.pairing == RopePairing::kInterleaved;
+  const std::size_t smem = static_cast<std::size_t>(half) * sizeof(RopeCosSin);
   if (dtype == DType::kBF16)
     detail::rope_kernel<DType::kBF16>
         <<<num_entries, 128, smem, stream>>>(static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim,
-                                             entries, deltas, half, interleaved, inv_freq);
+                                             entries, deltas, half, cfg.pairing, inv_freq);
   else
     detail::rope_kernel<DType::kF16><<<num_entries, 128, smem, stream>>>(
-        static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, interleaved, inv_freq);
+        static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing, inv_freq);
   check_cuda(cudaGetLastError(), "rope_relocate launch");
 }
 

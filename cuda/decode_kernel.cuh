@@ -47,6 +47,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
   __shared__ int32_t s_row[kStage];    // pool row (page_id * 2 * page_size + slot) of the first candidate key
   __shared__ int32_t s_pos[kStage];    // its position
   __shared__ int32_t s_start[kStage];  // exclusive prefix of candidate key counts
+  __shared__ int32_t s_delta[kStage];  // its entry's rope_delta (keys of a chunk spliced elsewhere)
+  __shared__ float s_q[G][D];          // the scaled queries as given: the source of counter-rotations
   __shared__ int32_t s_total;
   __shared__ float s_m[NG][G], s_l[NG][G];
   __shared__ float s_acc[NG][G][D];
@@ -76,8 +78,25 @@ __global__ void __launch_bounds__(kDecodeThreads)
                   (static_cast<long long>(item) * p.num_q_heads + kv_head * G + h) * D + lane_d * 8;
     unpack8<K>(*reinterpret_cast<const uint4*>(qp), qf[h]);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) qf[h][i] *= qk_scale_log2;
+    for (int i = 0; i < 8; ++i) {
+      qf[h][i] *= qk_scale_log2;
+      if (grp == 0) s_q[h][lane_d * 8 + i] = qf[h][i];  // visible after the first staging round's barrier
+    }
   }
+  // Keys stored rotated for other positions than they sit at (rope_delta != 0) are scored with the queries
+  // counter-rotated by -delta: qf holds the queries for `q_delta`, recomputed from s_q when a key's entry
+  // has another delta (at chunk boundaries only: entries are position-ordered).
+  int q_delta = 0;
+  const auto rotate_queries = [&](int delta) {
+#pragma unroll
+    for (int h = 0; h < G; ++h)
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        qf[h][i] = delta == 0 ? s_q[h][lane_d * 8 + i]
+                              : counter_rotated_dim(s_q[h], lane_d * 8 + i, p.kv.rope_half, p.kv.rope_pairing,
+                                                    p.kv.rope_inv_freq, delta);
+    q_delta = delta;
+  };
 
   float m[G], l[G], acc[G][8];
 #pragma unroll
@@ -91,22 +110,25 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const VisibleHull<int> hull = visible_hull<int>(pol, q_pos, q_pos);
   for (int e0 = ck.entry_begin; e0 < ck.entry_end; e0 += kStage) {
     // Stage: one entry per thread, clipped to what the query can see.
-    int n = 0, row = 0, pos = 0;
+    int n = 0, row = 0, pos = 0, delta = 0;
     if (e0 + tid < ck.entry_end) {
-      stage_entry(pol, plan_entry(p.kv.arena, slot, e0 + tid), hull, ps, n, row, pos);
+      const PageEntry e = plan_entry(p.kv.arena, slot, e0 + tid);
+      stage_entry(pol, e, hull, ps, n, row, pos);
+      delta = e.rope_delta();
     }
     int start, total;
     BlockScan(s_scan).ExclusiveSum(n, start, total);
     s_row[tid] = row;
     s_pos[tid] = pos;
     s_start[tid] = start;
+    s_delta[tid] = delta;
     if (tid == 0) s_total = total;
     __syncthreads();
     const int nkeys = s_total;
 
     for (int t0 = 0; t0 < nkeys; t0 += Cfg::kKeysPerIter) {
       uint4 kv_k[B], kv_v[B];
-      int kpos[B];
+      int kpos[B], kdelta[B];
       // The B keys of this row group are consecutive: one binary search (last staged entry whose start <= t;
       // starts are an exclusive prefix sum, so an empty entry shares its start with the next one and the
       // search never stops on it), then step forward across entry boundaries.
@@ -116,6 +138,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
       for (int j = 0; j < B; ++j) {
         const int t = t_first + j;
         kpos[j] = -1;
+        kdelta[j] = q_delta;
         kv_k[j] = make_uint4(0, 0, 0, 0);
         kv_v[j] = make_uint4(0, 0, 0, 0);
         if (t < nkeys) {
@@ -123,6 +146,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
           const int off = t - s_start[idx];
           const long long r = static_cast<long long>(s_row[idx]) + off;
           kpos[j] = s_pos[idx] + off;
+          kdelta[j] = s_delta[idx];
           kv_k[j] = ldg_nc(pool + r * D + lane_d * 8);
           kv_v[j] = ldg_nc(pool + (r + ps) * D + lane_d * 8);
         }
@@ -132,6 +156,9 @@ __global__ void __launch_bounds__(kDecodeThreads)
       for (int j = 0; j < B; ++j) {
         float kf[8];
         unpack8<K>(kv_k[j], kf);
+        if (kdelta[j] != q_delta)
+          rotate_queries(kdelta[j]);  // the lanes of a row share the key: no divergence
+                                      // inside a row before the shuffles below
 #pragma unroll
         for (int h = 0; h < G; ++h) {
           float d = 0.f;

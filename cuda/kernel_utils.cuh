@@ -30,6 +30,22 @@ struct KvTraits<DType::kBF16> {
   using T2 = __nv_bfloat162;
 };
 
+// One 16-bit value to fp32 and back (round to nearest even).
+template <DType K>
+__device__ __forceinline__ float to_f32(typename KvTraits<K>::T x) {
+  if constexpr (K == DType::kBF16)
+    return __bfloat162float(x);
+  else
+    return __half2float(x);
+}
+template <DType K>
+__device__ __forceinline__ typename KvTraits<K>::T from_f32(float x) {
+  if constexpr (K == DType::kBF16)
+    return __float2bfloat16_rn(x);
+  else
+    return __float2half_rn(x);
+}
+
 // 8 packed 16-bit values (one 16-byte load) to fp32.
 template <DType K>
 __device__ __forceinline__ void unpack8(const uint4& v, float (&f)[8]) {

@@ -56,6 +56,7 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
   __shared__ int32_t s_rows[2][kBK];
   __shared__ int32_t s_kpos[2][kBK];
   __shared__ int32_t s_nkeys[2];
+  __shared__ int32_t s_delta[2];  // the tile's rope delta (KeyWalker: one per tile)
   __shared__ int32_t s_qpos[kBQ];
   __shared__ int32_t s_prange[2];
 
@@ -111,14 +112,18 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
 
   auto walk = [&](int buf) {
     if (warp == 0) {
-      int n = 0;
+      int n = 0, delta = 0;
       if (tile_pmax >= 0)
-        n = walker.fill<kBK>(DeviceWarp{lane}, p.kv.arena, slot, pol, hull, ps, s_rows[buf], s_kpos[buf]);
+        n = walker.fill<kBK>(DeviceWarp{lane}, p.kv.arena, slot, pol, hull, ps, s_rows[buf], s_kpos[buf],
+                             delta);
       for (int i = n + lane; i < kBK; i += 32) {
         s_rows[buf][i] = -1;
         s_kpos[buf][i] = -1;
       }
-      if (lane == 0) s_nkeys[buf] = n;
+      if (lane == 0) {
+        s_nkeys[buf] = n;
+        s_delta[buf] = delta;
+      }
     }
   };
   auto load_kv = [&](T* dst, int buf, int v_offset) {
@@ -146,16 +151,42 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
   const int r_lo = warp * 16 + lane / 4, r_hi = r_lo + 8;  // the two rows this thread accumulates
   const int qpos_lo = s_qpos[r_lo], qpos_hi = s_qpos[r_hi];
 
+  // Keys stored rotated for other positions than they sit at (a tile's delta != 0) are scored with the
+  // queries counter-rotated by -delta: the Q tile is rebuilt in shared memory from the engine's q (fp32
+  // rotation, one rounding to the storage type) when the delta changes, i.e. at chunk boundaries only.
+  const auto rebuild_q = [&](int delta) {
+    const int half = p.kv.rope_half;
+    for (int v = tid; v < kBQ * half; v += kPfThreads) {
+      const int r = v / half, i = v % half;
+      const int row = tile.row0 + r;
+      if (row >= nrows) continue;
+      const long long qrow = static_cast<long long>(q_begin + row / g) * Hq + kv_head * g + row % g;
+      const RopePair pr = rope_pair(p.kv.rope_pairing, half, i);
+      float x = to_f32<K>(qg[qrow * D + pr.a]), y = to_f32<K>(qg[qrow * D + pr.b]);
+      if (delta != 0)
+        rope_rotate_pair(x, y, rope_cos_sin(-static_cast<long long>(delta), p.kv.rope_inv_freq[i]));
+      sQ[r * kStride + pr.a] = from_f32<K>(x);
+      sQ[r * kStride + pr.b] = from_f32<K>(y);
+    }
+  };
+
   int buf = 0;
   bool first = true;
+  int q_delta = 0;
   while (s_nkeys[buf] > 0) {
     cp_async_wait<1>();  // Q and K of this tile have landed (V may still be in flight)
     __syncthreads();
-    if (first) {
+    const int t_delta = s_delta[buf];  // CTA-uniform: the barrier below is reached by every thread
+    if (first || t_delta != q_delta) {
+      if (t_delta != q_delta) {  // the first tile with delta 0 uses the Q tile as loaded
+        rebuild_q(t_delta);
+        __syncthreads();
+      }
 #pragma unroll
       for (int kk = 0; kk < KD; ++kk)
         ldmatrix_x4(qf[kk], sQ + (warp * 16 + (lane & 15)) * kStride + kk * 16 + (lane >> 4) * 8);
       first = false;
+      q_delta = t_delta;
     }
     walk(buf ^ 1);  // warp 0 gathers the next tile's keys while the others start on S
 

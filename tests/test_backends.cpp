@@ -106,6 +106,12 @@ class Faulty final : public BackendStore {
     if (fault_ == Fault::kStats && s.pages_in_use > 0) ++s.pages_local, ++s.pages_in_use;
     return s;
   }
+  void register_chunk(redknot::SeqId id, int chunk) override { inner_->register_chunk(id, chunk); }
+  void splice(redknot::SeqId dst, int chunk, std::int32_t at, std::int32_t first_query,
+              bool relocate) override {
+    inner_->splice(dst, chunk, at, first_query, relocate);
+  }
+  void drop_chunk(int chunk) override { inner_->drop_chunk(chunk); }
 
  private:
   std::unique_ptr<BackendStore> inner_;

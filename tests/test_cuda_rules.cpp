@@ -5,6 +5,7 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include <barrier>
+#include <cmath>
 #include <limits>
 #include <random>
 #include <thread>
@@ -210,69 +211,113 @@ struct SimWarp {
 
 // Runs the prefill kernel's KeyWalker (the same template) on a simulated warp over real head tables, tile
 // after tile, and checks the concatenated tiles are exactly the candidate keys of every entry in position
-// order, that every tile but the last is full, and that the 32 lanes keep identical cursors.
+// order, that every tile but the last is full, and that the 32 lanes keep identical cursors. With spliced
+// entries (keys rotated for other positions: rope deltas), a tile holds keys of one delta and ends early only
+// where the next key's delta differs.
 TEST_CASE("cuda rules: prefill KeyWalker gathers every candidate key once", "[cuda][rules]") {
   constexpr int kTile = 64;
-  for (int ps : {16, 64}) {
-    ModelShape shape{1, 3, 3, 8, DType::kF32};
-    HeadMap map = HeadMap::uniform(1, 3, HeadClass::kGlobal);
-    map.set(0, 1, HeadPolicy{HeadClass::kLocal, 70, 5});
-    map.set(0, 2, HeadPolicy{HeadClass::kLocal, 3, 0});
-    KVHeadStore<float> store(shape, map, StoreConfig{ps, 8192});
-    const SeqId seq = store.create_sequence();
-    std::vector<float> kv(3 * 8 * 400);
-    std::vector<std::int32_t> pos;
-    std::int32_t next = 0;
-    for (int chunk = 0; chunk < 12; ++chunk) {
-      pos.clear();
-      const int n = 1 + (chunk * 53) % 97;
-      next += chunk % 4 == 3 ? 13 : 0;  // spliced jumps
-      for (int i = 0; i < n; ++i) pos.push_back(next++);
-      store.append(seq, 0, std::span<const float>(kv.data(), pos.size() * 24),
-                   std::span<const float>(kv.data(), pos.size() * 24), pos);
-    }
-    // The query range of the last chunk, like a chunked-prefill tile (and a single query, like decode).
-    for (auto [pmin, pmax] : {std::pair{pos.front(), pos.back()}, std::pair{pos.back(), pos.back()}}) {
-      for (int h = 0; h < 3; ++h) {
-        const HeadTable& t = store.table(seq, 0, h);
-        std::vector<PageEntry> arena;
-        for (std::size_t i = 0; i < t.size(); ++i) arena.push_back(t[i]);
-        const PlanSlot slot{0, static_cast<int>(arena.size()), static_cast<int>(arena.size()), 0, 0, 0, 0};
-        const HeadPolicy dp = store.policy(0, h);
-        const VisibleHull<int> hull = visible_hull<int>(dp, pmin, pmax);
-        std::vector<std::pair<int, int>> expected;
-        for (const auto& e : arena) {
-          if (e.pos0 > pmax) break;
-          int lo, hi;
-          clip_entry(dp, e, hull, lo, hi);
-          for (int k = lo; k < hi; ++k) expected.emplace_back(e.page_id * 2 * ps + e.first + (k - e.pos0), k);
+  for (bool spliced : {false, true})
+    for (int ps : {16, 64}) {
+      ModelShape shape{1, 3, 3, 8, DType::kF32};
+      HeadMap map = HeadMap::uniform(1, 3, HeadClass::kGlobal);
+      map.set(0, 1, HeadPolicy{HeadClass::kLocal, 70, 5});
+      map.set(0, 2, HeadPolicy{HeadClass::kLocal, 3, 0});
+      KVHeadStore<float> store(shape, map, StoreConfig{ps, 8192});
+      const SeqId seq = store.create_sequence();
+      std::vector<float> kv(3 * 8 * 400);
+      std::vector<std::int32_t> pos;
+      std::int32_t next = 0;
+      for (int chunk = 0; chunk < 12; ++chunk) {
+        pos.clear();
+        const int n = 1 + (chunk * 53) % 97;
+        next += chunk % 4 == 3 ? 13 : 0;  // spliced jumps
+        for (int i = 0; i < n; ++i) pos.push_back(next++);
+        store.append(seq, 0, std::span<const float>(kv.data(), pos.size() * 24),
+                     std::span<const float>(kv.data(), pos.size() * 24), pos);
+      }
+      // The query range of the last chunk, like a chunked-prefill tile (and a single query, like decode).
+      for (auto [pmin, pmax] : {std::pair{pos.front(), pos.back()}, std::pair{pos.back(), pos.back()}}) {
+        for (int h = 0; h < 3; ++h) {
+          const HeadTable& t = store.table(seq, 0, h);
+          std::vector<PageEntry> arena;
+          for (std::size_t i = 0; i < t.size(); ++i) arena.push_back(t[i]);
+          constexpr std::int32_t kDeltas[] = {0, 7, 100000, -3};
+          if (spliced)  // runs of entries with one delta, as chunks spliced at other offsets leave them
+            for (std::size_t i = 0; i < arena.size(); ++i)
+              arena[i].rope_pos0 = arena[i].pos0 - kDeltas[(i / 3) % 4];
+          const PlanSlot slot{0, static_cast<int>(arena.size()), static_cast<int>(arena.size()), 0, 0, 0, 0};
+          const HeadPolicy dp = store.policy(0, h);
+          const VisibleHull<int> hull = visible_hull<int>(dp, pmin, pmax);
+          std::vector<std::pair<int, int>> expected;
+          std::vector<int> expected_delta;
+          for (const auto& e : arena) {
+            if (e.pos0 > pmax) break;
+            int lo, hi;
+            clip_entry(dp, e, hull, lo, hi);
+            for (int k = lo; k < hi; ++k) {
+              expected.emplace_back(e.page_id * 2 * ps + e.first + (k - e.pos0), k);
+              expected_delta.push_back(e.rope_delta());
+            }
+          }
+          SimWarpShared sh;
+          std::vector<std::pair<int, int>> got;
+          std::vector<int> tile_sizes, tile_deltas, got_delta;
+          bool lanes_agree = true;
+          std::int32_t rows[kTile], kpos[kTile];
+          std::vector<cuda::KeyWalker> walkers(32);
+          for (int tile = 0; tile < 10000; ++tile) {
+            int filled[32], delta[32];
+            std::vector<std::thread> lanes;
+            for (int l = 0; l < 32; ++l)
+              lanes.emplace_back([&, l] {
+                filled[l] = walkers[static_cast<std::size_t>(l)].fill<kTile>(
+                    SimWarp{&sh, l}, arena.data(), slot, dp, hull, ps, rows, kpos, delta[l]);
+              });
+            for (auto& th : lanes) th.join();
+            for (int l = 1; l < 32; ++l)
+              lanes_agree = lanes_agree && filled[l] == filled[0] && delta[l] == delta[0] &&
+                            walkers[l].ce == walkers[0].ce && walkers[l].rp == walkers[0].rp &&
+                            walkers[l].done == walkers[0].done;
+            if (filled[0] == 0) break;
+            tile_sizes.push_back(filled[0]);
+            tile_deltas.push_back(delta[0]);
+            for (int i = 0; i < filled[0]; ++i) {
+              got.emplace_back(rows[i], kpos[i]);
+              got_delta.push_back(delta[0]);
+            }
+          }
+          CHECK(lanes_agree);
+          CHECK(got == expected);
+          CHECK(got_delta == expected_delta);  // every key scored with its own entry's delta
+          for (std::size_t i = 0; i + 1 < tile_sizes.size(); ++i)
+            CHECK((tile_sizes[i] == kTile || tile_deltas[i + 1] != tile_deltas[i]));
         }
-        SimWarpShared sh;
-        std::vector<std::pair<int, int>> got;
-        std::vector<int> tile_sizes;
-        bool lanes_agree = true;
-        std::int32_t rows[kTile], kpos[kTile];
-        std::vector<cuda::KeyWalker> walkers(32);
-        for (int tile = 0; tile < 10000; ++tile) {
-          int filled[32];
-          std::vector<std::thread> lanes;
-          for (int l = 0; l < 32; ++l)
-            lanes.emplace_back([&, l] {
-              filled[l] = walkers[static_cast<std::size_t>(l)].fill<kTile>(SimWarp{&sh, l}, arena.data(),
-                                                                           slot, dp, hull, ps, rows, kpos);
-            });
-          for (auto& th : lanes) th.join();
-          for (int l = 1; l < 32; ++l)
-            lanes_agree = lanes_agree && filled[l] == filled[0] && walkers[l].ce == walkers[0].ce &&
-                          walkers[l].rp == walkers[0].rp && walkers[l].done == walkers[0].done;
-          if (filled[0] == 0) break;
-          tile_sizes.push_back(filled[0]);
-          for (int i = 0; i < filled[0]; ++i) got.emplace_back(rows[i], kpos[i]);
-        }
-        CHECK(lanes_agree);
-        CHECK(got == expected);
-        for (std::size_t i = 0; i + 1 < tile_sizes.size(); ++i) CHECK(tile_sizes[i] == kTile);
       }
     }
-  }
+}
+
+// The decode kernel's per-dim query counter-rotation equals rope.hpp's whole-vector rotation by -delta, for
+// both pairings and partial rotary.
+TEST_CASE("cuda rules: counter_rotated_dim matches rope_rotate", "[cuda][rules][rope]") {
+  for (RopePairing pairing : {RopePairing::kRotateHalf, RopePairing::kInterleaved})
+    for (int rot : {0, 32, 48}) {
+      RopeConfig c;
+      c.head_dim = 64;
+      c.rotary_dim = rot;
+      c.pairing = pairing;
+      c.scaling = RopeScaling::kLlama3;
+      c.factor = 8.0;
+      const std::vector<double> inv = rope_inv_freq(c);
+      std::vector<float> q(64);
+      for (int d = 0; d < 64; ++d)
+        q[static_cast<std::size_t>(d)] = std::sin(0.37f * static_cast<float>(d) + 1.f);
+      for (int delta : {1, -5, 4096, 131071}) {
+        std::vector<float> want = q;
+        rope_rotate(c, inv, want.data(), -static_cast<std::int64_t>(delta));
+        for (int d = 0; d < 64; ++d) {
+          const float got = cuda::counter_rotated_dim(q.data(), d, c.rot() / 2, pairing, inv.data(), delta);
+          CHECK(got == want[static_cast<std::size_t>(d)]);
+        }
+      }
+    }
 }

@@ -12,10 +12,9 @@
 // already be off by ~1e-2 rad. Magnitude scaling (YaRN's attention factor, "mscale") belongs to the model's
 // first application and is not part of these rotations; in particular a relocation never re-applies it.
 //
-// No CUDA headers, host-only for now: cuda/append_rope.cu includes this (through
-// redknot/cuda/rope.hpp) for the config and validation of the relocation kernel, which does per pair what
-// rope_cos_sin() + rope_rotate_pair() do, in its own device code (tests/gpu/ compares it with
-// rope_relocate_reference(); tests/test_rope.cpp tests this header).
+// No CUDA headers. The per-pair functions (rope_pair, rope_cos_sin, rope_rotate_pair) are REDKNOT_HD: the
+// CUDA relocation kernel and the decode / prefill kernels' query counter-rotation run exactly this code
+// (tests/test_rope.cpp tests it on the CPU; tests/gpu/ compares the kernels with the CPU path).
 #pragma once
 
 #include <algorithm>
@@ -25,6 +24,7 @@
 #include <vector>
 
 #include "redknot/error.hpp"
+#include "redknot/host_device.hpp"
 
 namespace redknot {
 
@@ -137,7 +137,7 @@ inline std::vector<double> rope_inv_freq(const RopeConfig& c) {
 struct RopePair {
   int a, b;
 };
-inline RopePair rope_pair(RopePairing pairing, int half, int i) {
+REDKNOT_HD RopePair rope_pair(RopePairing pairing, int half, int i) {
   return pairing == RopePairing::kRotateHalf ? RopePair{i, i + half} : RopePair{2 * i, 2 * i + 1};
 }
 
@@ -145,13 +145,19 @@ inline RopePair rope_pair(RopePairing pairing, int half, int i) {
 struct RopeCosSin {
   float cos, sin;
 };
-inline RopeCosSin rope_cos_sin(std::int64_t pos, double inv_freq) {
+REDKNOT_HD RopeCosSin rope_cos_sin(std::int64_t pos, double inv_freq) {
   const double angle = static_cast<double>(pos) * inv_freq;
+#if defined(__CUDA_ARCH__)
+  double s, c;
+  sincos(angle, &s, &c);
+  return {static_cast<float>(c), static_cast<float>(s)};
+#else
   return {static_cast<float>(std::cos(angle)), static_cast<float>(std::sin(angle))};
+#endif
 }
 
 // (x, y) <- R (x, y), in fp32.
-inline void rope_rotate_pair(float& x, float& y, RopeCosSin r) {
+REDKNOT_HD void rope_rotate_pair(float& x, float& y, RopeCosSin r) {
   const float nx = x * r.cos - y * r.sin, ny = x * r.sin + y * r.cos;
   x = nx;
   y = ny;

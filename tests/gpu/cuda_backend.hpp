@@ -69,8 +69,8 @@ class CudaStore final : public BackendStore {
   CudaStore(const StoreSpec& spec, CudaBackendOptions opt)
       : spec_(spec),
         opt_(opt),
-        dev_(spec.shape, spec.map, spec.config),
-        host_(spec.shape, spec.map, spec.config),
+        dev_(spec.shape, spec.map, spec.config, spec.rope),
+        host_(spec.shape, spec.map, spec.config, spec.rope),
         attn_(dev_, redknot::cuda::CudaAttentionConfig{spec.max_batch, spec.max_queries, 0.f, opt.partition}),
         max_units_(spec.max_batch * spec.shape.num_kv_heads),
         ws_bytes_(redknot::cuda::decode_workspace_bytes(max_units_, opt.partition, spec.shape.group_size(),
@@ -106,6 +106,23 @@ class CudaStore final : public BackendStore {
   void retire_queries(redknot::SeqId id, std::int32_t next_query_pos, int layer) override {
     dev_.retire_queries(id, next_query_pos, layer);
     host_.retire_queries(id, next_query_pos, layer);
+  }
+
+  // Chunks: splice is table-only (the device pages are shared as they are); the kernels counter-rotate the
+  // queries of spliced keys. relocate copies through host memory and is not offered on the device store.
+  void register_chunk(redknot::SeqId id, int chunk) override {
+    dev_.register_chunk(key(chunk), id);
+    host_.register_chunk(key(chunk), id);
+  }
+  void splice(redknot::SeqId dst, int chunk, std::int32_t at, std::int32_t first_query,
+              bool relocate) override {
+    if (relocate) throw std::logic_error("the CUDA store does not relocate (no scenario asks it to)");
+    dev_.splice(dst, key(chunk), at, first_query);
+    host_.splice(dst, key(chunk), at, first_query);
+  }
+  void drop_chunk(int chunk) override {
+    if (!dev_.drop_chunk(key(chunk)) || !host_.drop_chunk(key(chunk)))
+      throw std::runtime_error("drop_chunk: the chunk is not registered");
   }
 
   void append(int layer, std::span<const redknot::SeqId> seqs, std::span<const std::int32_t> offsets,
@@ -291,6 +308,11 @@ class CudaStore final : public BackendStore {
       if (ch[i].unit != ref.chunks[i].unit || ch[i].entry_begin != ref.chunks[i].entry_begin ||
           ch[i].entry_end != ref.chunks[i].entry_end)
         throw std::runtime_error(concat("decode partition: chunk ", i, " differs from the host's"));
+  }
+
+  redknot::ChunkKey key(int chunk) const {
+    const std::int32_t token = chunk;
+    return host_.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
   }
 
   StoreSpec spec_;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -27,6 +28,7 @@ struct StoreSpec {
   redknot::ModelShape shape;
   redknot::HeadMap map;
   redknot::StoreConfig config;
+  std::optional<redknot::RopeConfig> rope;
   redknot::DType activation = redknot::DType::kF32;
   int kv_chunk = 0;  // CPU split-KV chunk, 0: the kernel's default
   int max_batch = 1;
@@ -38,6 +40,7 @@ struct StoreSpec {
     s.shape = sc.shape;
     s.map = sc.map;
     s.config = redknot::StoreConfig{sc.page_size, sc.num_pages};
+    s.rope = sc.rope;
     s.activation = sc.activation;
     s.kv_chunk = sc.kv_chunk;
     s.max_batch = std::max(sc.max_batch, 1);
@@ -118,10 +121,18 @@ class BackendStore {
   // The batch's attention in `layer`: q and out [total_q, Hq, D] in the activation dtype, lse [total_q, Hq].
   virtual void attend(int layer, ConstTensor q, MutTensor out, std::span<float> lse) = 0;
   virtual redknot::StoreStats stats() const = 0;
+  // Chunk reuse (KVHeadStore semantics). Chunks are named by script index; a backend keys chunk c as
+  // chunk_key(kChunkModel, {c}).
+  virtual void register_chunk(redknot::SeqId id, int chunk) = 0;
+  virtual void splice(redknot::SeqId dst, int chunk, std::int32_t at, std::int32_t first_query,
+                      bool relocate) = 0;
+  virtual void drop_chunk(int chunk) = 0;
   // What is wrong inside the store beyond its stats (tables against the pool's refcounts, ...); "" when
   // nothing is, or when the backend cannot be inspected.
   virtual std::string invariant_error() const { return {}; }
 };
+
+inline constexpr const char* kChunkModel = "rktest-scenario";
 
 // How a backend's kernels compute, which sets the runner's tolerances: fp32 softmax and accumulation
 // (host), or 16-bit probabilities in the P.V products (device tensor cores).

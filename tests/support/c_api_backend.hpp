@@ -33,6 +33,19 @@ class CApiStore final : public BackendStore {
     cfg.dtype = static_cast<int32_t>(spec.shape.dtype);  // rk_dtype codes equal DType's
     cfg.page_size = spec.config.page_size;
     cfg.num_pages = spec.config.num_pages;
+    if (spec.rope) {  // rk_rope_config codes equal the core's enums
+      const redknot::RopeConfig& r = *spec.rope;
+      cfg.rope.scaling = static_cast<int32_t>(r.scaling);
+      cfg.rope.pairing = static_cast<int32_t>(r.pairing);
+      cfg.rope.rotary_dim = r.rotary_dim;
+      cfg.rope.original_max_position = r.original_max_position;
+      cfg.rope.theta = r.theta;
+      cfg.rope.factor = r.factor;
+      cfg.rope.low_freq_factor = r.low_freq_factor;
+      cfg.rope.high_freq_factor = r.high_freq_factor;
+      cfg.rope.beta_fast = r.beta_fast;
+      cfg.rope.beta_slow = r.beta_slow;
+    }
     const int st = rk_store_create(&cfg, map, &store_);
     rk_head_map_destroy(map);
     ok(st, "rk_store_create");
@@ -120,6 +133,22 @@ class CApiStore final : public BackendStore {
     return r;
   }
 
+  void register_chunk(redknot::SeqId id, int chunk) override {
+    ok(rk_chunk_register(store_, key(chunk), id), "rk_chunk_register");
+  }
+  void splice(redknot::SeqId dst, int chunk, std::int32_t at, std::int32_t first_query,
+              bool relocate) override {
+    if (relocate)
+      ok(rk_chunk_relocate(store_, dst, key(chunk), at, first_query), "rk_chunk_relocate");
+    else
+      ok(rk_chunk_splice(store_, dst, key(chunk), at, first_query), "rk_chunk_splice");
+  }
+  void drop_chunk(int chunk) override {
+    int32_t dropped = 0;
+    ok(rk_chunk_drop(store_, key(chunk), &dropped), "rk_chunk_drop");
+    if (dropped != 1) throw std::runtime_error("rk_chunk_drop: the chunk was not registered");
+  }
+
   // What the ABI shows of the accounting: class counters and bytes add up.
   std::string invariant_error() const override {
     const redknot::StoreStats s = stats();
@@ -135,6 +164,12 @@ class CApiStore final : public BackendStore {
   }
 
  private:
+  rk_chunk_key key(int chunk) const {
+    const int32_t token = chunk;
+    rk_chunk_key k{};
+    ok(rk_chunk_key_make(store_, kChunkModel, &token, 1, &k), "rk_chunk_key_make");
+    return k;
+  }
   static void ok(int status, const char* what) {
     if (status != RK_OK)
       throw std::runtime_error(

@@ -21,7 +21,7 @@ class CpuStore final : public BackendStore {
  public:
   explicit CpuStore(const StoreSpec& spec)
       : spec_(spec),
-        store_(spec.shape, spec.map, spec.config),
+        store_(spec.shape, spec.map, spec.config, spec.rope),
         plans_(static_cast<std::size_t>(spec.shape.num_layers)) {
     if (spec.kv_chunk > 0) params_.kv_chunk = spec.kv_chunk;
   }
@@ -68,9 +68,25 @@ class CpuStore final : public BackendStore {
   }
 
   redknot::StoreStats stats() const override { return store_.stats(); }
+  void register_chunk(redknot::SeqId id, int chunk) override { store_.register_chunk(key(chunk), id); }
+  void splice(redknot::SeqId dst, int chunk, std::int32_t at, std::int32_t first_query,
+              bool relocate) override {
+    if (relocate)
+      store_.relocate(dst, key(chunk), at, first_query);
+    else
+      store_.splice(dst, key(chunk), at, first_query);
+  }
+  void drop_chunk(int chunk) override {
+    if (!store_.drop_chunk(key(chunk))) throw std::runtime_error("drop_chunk: the chunk is not registered");
+  }
   std::string invariant_error() const override { return accounting_error(store_); }
 
  private:
+  redknot::ChunkKey key(int chunk) const {
+    const std::int32_t token = chunk;
+    return store_.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
+  }
+
   StoreSpec spec_;
   redknot::KVHeadStore<T> store_;
   std::vector<redknot::AttentionPlan> plans_;  // one per layer

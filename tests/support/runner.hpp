@@ -104,7 +104,7 @@ class TypedRun final : public RunBase {
         rep_(rep),
         tol_(tolerance(sc.activation, b.precision)),
         oracle_(sc.shape, sc.map),
-        shadow_(sc.shape, sc.map, redknot::StoreConfig{sc.page_size, sc.num_pages}),
+        shadow_(sc.shape, sc.map, redknot::StoreConfig{sc.page_size, sc.num_pages}, sc.rope),
         handles_(static_cast<std::size_t>(sc.num_handles)),
         rng_(sc.seed) {
     store_ = b.make_store(StoreSpec::of(sc));
@@ -141,6 +141,18 @@ class TypedRun final : public RunBase {
       case Op::Kind::kStep:
         step(op.items);
         break;
+      case Op::Kind::kRegister: {
+        Handle& h = handle(op.seq);
+        store_->register_chunk(h.id, op.chunk);
+        shadow_.register_chunk(shadow_key(op.chunk), h.shadow);
+        oracle_.take_chunk(op.seq, op.chunk);
+        h.live = false;
+        chunks_.push_back(op.chunk);
+        break;
+      }
+      case Op::Kind::kSplice:
+        splice(op);
+        break;
     }
   }
 
@@ -161,6 +173,10 @@ class TypedRun final : public RunBase {
   void free_all() override {
     for (std::size_t i = 0; i < handles_.size(); ++i)
       if (handles_[i].live) apply(Op{Op::Kind::kFree, static_cast<int>(i), -1, 0, -1, {}});
+    for (int c : chunks_) {  // unused now: dropping them returns their pages
+      store_->drop_chunk(c);
+      shadow_.drop_chunk(shadow_key(c));
+    }
     check_store();
     if (store_->stats().pages_in_use != 0)
       throw RunFailure(RunReport::Failure::kAccounting,
@@ -177,6 +193,33 @@ class TypedRun final : public RunBase {
     Handle& x = handles_.at(static_cast<std::size_t>(h));
     if (!x.live) throw std::logic_error(concat("script handle ", h, " is not live"));
     return x;
+  }
+
+  redknot::ChunkKey shadow_key(int chunk) const {
+    const std::int32_t token = chunk;
+    return shadow_.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
+  }
+
+  // The backend splices or relocates; the bookkeeping store splices, or appends the copy (its pages hold no
+  // data to rotate) and retires the queries before first_query, as relocate() does.
+  void splice(const Op& op) {
+    const Handle& h = handle(op.seq);
+    store_->splice(h.id, op.chunk, op.at, op.first_query, op.relocate);
+    const redknot::ChunkKey key = shadow_key(op.chunk);
+    if (!op.relocate) {
+      shadow_.splice(h.shadow, key, op.at, op.first_query);
+    } else {
+      const std::int32_t n = *shadow_.lookup_chunk(key);
+      const std::size_t rows = static_cast<std::size_t>(n) * sc_.shape.num_kv_heads * sc_.shape.head_dim;
+      const std::vector<T> zeros(rows);
+      std::vector<std::int32_t> pos(static_cast<std::size_t>(n));
+      for (std::int32_t i = 0; i < n; ++i) pos[static_cast<std::size_t>(i)] = op.at + i;
+      for (int l = 0; l < sc_.shape.num_layers; ++l)
+        shadow_.append(h.shadow, l, std::span<const T>(zeros), std::span<const T>(zeros),
+                       std::span<const std::int32_t>(pos));
+      shadow_.retire_queries(h.shadow, op.first_query < 0 ? op.at + n : op.first_query);
+    }
+    oracle_.splice(op.seq, op.chunk, op.at, sc_.rope ? &*sc_.rope : nullptr);
   }
 
   void step(const std::vector<StepItem>& items) {
@@ -268,6 +311,7 @@ class TypedRun final : public RunBase {
   redknot::KVHeadStore<T, redknot::NullAllocator> shadow_;  // page bookkeeping only
   std::unique_ptr<BackendStore> store_;
   std::vector<Handle> handles_;
+  std::vector<int> chunks_;  // registered
   std::mt19937 rng_;
 };
 
@@ -340,6 +384,10 @@ class ScenarioRun {
         return "free";
       case Op::Kind::kRetire:
         return "retire";
+      case Op::Kind::kRegister:
+        return "register chunk";
+      case Op::Kind::kSplice:
+        return "splice";
       case Op::Kind::kStep:
         break;
     }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <optional>
 #include <set>
 #include <stdexcept>
 #include <string_view>
@@ -64,6 +65,37 @@ class Script {
   }
 
   std::int32_t next(int seq) const { return seqs_.at(static_cast<std::size_t>(seq)).next; }
+
+  // `seq`, which must hold positions 0..n-1 appended in one step (so that no head dropped a key), becomes
+  // chunk `chunk`; the handle is no longer live.
+  void register_chunk(int seq, int chunk) {
+    Seq& s = live(seq);
+    check(chunk == static_cast<int>(chunk_len_.size()), "chunks are numbered 0, 1, ... in order");
+    check(s.next > 0, "an empty chunk");
+    chunk_len_.push_back(s.next);
+    s.live = false;
+    Op op{Op::Kind::kRegister, seq, -1, 0, -1, {}};
+    op.chunk = chunk;
+    ops_.push_back(op);
+  }
+  // Chunk `chunk` becomes positions [at, at + n) of `seq` (shared pages, or a rotated copy with relocate);
+  // queries from first_query (-1: at + n) on may run.
+  void splice(int seq, int chunk, std::int32_t at, std::int32_t first_query = -1, bool relocate = false) {
+    Seq& s = live(seq);
+    check(chunk >= 0 && chunk < static_cast<int>(chunk_len_.size()), "an unregistered chunk");
+    const std::int32_t n = chunk_len_[static_cast<std::size_t>(chunk)];
+    check(at >= s.next, "splice below the next position");
+    check(first_query < 0 || (first_query >= at && first_query <= at + n), "first_query outside the chunk");
+    s.next = at + n;
+    std::fill(s.floor.begin(), s.floor.end(), first_query < 0 ? at + n : first_query);
+    if (relocate) appended_.push_back(n);
+    Op op{Op::Kind::kSplice, seq, -1, 0, -1, {}};
+    op.chunk = chunk;
+    op.at = at;
+    op.first_query = first_query;
+    op.relocate = relocate;
+    ops_.push_back(op);
+  }
 
   // An item appending `positions`, whose last `queries` positions attend (-1: all of them).
   static StepItem at(int seq, std::vector<std::int32_t> positions, int queries = -1) {
@@ -128,6 +160,7 @@ class Script {
     sc.max_batch = max_batch_;
     sc.max_queries = max_queries_;
     sc.max_tokens = max_tokens_;
+    sc.num_chunks = static_cast<int>(chunk_len_.size());
   }
 
  private:
@@ -149,6 +182,7 @@ class Script {
   std::vector<Seq> seqs_;
   std::vector<Op> ops_;
   std::vector<int> appended_;
+  std::vector<std::int32_t> chunk_len_;
   int max_batch_ = 0, max_queries_ = 0, max_tokens_ = 0;
 };
 
@@ -244,6 +278,35 @@ void long_prefill(Script& s) {
   s.decode({a}, 2);
 }
 
+// Position-independent reuse, as a RAG server runs it: two documents prefilled alone and registered as
+// chunks; requests splice them after their own system prompts, in other orders and at other offsets (one far
+// beyond the documents' positions), so every head scores keys rotated for other positions; one request's
+// queries run inside a spliced chunk (first_query: recomputed tokens attending over the chunk), then
+// questions, decode, a fork of a request with spliced chunks, and requests freed before their chunks.
+// `relocate` makes the first request copy its documents with rotated keys instead (the classic path).
+template <bool kRelocate>
+void rag_reuse(Script& s) {
+  const int d0 = s.create(), d1 = s.create();
+  s.step({s.chunk(d0, 45), s.chunk(d1, 70)});  // each document alone, from position 0
+  s.register_chunk(d0, 0);
+  s.register_chunk(d1, 1);
+  const int r0 = s.create(), r1 = s.create(), r2 = s.create();
+  s.step({s.chunk(r0, 9), s.chunk(r1, 17), s.chunk(r2, 3)});  // system prompts
+  s.splice(r0, 1, s.next(r0), -1, kRelocate);                 // doc1 at 9
+  s.splice(r0, 0, s.next(r0), -1, kRelocate);                 // doc0 at 79
+  s.splice(r1, 0, s.next(r1) + 5, s.next(r1) + 5 + 40);       // doc0 at 22, its last 5 queries run
+  s.splice(r2, 1, 100000);                                    // doc1 far away
+  s.step({s.chunk(r0, 12), Script::query_only(r1, iota(62, 5)), s.chunk(r2, 6)});
+  s.splice(r1, 1, s.next(r1));  // doc1 right after doc0
+  s.step({s.chunk(r1, 8), Script::query_only(r0), s.chunk(r2, 1)});
+  s.decode({r0, r1, r2}, 3);
+  const int r3 = s.fork(r0);
+  s.decode({r0, r3}, 2);
+  s.free(r0);
+  s.decode({r3, r2, r1});
+  s.free(r1);
+}
+
 // ---- head maps -----------------------------------------------------------------------------------------
 
 // The kinds of head every map draws from.
@@ -295,10 +358,14 @@ std::uint32_t fnv1a(std::string_view s) {
 }
 
 Scenario make(const char* script_name, void (*script)(Script&), HeadMap map, Variant v,
-              SizeClass size = SizeClass::kSmall) {
+              SizeClass size = SizeClass::kSmall, std::optional<RopeConfig> rope = std::nullopt) {
   Scenario sc;
   sc.name = concat(script_name, "/", dtype_name(v.storage), "-", dtype_name(v.activation), "/d", v.head_dim,
                    "/g", v.group, "/p", v.page_size, v.kv_chunk ? concat("/kv", v.kv_chunk) : "");
+  if (rope) {
+    rope->head_dim = v.head_dim;
+    sc.rope = rope;
+  }
   sc.shape =
       ModelShape{map.num_layers(), map.num_kv_heads() * v.group, map.num_kv_heads(), v.head_dim, v.storage};
   sc.map = std::move(map);
@@ -317,9 +384,21 @@ std::vector<Scenario> build() {
   constexpr DType F32 = DType::kF32, F16 = DType::kF16, BF16 = DType::kBF16;
   std::vector<Scenario> v;
   const auto add = [&](const char* name, void (*script)(Script&), HeadMap map, Variant var,
-                       SizeClass size = SizeClass::kSmall) {
-    v.push_back(make(name, script, std::move(map), var, size));
+                       SizeClass size = SizeClass::kSmall, std::optional<RopeConfig> rope = std::nullopt) {
+    v.push_back(make(name, script, std::move(map), var, size, rope));
   };
+  // RoPE specs of the reuse scenarios: HF Llama (rotate-half), GGUF/Meta llama3 (interleaved, scaled), and
+  // partial rotary with YaRN.
+  RopeConfig half_rope;
+  RopeConfig llama3_rope;
+  llama3_rope.pairing = RopePairing::kInterleaved;
+  llama3_rope.theta = 500000.0;
+  llama3_rope.scaling = RopeScaling::kLlama3;
+  llama3_rope.factor = 8.0;
+  RopeConfig partial_yarn;
+  partial_yarn.rotary_dim = 32;
+  partial_yarn.scaling = RopeScaling::kYarn;
+  partial_yarn.factor = 4.0;
   // Host-only dtypes (f32 storage or activations) and head_dims the micro-kernel handles with a tail.
   add("prefill_decode_fork", prefill_decode_fork, mixed_map(3, 2, 0), {F32, F32, 64, 1, 16});
   add("prefill_decode_fork", prefill_decode_fork, mixed_map(3, 2, 2), {F16, F32, 128, 4, 64});
@@ -347,6 +426,19 @@ std::vector<Scenario> build() {
   add("long_context", long_context, mixed_map(3, 2, 0), {BF16, BF16, 128, 2, 1});
   add("long_context", long_context, mixed_map(2, 4, 2), {F16, F16, 64, 4, 1});
   add("long_context", long_context, HeadMap::all_global(2, 1), {F32, F32, 128, 8, 16, 64});
+  // Chunk reuse: spliced (every backend) and relocated (host: f32 storage, so the rotated copies are exact
+  // enough for the fp64 oracle).
+  add("rag_relocate", rag_reuse<true>, mixed_map(3, 2, 1), {F32, F32, 64, 2, 16}, SizeClass::kSmall,
+      half_rope);
+  add("rag_relocate", rag_reuse<true>, mixed_map(2, 2, 3), {F32, F32, 64, 1, 5}, SizeClass::kSmall,
+      partial_yarn);
+  add("rag_splice", rag_reuse<false>, mixed_map(3, 2, 2), {F32, F32, 64, 2, 16}, SizeClass::kSmall,
+      llama3_rope);
+  add("rag_splice", rag_reuse<false>, mixed_map(3, 2, 0), {BF16, BF16, 128, 4, 16}, SizeClass::kSmall,
+      half_rope);
+  add("rag_splice", rag_reuse<false>, layer_mix_map(), {F16, F16, 64, 2, 1}, SizeClass::kSmall, llama3_rope);
+  add("rag_splice", rag_reuse<false>, mixed_map(3, 2, 5), {BF16, BF16, 64, 8, 64}, SizeClass::kSmall,
+      partial_yarn);
   // Large: skipped under REDKNOT_SCENARIO_SIZE=small.
   add("long_prefill", long_prefill, mixed_map(2, 2, 1), {F16, F16, 64, 2, 16}, SizeClass::kLarge);
   add("long_prefill", long_prefill, mixed_map(2, 2, 5), {BF16, F32, 128, 1, 64}, SizeClass::kLarge);

@@ -3,11 +3,13 @@
 // backend (backend.hpp) and compares every attention output with the fp64 oracle.
 //
 // A scenario is a model shape (layers, query and kv heads, head_dim), a head map, a page size, a storage and
-// an activation dtype, and a script of operations on script-local sequence handles 0, 1, 2, ...: create,
-// fork, free, retire_queries, and steps. A step is a layer-by-layer forward over a batch: in every layer each
-// item appends its positions (possibly none), then the batch attends with every item's queries (possibly
-// none: a zero-query item). The script builder checks the store's contract (positions increase, queries in
-// [query_floor, next_position)) when the list is built, so every script is legal by construction.
+// an activation dtype, an optional RoPE spec, and a script of operations on script-local sequence handles
+// 0, 1, 2, ...: create, fork, free, retire_queries, register a sequence as chunk c (chunk reuse), splice or
+// relocate chunk c into a sequence at a position, and steps. A step is a layer-by-layer forward over a batch:
+// in every layer each item appends its positions (possibly none), then the batch attends with every item's
+// queries (possibly none: a zero-query item). The script builder checks the store's contract (positions
+// increase, queries in [query_floor, next_position)) when the list is built, so every script is legal by
+// construction.
 //
 // Each scenario says which backends it applies to (the CUDA kernels: f16/bf16 with activations in the
 // storage dtype, head_dim 64/128, GQA group 1/2/4/8) and its size class: REDKNOT_SCENARIO_SIZE=small (the
@@ -16,12 +18,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "redknot/dtype.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/model_shape.hpp"
+#include "redknot/rope.hpp"
 
 namespace rktest {
 
@@ -36,19 +40,24 @@ struct StepItem {
 };
 
 struct Op {
-  enum class Kind { kCreate, kFork, kFree, kRetire, kStep };
+  enum class Kind { kCreate, kFork, kFree, kRetire, kStep, kRegister, kSplice };
   Kind kind = Kind::kStep;
   int seq = -1;                     // create: the new handle; fork: the parent; free, retire: the sequence
   int child = -1;                   // fork: the new handle
   std::int32_t next_query_pos = 0;  // retire
   int layer = -1;                   // retire: one layer, or -1 for all
   std::vector<StepItem> items;      // step
+  int chunk = -1;                   // register: the chunk `seq` becomes; splice: the chunk spliced into `seq`
+  std::int32_t at = 0;              // splice: the chunk's first position in `seq`
+  std::int32_t first_query = -1;    // splice: first position whose query runs (-1: at + chunk length)
+  bool relocate = false;            // splice: copy with keys rotated (relocate) instead of sharing pages
 };
 
 struct Scenario {
   std::string name;           // "<script>/<storage>-<activation>/d<head_dim>/g<group>/p<page>[/kv<chunk>]"
   redknot::ModelShape shape;  // shape.dtype is the storage dtype
   redknot::HeadMap map;
+  std::optional<redknot::RopeConfig> rope;  // the store's RoPE spec (chunks spliced at other offsets)
   int page_size = 16;
   std::int32_t num_pages = 0;  // an upper bound on the pages the script can hold at once
   redknot::DType activation = redknot::DType::kF32;
@@ -61,6 +70,7 @@ struct Scenario {
   int max_batch = 0;    // items of the largest step
   int max_queries = 0;  // queries of the largest step
   int max_tokens = 0;   // tokens one layer of the largest step appends
+  int num_chunks = 0;
 
   bool applies_to(BackendKind b) const;
 };

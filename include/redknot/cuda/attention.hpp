@@ -54,6 +54,18 @@ class CudaAttention {
     check_cuda(cudaMalloc(&p, ws_bytes_), "cudaMalloc(decode workspace)");
     workspace_.reset(p);
     layers_.resize(static_cast<std::size_t>(sh.num_layers));
+    // The RoPE frequencies the kernels counter-rotate queries with, for chunks spliced at other positions
+    // than they were computed at (a store without a RoPE spec holds no such keys).
+    if (const RopeConfig* rc = store.rope()) {
+      const std::span<const double> inv = store.rope_inv_freq();
+      void* f = nullptr;
+      check_cuda(cudaMalloc(&f, inv.size_bytes()), "cudaMalloc(rope inv_freq)");
+      rope_inv_freq_.reset(f);
+      check_cuda(cudaMemcpy(f, inv.data(), inv.size_bytes(), cudaMemcpyHostToDevice),
+                 "cudaMemcpy(rope inv_freq)");
+      rope_half_ = static_cast<int>(inv.size());
+      rope_pairing_ = rc->pairing;
+    }
   }
 
   // Host side of a step for one layer. q_positions are the flattened positions of the queries (sum(q_lens)).
@@ -66,14 +78,6 @@ class CudaAttention {
               " exceeds max_batch ", cfg_.max_batch);
     check_arg(static_cast<std::int64_t>(q_positions.size()) <= cfg_.max_queries,
               "CudaAttention::plan: ", q_positions.size(), " queries exceed max_queries ", cfg_.max_queries);
-    // The CUDA kernels do not counter-rotate queries yet: refuse keys spliced away from their RoPE positions
-    // rather than attend to them wrongly.
-    for (const SeqId id : seqs)
-      if (store_.has_relocated_keys(id))
-        throw Unavailable(redknot::detail::concat(
-            "CudaAttention::plan: sequence ", id,
-            " holds a chunk spliced at another position than it was computed at; the CUDA kernels do not "
-            "counter-rotate queries yet (use the CPU path, or cuda::rope_relocate to move the keys)"));
     Layer& L = layers_[static_cast<std::size_t>(layer)];
     if (!L.dplan) L.dplan = std::make_unique<DevicePlan>(cfg_.max_batch, sh.num_kv_heads, cfg_.max_queries);
     L.plan.update(store_, layer, seqs, q_lens, q_positions);
@@ -110,7 +114,10 @@ class CudaAttention {
     const ModelShape& sh = store_.shape();
     Layer& L = layers_.at(static_cast<std::size_t>(layer));
     check_arg(L.dplan != nullptr, "CudaAttention::run: plan() was not called for this layer");
-    const PagedKV kv = L.dplan->paged_kv(store_.pool().data(), store_.page_size(), sh.head_dim);
+    PagedKV kv = L.dplan->paged_kv(store_.pool().data(), store_.page_size(), sh.head_dim);
+    kv.rope_inv_freq = static_cast<const double*>(rope_inv_freq_.get());
+    kv.rope_half = rope_half_;
+    kv.rope_pairing = rope_pairing_;
     if (L.decode) {
       DecodeParams p;
       p.kv = kv;
@@ -163,6 +170,9 @@ class CudaAttention {
   std::size_t ws_bytes_ = 0;
   std::int64_t max_tiles_ = 0;
   std::unique_ptr<void, CudaFree> workspace_;
+  std::unique_ptr<void, CudaFree> rope_inv_freq_;
+  int rope_half_ = 0;
+  RopePairing rope_pairing_ = RopePairing::kRotateHalf;
   std::vector<Layer> layers_;
 };
 

@@ -26,7 +26,9 @@ REDKNOT_HD int first_set_bit(unsigned x) {
 // Run by all 32 lanes of one warp; the cursor is warp-uniform: entry ce is next, and its keys at positions <
 // rp were taken by the previous tile. Lanes look at 32 entries at a time (clip each to the visible hull, warp
 // prefix sum of the key counts, scatter), so a tile costs a few warp steps even when most entries are
-// invisible.
+// invisible. A tile holds keys of one rope delta only (PageEntry::rope_delta(): keys of a chunk spliced away
+// from the positions they were rotated for), returned in `delta`, so that the kernel counter-rotates its
+// query tile once per tile at most: a tile ends early at the first entry with another delta.
 struct KeyWalker {
   int ce = 0;
   int rp = 0;
@@ -37,16 +39,19 @@ struct KeyWalker {
 #endif
   template <int kTile, class Warp>
   REDKNOT_HD int fill(const Warp& w, const PageEntry* arena, const PlanSlot& slot, const HeadPolicy& pol,
-                      const VisibleHull<int>& hull, int ps, std::int32_t* rows, std::int32_t* kpos) {
+                      const VisibleHull<int>& hull, int ps, std::int32_t* rows, std::int32_t* kpos,
+                      int& delta) {
     const int lane = w.lane();
     const int n_entries = slot.sink_len + slot.ring_len;
     int filled = 0;
+    delta = 0;
     while (!done && filled < kTile && ce < n_entries) {
       const int idx = ce + lane;
-      int n = 0, row = 0, pos = 0;
+      int n = 0, row = 0, pos = 0, d = 0;
       bool beyond = false;
       if (idx < n_entries) {
         const PageEntry e = plan_entry(arena, slot, idx);
+        d = e.rope_delta();
         beyond = e.pos0 > hull.pmax;  // entries are position-ordered: nothing from here on is visible
         if (!beyond) {
           int lo, hi;
@@ -60,6 +65,15 @@ struct KeyWalker {
       const unsigned beyond_mask = w.ballot(beyond);
       const int first_beyond = beyond_mask ? first_set_bit(beyond_mask) - 1 : 32;
       if (lane >= first_beyond) n = 0;
+      // One delta per tile: an empty tile takes the delta of its first key; entries from the first one with
+      // another delta wait for the next tile.
+      if (filled == 0) {
+        const unsigned some = w.ballot(n > 0);
+        if (some) delta = w.shfl(d, first_set_bit(some) - 1);
+      }
+      const unsigned other_mask = w.ballot(n > 0 && d != delta);
+      const int first_other = other_mask ? first_set_bit(other_mask) - 1 : 32;
+      if (lane >= first_other) n = 0;
       int incl = n;
       for (int off = 1; off < 32; off <<= 1) {
         const int y = w.shfl_up(incl, off);
@@ -72,7 +86,14 @@ struct KeyWalker {
         rows[filled + excl + o] = row + o;
         kpos[filled + excl + o] = pos + o;
       }
-      if (total <= room) {
+      if (total <= room && first_other < 32) {
+        // The tile ends before entry ce + first_other (its first key has another delta). When that is entry
+        // ce itself (lane 0), rp still applies to it.
+        filled += total;
+        if (first_other > 0) rp = 0;
+        ce += first_other;
+        break;
+      } else if (total <= room) {
         filled += total;
         rp = 0;
         if (first_beyond < 32 || ce + 32 >= n_entries) done = true;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include "redknot/core_types.hpp"
+#include "redknot/rope.hpp"
 #include "redknot/visibility.hpp"
 
 namespace redknot::cuda {
@@ -39,6 +40,19 @@ REDKNOT_HD int find_staged(const int* starts, int count, int t) {
 REDKNOT_HD int step_staged(const int* starts, int count, int idx, int t) {
   while (idx + 1 < count && starts[idx + 1] <= t) ++idx;
   return idx;
+}
+
+// Dim d of R(-delta) q for a head vector q[head_dim]: the query counter-rotation of keys spliced `delta`
+// positions away from where they were rotated (PageEntry::rope_delta()), one dim at a time so that a thread
+// rotates only the dims it owns (rope.hpp's per-pair functions; dims >= 2 * half are not rotated).
+REDKNOT_HD float counter_rotated_dim(const float* q, int d, int half, RopePairing pairing,
+                                     const double* inv_freq, int delta) {
+  if (d >= 2 * half) return q[d];
+  const int i = pairing == RopePairing::kRotateHalf ? (d < half ? d : d - half) : d / 2;
+  const RopePair pr = rope_pair(pairing, half, i);
+  float x = q[pr.a], y = q[pr.b];
+  rope_rotate_pair(x, y, rope_cos_sin(-static_cast<std::int64_t>(delta), inv_freq[i]));
+  return d == pr.a ? x : y;
 }
 
 }  // namespace redknot::cuda

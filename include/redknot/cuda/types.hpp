@@ -7,6 +7,7 @@
 
 #include "redknot/core_types.hpp"
 #include "redknot/dtype.hpp"
+#include "redknot/rope.hpp"
 
 namespace redknot::cuda {
 
@@ -20,6 +21,13 @@ struct PagedKV {
   const PageEntry* arena = nullptr;      // AttentionPlan arena mirror
   const PlanSlot* slots = nullptr;       // [batch][num_kv_heads]
   const HeadPolicy* policies = nullptr;  // [num_kv_heads], this layer
+  // The model's RoPE, for entries whose keys were rotated for other positions than they sit at (a chunk
+  // spliced elsewhere: PageEntry::rope_delta() != 0). The kernels score such keys with queries
+  // counter-rotated by -delta (rope.hpp). rope_inv_freq: rope_half values (rope_inv_freq()); null when the
+  // store has no RoPE spec, in which case no entry has a delta.
+  const double* rope_inv_freq = nullptr;
+  int rope_half = 0;
+  RopePairing rope_pairing = RopePairing::kRotateHalf;
 };
 
 }  // namespace redknot::cuda
