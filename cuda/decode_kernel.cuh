@@ -23,6 +23,14 @@ constexpr int kStage = kDecodeThreads;  // entries staged per round
 // 128 at a time into shared memory (one per thread: clip to the visible hull, block prefix sum of the key
 // counts; rules.hpp) so that keys are spread evenly over row groups however partial the pages are.
 
+// Out of line on purpose: the counter-rotation runs only where a key's rope delta changes (chunk boundaries),
+// and inlined its fp64 sincos would take registers from the hot loop.
+__device__ __noinline__ inline float decode_counter_rotated_dim(const float* q, int d, int half,
+                                                                RopePairing pairing, const double* inv_freq,
+                                                                int delta) {
+  return counter_rotated_dim(q, d, half, pairing, inv_freq, delta);
+}
+
 template <DType K, int D, int G>
 struct DecodeCfg {
   static constexpr int kLanesPerRow = D / 8;
@@ -93,8 +101,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         qf[h][i] = delta == 0 ? s_q[h][lane_d * 8 + i]
-                              : counter_rotated_dim(s_q[h], lane_d * 8 + i, p.kv.rope_half, p.kv.rope_pairing,
-                                                    p.kv.rope_inv_freq, delta);
+                              : decode_counter_rotated_dim(s_q[h], lane_d * 8 + i, p.kv.rope_half,
+                                                           p.kv.rope_pairing, p.kv.rope_inv_freq, delta);
     q_delta = delta;
   };
 
