@@ -29,12 +29,14 @@ DevicePlan::DevicePlan(int max_items, int num_kv_heads, int max_queries, std::in
     q_len_ = device_alloc<std::int32_t>(max_items, "cudaMalloc(q_len)");
     grow_arena(std::max<std::int64_t>(initial_arena_entries, 16));
   } catch (...) {
-    this->~DevicePlan();
+    release();  // the destructor does not run for a constructor that throws
     throw;
   }
 }
 
-DevicePlan::~DevicePlan() {
+DevicePlan::~DevicePlan() { release(); }
+
+void DevicePlan::release() noexcept {
   cudaFree(arena_);
   cudaFree(slots_);
   cudaFree(policies_);

@@ -60,7 +60,10 @@ struct CudaCounters {
 struct CudaBackendOptions {
   redknot::cuda::DecodePartitionConfig partition{1, 1 << 20};  // default: one decode chunk per unit
   bool graphs = false;                                         // decode steps replayed from CUDA graphs
-  CudaCounters* counters = nullptr;                            // optional, outlives the stores
+  // Capture mode of those graphs: thread-local, or global (PyTorch's default: any unsafe call made by any
+  // thread during the capture, e.g. a cudaMalloc, invalidates it).
+  cudaStreamCaptureMode capture_mode = cudaStreamCaptureModeThreadLocal;
+  CudaCounters* counters = nullptr;  // optional, outlives the stores
 };
 
 template <redknot::StorageType T>
@@ -166,6 +169,10 @@ class CudaStore final : public BackendStore {
 
     const auto qs = q.as<T>();
     q_.upload(qs.data(), qs.size(), stream_);
+    // Outputs start as NaN (all-ones bytes in every dtype), so a row the kernels do not write fails the
+    // oracle comparison instead of passing with the previous step's values.
+    check(cudaMemsetAsync(out_.p, 0xff, qs.size() * sizeof(T), stream_), "poison out");
+    check(cudaMemsetAsync(lse_.p, 0xff, lse.size() * sizeof(float), stream_), "poison lse");
     const bool decode =
         std::all_of(batch_.q_lens.begin(), batch_.q_lens.end(), [](std::int32_t n) { return n == 1; });
     if (decode && opt_.graphs)
@@ -249,7 +256,7 @@ class CudaStore final : public BackendStore {
     if (!L.exec || L.graph_batch != dp.batch() || L.graph_generation != dp.generation()) {
       drop_graph(L);
       cudaGraph_t graph = nullptr;
-      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      check(cudaStreamBeginCapture(stream_, opt_.capture_mode), "cudaStreamBeginCapture");
       attn_.run(layer, q_.p, out_.p, lse_.p, stream_);
       check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
       const cudaError_t e = cudaGraphInstantiate(&L.exec, graph, 0);
@@ -261,6 +268,10 @@ class CudaStore final : public BackendStore {
     }
     check(cudaGraphLaunch(L.exec, stream_), "cudaGraphLaunch");
     if (opt_.counters) ++opt_.counters->graph_replays;
+    // The eager run writes buffers poisoned with another pattern than the graph's (0xff, above): an element
+    // neither writes differs between the two, so the comparison below cannot pass on stale values.
+    check(cudaMemsetAsync(out2_.p, 0x7e, q_size * sizeof(T), stream_), "poison out2");
+    check(cudaMemsetAsync(lse2_.p, 0x7e, lse_size * sizeof(float), stream_), "poison lse2");
     attn_.run(layer, q_.p, out2_.p, lse2_.p, stream_);
     std::vector<T> a(q_size), b(q_size);
     std::vector<float> la(lse_size), lb(lse_size);

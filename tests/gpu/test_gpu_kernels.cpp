@@ -136,20 +136,32 @@ void rope_check(CudaStore<T>& cs, const RopeConfig& cfg, long long& rows) {
 
 GPU_TEST_CASE("scenarios: every CUDA scenario, one decode chunk per (item, kv_head)") {
   CudaCounters c;
-  play_all(rktest::cuda_backend(CudaBackendOptions{{1, 1 << 20}, false, &c}), "scenarios");
+  play_all(
+      rktest::cuda_backend(CudaBackendOptions{{1, 1 << 20}, false, cudaStreamCaptureModeThreadLocal, &c}),
+      "scenarios");
   CHECK(c.decode_steps > 0);
   CHECK(c.prefill_steps > 0);
 }
 
 GPU_TEST_CASE("split-kv: every CUDA scenario, decode cut into fine chunks merged by log-sum-exp") {
-  play_all(rktest::cuda_backend(CudaBackendOptions{{64, 1}, false, nullptr}), "split-kv");
+  play_all(
+      rktest::cuda_backend(CudaBackendOptions{{64, 1}, false, cudaStreamCaptureModeThreadLocal, nullptr}),
+      "split-kv");
 }
 
 GPU_TEST_CASE("graph: every CUDA scenario, decode steps replayed from captured graphs") {
   CudaCounters c;
-  play_all(rktest::cuda_backend(CudaBackendOptions{{32, 1}, true, &c}), "graph");
+  play_all(rktest::cuda_backend(CudaBackendOptions{{32, 1}, true, cudaStreamCaptureModeThreadLocal, &c}),
+           "graph");
   CHECK(c.graph_replays > 0);
   CHECK(c.graph_captures < c.graph_replays);  // a graph serves several steps
+}
+
+GPU_TEST_CASE("graph-global: decode graphs captured in global mode (PyTorch's default)") {
+  CudaCounters c;
+  CudaBackendOptions o{{32, 1}, true, cudaStreamCaptureModeGlobal, &c};
+  play_all(rktest::cuda_backend(o), "graph-global");
+  CHECK(c.graph_replays > 0);
 }
 
 GPU_TEST_CASE("rope: relocating the scenarios' stored keys matches the CPU reference") {

@@ -270,6 +270,15 @@ void long_context(Script& s) {
   s.decode({a, b}, 3);
 }
 
+// A 32K-token context (appended in 4K chunks without attention) decoded beside a short sequence: the CUDA
+// decode's long split-KV partitions and merges, at the context length the bandwidth targets are set for.
+void decode_32k(Script& s) {
+  const int a = s.create(), b = s.create();
+  s.step({s.chunk(a, 4096, 0), s.chunk(b, 40)});
+  for (int i = 1; i < 8; ++i) s.step({s.chunk(a, 4096, i == 7 ? 2 : 0)});
+  s.decode({a, b}, 3);
+}
+
 // Chunked prefill of a 1.5K context in which every query of every chunk attends (the prefill kernels' long
 // key loops), then decode steps.
 void long_prefill(Script& s) {
@@ -442,6 +451,7 @@ std::vector<Scenario> build() {
   // Large: skipped under REDKNOT_SCENARIO_SIZE=small.
   add("long_prefill", long_prefill, mixed_map(2, 2, 1), {F16, F16, 64, 2, 16}, SizeClass::kLarge);
   add("long_prefill", long_prefill, mixed_map(2, 2, 5), {BF16, F32, 128, 1, 64}, SizeClass::kLarge);
+  add("decode_32k", decode_32k, mixed_map(2, 2, 0), {BF16, BF16, 128, 4, 16}, SizeClass::kLarge);
 
   std::set<std::string> names;
   for (const Scenario& sc : v)

@@ -49,6 +49,7 @@ class DevicePlan {
 
  private:
   void grow_arena(std::int64_t entries);
+  void release() noexcept;  // frees every device buffer (cudaFree(nullptr) is a no-op)
 
   int max_items_, num_kv_heads_, max_queries_;
   int batch_ = 0, total_q_ = 0;
