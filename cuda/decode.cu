@@ -115,6 +115,8 @@ void check_params(const DecodeParams& p, int max_units) {
   check_arg(p.dtype == DType::kF16 || p.dtype == DType::kBF16, "decode: dtype must be f16 or bf16");
   check_arg(p.kv.pool && p.kv.arena && p.kv.slots && p.kv.policies && p.q && p.q_pos && p.out,
             "decode: null device pointer");
+  check_aligned16(p.q, "decode", "q");
+  check_aligned16(p.out, "decode", "out");
 }
 
 }  // namespace detail

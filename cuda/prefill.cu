@@ -309,6 +309,8 @@ void prefill_attention(const PrefillParams& p, cudaStream_t stream) {
   check_arg(p.kv.pool && p.kv.arena && p.kv.slots && p.kv.policies && p.q && p.q_pos && p.q_begin &&
                 p.q_len && p.out && p.tiles,
             "prefill: null device pointer");
+  check_aligned16(p.q, "prefill", "q");
+  check_aligned16(p.out, "prefill", "out");
   const int D = p.kv.head_dim;
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(static_cast<float>(D));
   auto launch = [&](auto kernel, std::size_t smem) {

@@ -221,4 +221,27 @@ GPU_TEST_CASE("bad input: decode and prefill reject inconsistent arguments") {
     threw = true;
   }
   CHECK(threw);
+  // A q at an odd element offset (a torch view) is refused with a clear error before anything runs.
+  DecodeParams a;
+  a.kv.num_kv_heads = 1;
+  a.num_q_heads = 1;
+  a.kv.head_dim = 64;
+  a.kv.page_size = 16;
+  a.dtype = DType::kBF16;
+  a.batch = 1;
+  alignas(16) static unsigned char dummy[64];
+  a.kv.pool = dummy;
+  a.kv.arena = reinterpret_cast<const PageEntry*>(dummy);
+  a.kv.slots = reinterpret_cast<const PlanSlot*>(dummy);
+  a.kv.policies = reinterpret_cast<const HeadPolicy*>(dummy);
+  a.q_pos = reinterpret_cast<const std::int32_t*>(dummy);
+  a.q = dummy + 2;
+  a.out = dummy;
+  std::string msg;
+  try {
+    decode_attention(a, nullptr, 0, DecodePartitionConfig{8, 4}, 16, nullptr);
+  } catch (const std::invalid_argument& e) {
+    msg = e.what();
+  }
+  CHECK_MSG(msg.find("q=") != std::string::npos && msg.find("16-byte aligned") != std::string::npos, msg);
 }

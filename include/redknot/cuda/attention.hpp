@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <span>
 #include <vector>
@@ -43,6 +44,12 @@ class CudaAttention {
     const ModelShape& sh = store.shape();
     check_arg(cfg.max_batch > 0 && cfg.max_queries > 0,
               "CudaAttention: max_batch and max_queries must be > 0");
+    // The kernels address K/V rows (page_id * 2 * page_size + slot) in int32.
+    const std::int64_t pool_rows =
+        static_cast<std::int64_t>(store.pool().num_pages()) * 2 * store.page_size();
+    check_arg(pool_rows <= std::numeric_limits<std::int32_t>::max(), "CudaAttention: the pool's ",
+              store.pool().num_pages(), " pages x 2 x page_size ", store.page_size(), " = ", pool_rows,
+              " K/V rows exceed int32 row ids: use fewer or smaller pages per store");
     if (cfg_.partition.target_chunks <= 0) cfg_.partition = default_decode_partition_config();
     max_units_ = cfg.max_batch * sh.num_kv_heads;
     ws_bytes_ = decode_workspace_bytes(max_units_, cfg_.partition, sh.group_size(), sh.head_dim);

@@ -4,6 +4,8 @@
 // call is a CudaError (a bug or a broken device, RK_ERR_INTERNAL in the C ABI).
 #pragma once
 
+#include <cstdint>
+
 #include <cuda_runtime_api.h>
 
 #include <stdexcept>
@@ -50,6 +52,15 @@ inline void check_cuda(cudaError_t e, const char* what) {
 template <class... Args>
 inline void check_arg(bool cond, Args&&... msg) {
   require<InvalidArgument>(cond, std::forward<Args>(msg)...);
+}
+
+// The kernels move q, K and V 16 bytes at a time: a device pointer must be 16-byte aligned (a torch view at
+// an odd element offset is not). An InvalidArgument naming the argument, rather than a misaligned-address
+// fault.
+inline void check_aligned16(const void* p, const char* fn, const char* name) {
+  check_arg(reinterpret_cast<std::uintptr_t>(p) % 16 == 0, fn, ": ", name, "=", p,
+            " is not 16-byte aligned (the kernels load 16 bytes at a time; a tensor view at an odd element "
+            "offset cannot be used: pass a contiguous copy)");
 }
 
 }  // namespace redknot::cuda
