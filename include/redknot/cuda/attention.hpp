@@ -20,6 +20,7 @@
 #include <limits>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "redknot/attention_plan.hpp"
@@ -57,9 +58,6 @@ class CudaAttention {
     // item.
     const std::int64_t rows = static_cast<std::int64_t>(cfg.max_queries) * sh.group_size();
     max_tiles_ = static_cast<std::int64_t>(sh.num_kv_heads) * (rows / kPrefillTileRows + cfg.max_batch);
-    void* p = nullptr;
-    check_cuda(cudaMalloc(&p, ws_bytes_), "cudaMalloc(decode workspace)");
-    workspace_.reset(p);
     layers_.resize(static_cast<std::size_t>(sh.num_layers));
     // The RoPE frequencies the kernels counter-rotate queries with, for chunks spliced at other positions
     // than they were computed at (a store without a RoPE spec holds no such keys).
@@ -85,6 +83,7 @@ class CudaAttention {
               " exceeds max_batch ", cfg_.max_batch);
     check_arg(static_cast<std::int64_t>(q_positions.size()) <= cfg_.max_queries,
               "CudaAttention::plan: ", q_positions.size(), " queries exceed max_queries ", cfg_.max_queries);
+    workspace_for(stream, true);
     Layer& L = layers_[static_cast<std::size_t>(layer)];
     if (!L.dplan) L.dplan = std::make_unique<DevicePlan>(cfg_.max_batch, sh.num_kv_heads, cfg_.max_queries);
     L.plan.update(store_, layer, seqs, q_lens, q_positions);
@@ -136,7 +135,7 @@ class CudaAttention {
       p.out = out;
       p.lse = lse;
       p.scale = cfg_.scale;
-      decode_attention(p, workspace_.get(), ws_bytes_, cfg_.partition, max_units_, stream);
+      decode_attention(p, workspace_for(stream, false), ws_bytes_, cfg_.partition, max_units_, stream);
     } else {
       PrefillParams p;
       p.kv = kv;
@@ -176,7 +175,21 @@ class CudaAttention {
   int max_units_ = 0;
   std::size_t ws_bytes_ = 0;
   std::int64_t max_tiles_ = 0;
-  std::unique_ptr<void, CudaFree> workspace_;
+  // The decode workspace (chunk lists, partial outputs) of each stream plan() was called with: layers that
+  // run on one stream in order share one; layers running concurrently on different streams never do.
+  // Allocated in plan() (host side), so that run() allocates nothing and can be captured in a graph.
+  void* workspace_for(cudaStream_t stream, bool create) {
+    for (auto& [s, w] : workspaces_)
+      if (s == stream) return w.get();
+    check_arg(create, "CudaAttention::run: stream ", static_cast<const void*>(stream),
+              " was not passed to plan(): plan and run each step on the same stream");
+    void* p = nullptr;
+    check_cuda(cudaMalloc(&p, ws_bytes_), "cudaMalloc(decode workspace)");
+    workspaces_.emplace_back(stream, std::unique_ptr<void, CudaFree>(p));
+    return p;
+  }
+
+  std::vector<std::pair<cudaStream_t, std::unique_ptr<void, CudaFree>>> workspaces_;
   std::unique_ptr<void, CudaFree> rope_inv_freq_;
   int rope_half_ = 0;
   RopePairing rope_pairing_ = RopePairing::kRotateHalf;
