@@ -315,3 +315,27 @@ def test_kv_deviation_matches_numpy_and_keeps_nan():
     close(got[mask], want[mask], 1e-4)
     with pytest.raises(redknot.InvalidArgument, match="shape"):
         redknot.kv_deviation(a, b, c[:2], d)
+
+
+def test_pool_pressure_evicts_only_unused_chunks():
+    cfg = redknot.RopeConfig()
+    st = rope_store(cfg, num_pages=40, head_map=redknot.HeadMap.all_global(2, HK))
+    used_key = World(st, cfg, at=0, n_chunk=16).register("used")
+    spare_key = World(st, cfg, at=0, n_chunk=16).register("spare")
+    user = st.create_sequence()
+    st.splice(user, used_key, 0)
+    filler = st.create_sequence()
+    rows = np.zeros((4, HK, D), np.float32)
+    pos = 0
+    with pytest.raises(redknot.PoolExhausted):
+        while True:  # every append needs pages: the spare chunk goes first, the spliced one never
+            for layer in range(2):
+                st.append(filler, layer, rows, rows, np.arange(pos, pos + 4))
+            pos += 4
+    assert st.lookup_chunk(spare_key) is None
+    assert st.lookup_chunk(used_key) == 16
+    assert st.chunk_stats()["evictions"] == 1
+    st.free(filler)
+    st.free(user)
+    assert st.drop_chunk(used_key)
+    assert st.stats()["pages_in_use"] == 0
