@@ -107,10 +107,10 @@ struct PositionRange {
 };
 
 // The positions of a chunk of n tokens a head with policy p reads when the chunk is spliced so that queries
-// start at chunk-relative position first_query (in [0, n]; n when no query inside the chunk runs): what the
-// store keeps after splice(..., first_query) by the retention rule of visibility.hpp. Global-like heads: all
-// of [0, n); local heads: the sink and the window of the first query, one or two ranges (none only for n ==
-// 0).
+// start at chunk-relative position first_query (in [0, n]; n when no query inside the chunk runs): exactly
+// the positions the retention rule of visibility.hpp keeps (the store, which drops whole entries, may keep
+// more). Global-like heads: all of [0, n); local heads: the sink and the first query's window, one or two
+// ranges.
 std::vector<PositionRange> needed_positions(const HeadPolicy& p, std::int32_t n, std::int32_t first_query);
 
 // What a reader fetches for a chunk of n tokens exported with slices of at most slice_rows rows (0: one slice
