@@ -10,6 +10,7 @@
 #include "redknot/head_map.hpp"
 #include "redknot/head_table.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/kv_slice.hpp"
 #include "redknot/model_shape.hpp"
 #include "redknot/page_pool.hpp"
 #include "redknot/policies.hpp"
