@@ -396,8 +396,11 @@ class KVHeadStore {
     for (std::size_t i = 0; i < positions.size(); ++i) {
       require(positions[i] >= 0 && positions[i] < next, "overwrite: positions[", i, "]=", positions[i],
               " is not held by sequence ", id, " layer ", layer, " (positions [0, ", next, "))");
-      require(i == 0 || positions[i] > positions[i - 1], "overwrite: positions[", i, "]=", positions[i],
-              " must be > positions[", i - 1, "]=", positions[i - 1], " (strictly increasing)");
+      // REDKNOT_CHECK, not require(): require() evaluates its message arguments even when the condition
+      // holds, and positions[i - 1] at i == 0 read positions[-1] (found by fuzz_c_api, UBSan).
+      REDKNOT_CHECK(i == 0 || positions[i] > positions[i - 1], InvalidArgument, "overwrite: positions[", i,
+                    "]=", positions[i], " must be > positions[", i - 1, "]=", positions[i - 1],
+                    " (strictly increasing)");
     }
     const int H = shape_.num_kv_heads;
     // Where each (token, head) lives: the entry index in its table, or -1 when the head dropped it.
