@@ -20,12 +20,13 @@
 // 0..n-1 on every head; where a local head may have dropped a page the model accepts OK or INVALID_ARGUMENT
 // and checks the outcome), keys from rk_chunk_key_make, raw or already registered; lookup; splice and
 // relocate into live / dead sequences at valid, overlapping or huge `at` with valid or bad first_query, and
-// at != 0 without a RoPE spec; drop (in use: an error; unknown: dropped = 0); overwrite of held positions (or
-// with one defect); read_rows; select_recompute against a reference; key_make argument errors. The shadow
-// keeps each key as stored and at its true position (a spliced key is the chunk's rotated by `at`; relocated
-// and overwritten keys are rotated and rounded like the library does), so later appends, plans, attention and
-// CSR exports of spliced sequences are checked as before. Unused chunks may be evicted (LRU) when an
-// allocation needs pages: the model notices through rk_chunk_get_stats and rk_chunk_lookup.
+// at != 0 without a RoPE spec (a successful one is often followed by a plan and attention of that sequence
+// alone); drop (in use: an error; unknown: dropped = 0); overwrite of held positions (or with one defect);
+// read_rows; select_recompute against a reference; key_make argument errors. The shadow keeps each key as
+// stored and at its true position (a spliced key is the chunk's rotated by `at`; relocated and overwritten
+// keys are rotated and rounded like the library does), so later appends, plans, attention and CSR exports of
+// spliced sequences are checked as before. Unused chunks may be evicted (LRU) when an allocation needs pages:
+// the model notices through rk_chunk_get_stats and rk_chunk_lookup.
 //
 // After every call:
 //   * the status is the one the model predicts (RK_OK for a valid call, the documented error otherwise, with
@@ -1759,6 +1760,28 @@ class Fuzzer {
     }
     if (!relocate) m.chunks.push_back(kid);
     ++(relocate ? g_reached.relocates : g_reached.splices);
+    if (in_.u8() % 2) attend_seq(id);
+  }
+
+  // An engine step on one sequence (e.g. right after a splice): an append to one layer when no query could
+  // run there yet, a plan of a few queries of that sequence alone, and attention in that layer.
+  void attend_seq(std::int64_t id) {
+    const int layer = in_.in(0, L_ - 1);
+    const int q = in_.in(1, 4);
+    const LayerShadow& ls = seqs_.at(id).layers[static_cast<std::size_t>(layer)];
+    if (ls.next == ls.floor) op_append(id, layer);
+    if (ls.next == ls.floor) return;  // the pool was full, or positions ran out
+    std::vector<std::int32_t> qpos;
+    for (int j = 0; j < q; ++j)
+      qpos.push_back(ls.floor + static_cast<std::int32_t>(in_.u8()) % (ls.next - ls.floor));
+    const std::int32_t len = q;
+    expect(rk_plan(store_, &id, &len, 1, qpos.data(), q), RK_OK, "rk_plan (one sequence)");
+    ++g_reached.plans;
+    planned_ = true;
+    plan_ids_.assign(1, id);
+    plan_lens_.assign(1, len);
+    plan_pos_ = qpos;
+    op_attention(layer);
   }
 
   void op_drop() {
