@@ -1674,13 +1674,13 @@ class Fuzzer {
       case 2:
         break;
       case 3:
-        at = top + in_.in(0, 3);
+        at = std::int64_t{top} + in_.in(0, 3);
         break;
       case 4:
-        at = top + in_.in(0, 40);
+        at = std::int64_t{top} + in_.in(0, 40);
         break;
       case 5:  // overlapping what the sequence holds
-        at = top - 1 - in_.in(0, 3);
+        at = std::int64_t{top} - 1 - in_.in(0, 3);
         break;
       case 6:  // ends at the largest position (or one past it)
         at = std::numeric_limits<std::int32_t>::max() - static_cast<std::int64_t>(n) + in_.in(0, 1);
