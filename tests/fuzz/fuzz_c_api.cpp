@@ -624,10 +624,10 @@ class Fuzzer {
         op_head_map();
         break;
       default: {  // 15..19: the engine step, the way most attention calls succeed
-        const int b = in_.u8() % 32;
-        if (b == 0)
+        const int e = in_.u8() % 32;
+        if (e == 0)
           op_recreate();
-        else if (b <= 3)
+        else if (e <= 3)
           op_append_batch();  // valid or with one defect
         else
           op_plan_and_attend();
@@ -1427,8 +1427,7 @@ class Fuzzer {
                "from_json(to_json)");
         FZ_CHECK(rk_head_map_destroy(again) == RK_OK);
       }
-    } else if (k == 2) {  // NULL tokens with n > 0, or n < 0
-      const bool null_toks = in_.u8() % 2;
+    } else if (k == 2) {
       std::int64_t peak = -1;
       const std::int64_t tokens =
           in_.u8() % 8 == 0 ? std::numeric_limits<std::int64_t>::max() : in_.in(0, 200);
