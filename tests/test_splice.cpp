@@ -267,3 +267,39 @@ TEST_CASE("one chunk spliced twice into one sequence holds a reference per run",
   CHECK(w.store.drop_chunk(key));
   CHECK(w.store.pool().used_pages() == 0);
 }
+
+// Relocate used to check only the sum over layers of the pages its appends need against what is free plus
+// what their evictions free. Here layer 1's append needs pages that only layer 2's eviction (a local head,
+// window 1) gives back: the appends run layer by layer, so layer 1 made room by evicting unused chunks, the
+// relocated chunk included, and layer 2 then read the freed chunk (heap-use-after-free under ASan). Now the
+// check runs layer by layer: PoolExhausted, nothing changed.
+TEST_CASE("relocate checks capacity layer by layer, never evicting the chunk it copies", "[splice]") {
+  const ModelShape shape{3, 1, 1, 8, DType::kF32};
+  HeadMap m = HeadMap::all_global(3, 1);
+  m.set(2, 0, HeadPolicy{HeadClass::kLocal, 1, 0});
+  RopeConfig rc;
+  rc.head_dim = 8;
+  KVHeadStore<float> store(shape, m, StoreConfig{1, 14}, rc);
+  std::mt19937 rng{3};
+  const auto append = [&](SeqId s, int l, std::int32_t n) {
+    const auto k = random_tensor<float>(rng, static_cast<std::size_t>(n) * 8);
+    const auto v = random_tensor<float>(rng, static_cast<std::size_t>(n) * 8);
+    const auto pos = iota_positions(0, n);
+    store.append(s, l, std::span<const float>(k), std::span<const float>(v),
+                 std::span<const std::int32_t>(pos));
+  };
+  const SeqId c = store.create_sequence();
+  for (int l = 0; l < 3; ++l) append(c, l, 2);  // 6 pages
+  const ChunkKey key{1, 2};
+  store.register_chunk(key, c);
+  const SeqId d = store.create_sequence();
+  append(d, 0, 1);
+  append(d, 1, 1);
+  append(d, 2, 4);  // 12 pages in use, 2 free; layer 2 would evict 4 when appending at 4
+  const Snapshot<KVHeadStore<float>> before(store);
+  CHECK_THROWS_AS(store.relocate(d, key, 4), PoolExhausted);
+  CHECK(before == Snapshot<KVHeadStore<float>>(store));
+  CHECK(store.has_chunk(key));
+  CHECK(store.chunk_stats().evictions == 0);
+  check_accounting(store);
+}

@@ -339,19 +339,27 @@ class KVHeadStore {
     require(
         rope_.has_value() || (at == 0 && !c.seq.relocated_keys), "relocate: at=", at,
         " needs the store's RoPE spec to rotate the keys (construct the store with the model's RopeConfig)");
-    // Capacity of all layers first, so that a failure changes nothing.
+    // Capacity of all layers first, so that a failure changes nothing. Layer by layer, as the appends below
+    // run: each must fit in what is free after the layers before it (plus what its own eviction frees). A
+    // check of the sum alone let a layer whose appends come before a later layer's evictions fail after
+    // earlier layers were committed, or make its append evict unused chunks, this one included (a
+    // use-after-free of `c`; found while extending fuzz_c_api).
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads), n = static_cast<std::size_t>(c.n);
-    std::int64_t need = 0, reclaim = 0;
-    for (int l = 0; l < shape_.num_layers; ++l)
+    std::int64_t free_now = pool_.free_pages();
+    for (int l = 0; l < shape_.num_layers; ++l) {
+      std::int64_t need = 0, reclaim = 0;
       for (int h = 0; h < shape_.num_kv_heads; ++h) {
         const auto ev =
             head_ops::plan_eviction(d.table(l, h, shape_), pool_, is_local_head(l, h), retained(l, h, at));
         reclaim += ev.pages_freed;
         need += head_ops::pages_needed(ev, pool_, cfg_.page_size, n);
       }
-    require<PoolExhausted>(need <= pool_.free_pages() + reclaim, "relocate(chunk of ", c.n,
-                           " tokens): needs ", need, " pages, pool has ", pool_.free_pages(), " free (+",
-                           reclaim, " it would evict) of ", pool_.num_pages());
+      require<PoolExhausted>(need <= free_now + reclaim, "relocate(chunk of ", c.n, " tokens): layer ", l,
+                             " needs ", need, " pages, pool has ", free_now,
+                             " free after the layers before (+", reclaim, " it would evict) of ",
+                             pool_.num_pages());
+      free_now += reclaim - need;
+    }
     const std::size_t D = static_cast<std::size_t>(shape_.head_dim);
     std::vector<T> k(n * H * D), v(n * H * D);
     std::vector<float> row(D);
@@ -396,8 +404,11 @@ class KVHeadStore {
     for (std::size_t i = 0; i < positions.size(); ++i) {
       require(positions[i] >= 0 && positions[i] < next, "overwrite: positions[", i, "]=", positions[i],
               " is not held by sequence ", id, " layer ", layer, " (positions [0, ", next, "))");
-      require(i == 0 || positions[i] > positions[i - 1], "overwrite: positions[", i, "]=", positions[i],
-              " must be > positions[", i - 1, "]=", positions[i - 1], " (strictly increasing)");
+      // REDKNOT_CHECK, not require(): require() evaluates its message arguments even when the condition
+      // holds, and positions[i - 1] at i == 0 read positions[-1] (found by fuzz_c_api, UBSan).
+      REDKNOT_CHECK(i == 0 || positions[i] > positions[i - 1], InvalidArgument, "overwrite: positions[", i,
+                    "]=", positions[i], " must be > positions[", i - 1, "]=", positions[i - 1],
+                    " (strictly increasing)");
     }
     const int H = shape_.num_kv_heads;
     // Where each (token, head) lives: the entry index in its table, or -1 when the head dropped it.

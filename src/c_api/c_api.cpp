@@ -666,10 +666,11 @@ int rk_read_rows(const rk_store* store, int64_t seq, int32_t layer, const int32_
   return guard([&] {
     const redknot::AnyStore& s = store_of(store, "rk_read_rows");
     const auto pos = host_array(positions, n_tokens, "rk_read_rows", "positions");
-    const std::int64_t rows =
-        n_tokens * s.shape().num_kv_heads * s.shape().head_dim;  // n bounded by host_array
+    // n_tokens is bounded here, before the product: host_array checks only n_tokens >= 0, and n_tokens near
+    // INT64_MAX overflowed the product (signed overflow, UB; found by fuzz_c_api, UBSan).
     require(n_tokens <= redknot::kMaxTokens, "rk_read_rows: n_tokens=", n_tokens, " exceeds ",
             redknot::kMaxTokens);
+    const std::int64_t rows = n_tokens * s.shape().num_kv_heads * s.shape().head_dim;
     require((k != nullptr && v != nullptr) || rows == 0, "rk_read_rows: k or v is NULL");
     s.read_rows(seq, layer, pos, std::span<float>(k, static_cast<std::size_t>(rows)),
                 std::span<float>(v, static_cast<std::size_t>(rows)));
