@@ -4,6 +4,7 @@
 #include <catch2/catch_test_macros.hpp>
 
 #include "harness.hpp"
+#include "redknot/flashinfer_csr.hpp"
 
 using namespace rktest;
 
@@ -302,4 +303,28 @@ TEST_CASE("relocate checks capacity layer by layer, never evicting the chunk it 
   CHECK(store.has_chunk(key));
   CHECK(store.chunk_stats().evictions == 0);
   check_accounting(store);
+}
+
+// FlashInfer's kernels score stored keys as they are: a sequence with a chunk spliced at another offset must
+// be refused by the CSR export (it would attend with the wrong rotation), one spliced at its own positions or
+// relocated is exported.
+TEST_CASE("the FlashInfer export refuses keys spliced away from their rotation", "[splice][flashinfer]") {
+  World w;
+  const ChunkKey key = w.make_chunk(2 * kPage, 1);
+  const SeqId at_home = w.store.create_sequence(), moved = w.store.create_sequence(),
+              copied = w.store.create_sequence();
+  w.store.splice(at_home, key, 0);
+  w.append(moved, 0, kPage);
+  w.store.splice(moved, key, kPage);
+  w.append(copied, 0, kPage);
+  w.store.relocate(copied, key, kPage);
+  const std::int64_t home[] = {at_home}, away[] = {moved}, copy[] = {copied};
+  CHECK(flashinfer_csr(w.store, 1, std::span<const std::int64_t>(home)).indices.size() > 0);
+  CHECK(flashinfer_csr(w.store, 1, std::span<const std::int64_t>(copy)).indices.size() > 0);
+  try {
+    (void)flashinfer_csr(w.store, 1, std::span<const std::int64_t>(away));
+    FAIL("a spliced chunk at another offset was exported");
+  } catch (const InvalidArgument& e) {
+    CHECK(std::string(e.what()).find("counter-rotate") != std::string::npos);
+  }
 }

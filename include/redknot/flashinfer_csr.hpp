@@ -47,7 +47,9 @@ struct PageTableCsr {
 // local head a page-granular superset of what a query may see: masks are the consumer's job).
 // Throws InvalidArgument for a layer out of range or a row FlashInfer cannot express (a page not used from
 // slot 0, a position jump inside a page, a partial page before the row's last), naming the sequence, head,
-// entry and page; NotFound for a sequence that is not live. Builds the whole CSR before returning.
+// entry and page, and for keys rotated for other positions than they sit at (a spliced chunk: FlashInfer
+// would score them with the wrong rotation); NotFound for a sequence that is not live. Builds the whole CSR
+// before returning.
 template <class Store>
 PageTableCsr flashinfer_csr(const Store& store, int layer, std::span<const std::int64_t> seqs) {
   constexpr const char* op = "export_page_table";
@@ -72,6 +74,13 @@ PageTableCsr flashinfer_csr(const Store& store, int layer, std::span<const std::
                       "FlashInfer's CSR cannot express");
         REDKNOT_CHECK(pe.first == 0, InvalidArgument, where,
                       " does not start at slot 0, which FlashInfer's CSR cannot express");
+        // FlashInfer scores the stored keys as they are: keys of a chunk spliced at another offset than it
+        // was computed at would be attended with the wrong rotation (a silent error), so such rows are
+        // refused.
+        REDKNOT_CHECK(
+            pe.rope_delta() == 0, InvalidArgument, where, " holds keys rotated for positions ", pe.rope_pos0,
+            ".. (a chunk spliced at another offset), which FlashInfer's CSR cannot "
+            "express: its kernels do not counter-rotate queries (relocate the chunk for this path)");
         REDKNOT_CHECK(last || pe.count == ps, InvalidArgument, where,
                       " is a partial page before the end of the row; FlashInfer's CSR needs every page but "
                       "the last full (page_size=",

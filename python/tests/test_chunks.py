@@ -339,3 +339,15 @@ def test_pool_pressure_evicts_only_unused_chunks():
     st.free(user)
     assert st.drop_chunk(used_key)
     assert st.stats()["pages_in_use"] == 0
+
+
+def test_flashinfer_export_refuses_spliced_keys():
+    cfg = redknot.RopeConfig()
+    st = rope_store(cfg, head_map=redknot.HeadMap.all_global(2, HK))
+    key = World(st, cfg, at=0, n_chunk=8).register()
+    home, away = st.create_sequence(), st.create_sequence()
+    st.splice(home, key, 0)
+    st.splice(away, key, 4)
+    assert len(st.export_page_table(1, [home]).indices) == 2 * HK
+    with pytest.raises(redknot.InvalidArgument, match="counter-rotate"):
+        st.export_page_table(1, [away])
