@@ -116,9 +116,9 @@ TEST_CASE("flashinfer_csr rejects every row FlashInfer cannot express", "[csr][b
     return flashinfer_csr(ts, 0, std::vector<std::int64_t>{1});
   };
   // Expressible: full pages, then a partial last one; positions may jump between pages.
-  const PageTableCsr ok = row({PageEntry{.page_id = 3, .first = 0, .count = 4, .pos0 = 0},
-                               PageEntry{.page_id = 7, .first = 0, .count = 4, .pos0 = 40},
-                               PageEntry{.page_id = 2, .first = 0, .count = 1, .pos0 = 44}});
+  const PageTableCsr ok = row({PageEntry{.page_id = 3, .first = 0, .count = 4, .pos0 = 0, .rope_pos0 = 0},
+                               PageEntry{.page_id = 7, .first = 0, .count = 4, .pos0 = 40, .rope_pos0 = 40},
+                               PageEntry{.page_id = 2, .first = 0, .count = 1, .pos0 = 44, .rope_pos0 = 44}});
   CHECK(ok.indptr == std::vector<std::int32_t>{0, 3});
   CHECK(ok.indices == std::vector<std::int32_t>{3, 7, 2});
   CHECK(ok.page_pos0 == std::vector<std::int32_t>{0, 40, 44});
@@ -127,25 +127,33 @@ TEST_CASE("flashinfer_csr rejects every row FlashInfer cannot express", "[csr][b
   // Two entries on one page (a position jump inside it). The first entry, partial and not last, is what a
   // real store shows first; the page check itself needs a page listed twice.
   REQUIRE_THROWS_WITH(
-      row({PageEntry{.page_id = 3, .first = 0, .count = 2, .pos0 = 0},
-           PageEntry{.page_id = 3, .first = 2, .count = 2, .pos0 = 9}}),
+      row({PageEntry{.page_id = 3, .first = 0, .count = 2, .pos0 = 0, .rope_pos0 = 0},
+           PageEntry{.page_id = 3, .first = 2, .count = 2, .pos0 = 9, .rope_pos0 = 9}}),
       ContainsSubstring("entry 0 (page 3, slots [0, 2), positions [0, 2)) is a partial page"));
-  REQUIRE_THROWS_WITH(row({PageEntry{.page_id = 3, .first = 0, .count = 4, .pos0 = 0},
-                           PageEntry{.page_id = 3, .first = 0, .count = 2, .pos0 = 9}}),
+  REQUIRE_THROWS_WITH(row({PageEntry{.page_id = 3, .first = 0, .count = 4, .pos0 = 0, .rope_pos0 = 0},
+                           PageEntry{.page_id = 3, .first = 0, .count = 2, .pos0 = 9, .rope_pos0 = 9}}),
                       ContainsSubstring("sequence 1 layer 0 kv_head 0: entry 1 (page 3, slots [0, 2), "
                                         "positions [9, 11)) shares its page with the previous entry"));
   // A page not used from slot 0.
-  REQUIRE_THROWS_WITH(row({PageEntry{.page_id = 5, .first = 1, .count = 3, .pos0 = 1}}),
+  REQUIRE_THROWS_WITH(row({PageEntry{.page_id = 5, .first = 1, .count = 3, .pos0 = 1, .rope_pos0 = 1}}),
                       ContainsSubstring("entry 0 (page 5, slots [1, 4), positions [1, 4)) does not start at "
                                         "slot 0"));
   // A partial page before the row's last (a sink that is not a multiple of page_size, after eviction).
-  REQUIRE_THROWS_WITH(row({PageEntry{.page_id = 5, .first = 0, .count = 2, .pos0 = 0},
-                           PageEntry{.page_id = 6, .first = 0, .count = 4, .pos0 = 16}}),
+  REQUIRE_THROWS_WITH(row({PageEntry{.page_id = 5, .first = 0, .count = 2, .pos0 = 0, .rope_pos0 = 0},
+                           PageEntry{.page_id = 6, .first = 0, .count = 4, .pos0 = 16, .rope_pos0 = 16}}),
                       ContainsSubstring("entry 0 (page 5, slots [0, 2), positions [0, 2)) is a partial page "
                                         "before the end of the row"));
-  REQUIRE_THROWS_AS(row({PageEntry{.page_id = 5, .first = 0, .count = 2, .pos0 = 0},
-                         PageEntry{.page_id = 6, .first = 0, .count = 4, .pos0 = 16}}),
+  REQUIRE_THROWS_AS(row({PageEntry{.page_id = 5, .first = 0, .count = 2, .pos0 = 0, .rope_pos0 = 0},
+                         PageEntry{.page_id = 6, .first = 0, .count = 4, .pos0 = 16, .rope_pos0 = 16}}),
                     InvalidArgument);
+  // Keys rotated for other positions than they sit at (a chunk spliced elsewhere): FlashInfer would score
+  // them with the wrong rotation.
+  REQUIRE_THROWS_WITH(
+      row({PageEntry{.page_id = 3, .first = 0, .count = 4, .pos0 = 0, .rope_pos0 = 0},
+           PageEntry{.page_id = 7, .first = 0, .count = 4, .pos0 = 40, .rope_pos0 = 0}}),
+      ContainsSubstring("entry 1 (page 7, slots [0, 4), positions [40, 44)) holds keys rotated "
+                        "for positions 0..") &&
+          ContainsSubstring("do not counter-rotate"));
 }
 
 TEST_CASE("flashinfer_csr on a real store with a partial sink page names the head", "[csr][bad_input]") {
