@@ -13,21 +13,11 @@
 #include <system_error>
 #include <utility>
 
+#include "little_endian.hpp"
+
 namespace redknot {
 
 namespace {
-
-template <class U>
-void put_le(std::byte* p, U v) {
-  for (std::size_t i = 0; i < sizeof(U); ++i)
-    p[i] = static_cast<std::byte>(static_cast<std::uint64_t>(v) >> (8 * i));
-}
-template <class U>
-U get_le(const std::byte* p) {
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < sizeof(U); ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-  return static_cast<U>(v);
-}
 
 std::uint64_t xxh64(const void* data, std::size_t n) { return XXH3_64bits(data, n); }
 
@@ -122,14 +112,30 @@ std::optional<std::int64_t> LruIndex::erase(const std::string& name) {
   return b;
 }
 
+LruTier::LruTier(std::int64_t capacity_bytes, const char* what) {
+  require(capacity_bytes >= 0, what, ": capacity_bytes=", capacity_bytes, " must be >= 0");
+  st_.capacity_bytes = capacity_bytes;
+}
+
+bool LruTier::contains(std::string_view name) const {
+  check_object_name(name);
+  const std::lock_guard lock(mu_);
+  return lru_.contains(std::string(name));
+}
+
+TierStats LruTier::stats() const {
+  const std::lock_guard lock(mu_);
+  TierStats st = st_;
+  st.bytes_held = lru_.bytes();
+  st.objects = lru_.size();
+  return st;
+}
+
 }  // namespace tier_detail
 
 // ---- HostTier
 
-HostTier::HostTier(std::int64_t capacity_bytes) {
-  require(capacity_bytes >= 0, "HostTier: capacity_bytes=", capacity_bytes, " must be >= 0");
-  st_.capacity_bytes = capacity_bytes;
-}
+HostTier::HostTier(std::int64_t capacity_bytes) : LruTier(capacity_bytes, "HostTier") {}
 
 bool HostTier::put(std::string_view name, std::span<const std::byte> bytes) {
   check_object_name(name);
@@ -142,12 +148,7 @@ bool HostTier::put(std::string_view name, std::span<const std::byte> bytes) {
   const std::string key(name);
   lru_.erase(key);
   data_.erase(key);
-  while (lru_.bytes() + size > st_.capacity_bytes) {
-    const std::string victim = *lru_.oldest();
-    st_.evicted_bytes += *lru_.erase(victim);
-    data_.erase(victim);
-    ++st_.evictions;
-  }
+  evict_until(size, [&](const std::string& victim) { data_.erase(victim); });
   data_[key].assign(bytes.begin(), bytes.end());
   lru_.insert(key, size);
   st_.bytes_written += size;
@@ -177,27 +178,11 @@ bool HostTier::remove(std::string_view name) {
   return lru_.erase(key).has_value();
 }
 
-bool HostTier::contains(std::string_view name) const {
-  check_object_name(name);
-  const std::lock_guard lock(mu_);
-  return lru_.contains(std::string(name));
-}
-
-TierStats HostTier::stats() const {
-  const std::lock_guard lock(mu_);
-  TierStats st = st_;
-  st.bytes_held = lru_.bytes();
-  st.objects = lru_.size();
-  return st;
-}
-
 // ---- DiskTier
 
 DiskTier::DiskTier(std::filesystem::path dir, std::int64_t capacity_bytes, bool create, bool fsync)
-    : dir_(std::move(dir)), fsync_(fsync) {
+    : LruTier(capacity_bytes, "DiskTier"), dir_(std::move(dir)), fsync_(fsync) {
   namespace fs = std::filesystem;
-  require(capacity_bytes >= 0, "DiskTier: capacity_bytes=", capacity_bytes, " must be >= 0");
-  st_.capacity_bytes = capacity_bytes;
   std::error_code ec;
   if (!fs::exists(dir_, ec)) {
     require<NotFound>(create, "DiskTier: directory ", dir_.string(), " does not exist");
@@ -226,21 +211,14 @@ DiskTier::DiskTier(std::filesystem::path dir, std::int64_t capacity_bytes, bool 
   }
   std::sort(found.begin(), found.end());
   for (const auto& [t, obj] : found) lru_.insert(obj.first, obj.second);
-  evict_until(0);
+  evict_until(0, [&](const std::string& victim) { unlink_object(victim); });
 }
 
 std::filesystem::path DiskTier::path_of(std::string_view name) const {
   return dir_ / (std::string(name) + kSuffix);
 }
 
-void DiskTier::evict_until(std::int64_t room) {
-  while (lru_.size() > 0 && lru_.bytes() + room > st_.capacity_bytes) {
-    const std::string victim = *lru_.oldest();
-    st_.evicted_bytes += *lru_.erase(victim);
-    ::unlink(path_of(victim).c_str());
-    ++st_.evictions;
-  }
-}
+void DiskTier::unlink_object(const std::string& name) const { ::unlink(path_of(name).c_str()); }
 
 bool DiskTier::put(std::string_view name, std::span<const std::byte> bytes) {
   check_object_name(name);
@@ -252,11 +230,11 @@ bool DiskTier::put(std::string_view name, std::span<const std::byte> bytes) {
   };
   if (size > st_.capacity_bytes) return fail();
   std::byte header[kObjectHeader];
-  put_le<std::uint32_t>(header, kObjectMagic);
-  put_le<std::uint32_t>(header + 4, kObjectVersion);
-  put_le<std::uint64_t>(header + 8, bytes.size());
-  put_le<std::uint64_t>(header + 16, xxh64(bytes.data(), bytes.size()));
-  put_le<std::uint64_t>(header + 24, xxh64(name.data(), name.size()));
+  le::put<std::uint32_t>(header, kObjectMagic);
+  le::put<std::uint32_t>(header + 4, kObjectVersion);
+  le::put<std::uint64_t>(header + 8, bytes.size());
+  le::put<std::uint64_t>(header + 16, xxh64(bytes.data(), bytes.size()));
+  le::put<std::uint64_t>(header + 24, xxh64(name.data(), name.size()));
   const std::filesystem::path tmp =
       dir_ / detail::concat(".tmp.", name, ".", ::getpid(), ".", tmp_counter_++);
   Fd f{::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)};
@@ -270,7 +248,7 @@ bool DiskTier::put(std::string_view name, std::span<const std::byte> bytes) {
   }
   const std::string key(name);
   lru_.erase(key);  // the rename replaced it
-  evict_until(size);
+  evict_until(size, [&](const std::string& victim) { unlink_object(victim); });
   lru_.insert(key, size);
   st_.bytes_written += size;
   return true;
@@ -285,7 +263,7 @@ std::optional<std::vector<std::byte>> DiskTier::get(std::string_view name) {
     ++st_.misses;
     if (corrupt) {
       ++st_.corrupt;
-      ::unlink(path_of(name).c_str());
+      unlink_object(key);
     }
     lru_.erase(key);
     return std::nullopt;
@@ -301,14 +279,15 @@ std::optional<std::vector<std::byte>> DiskTier::get(std::string_view name) {
   if (::fstat(f.fd, &sb) != 0 || sb.st_size < static_cast<off_t>(kObjectHeader) ||
       !pread_all(f.fd, header, kObjectHeader, 0))
     return miss(true);
-  const auto len = get_le<std::uint64_t>(header + 8);
-  if (get_le<std::uint32_t>(header) != kObjectMagic || get_le<std::uint32_t>(header + 4) != kObjectVersion ||
+  const auto len = le::get<std::uint64_t>(header + 8);
+  if (le::get<std::uint32_t>(header) != kObjectMagic ||
+      le::get<std::uint32_t>(header + 4) != kObjectVersion ||
       len != static_cast<std::uint64_t>(sb.st_size) - kObjectHeader ||
-      get_le<std::uint64_t>(header + 24) != xxh64(name.data(), name.size()))
+      le::get<std::uint64_t>(header + 24) != xxh64(name.data(), name.size()))
     return miss(true);
   std::vector<std::byte> out(static_cast<std::size_t>(len));
   if (!pread_all(f.fd, out.data(), out.size(), static_cast<off_t>(kObjectHeader)) ||
-      get_le<std::uint64_t>(header + 16) != xxh64(out.data(), out.size()))
+      le::get<std::uint64_t>(header + 16) != xxh64(out.data(), out.size()))
     return miss(true);
   lru_.touch(key);
   ++st_.hits;
@@ -319,22 +298,9 @@ std::optional<std::vector<std::byte>> DiskTier::get(std::string_view name) {
 bool DiskTier::remove(std::string_view name) {
   check_object_name(name);
   const std::lock_guard lock(mu_);
-  ::unlink(path_of(name).c_str());
-  return lru_.erase(std::string(name)).has_value();
-}
-
-bool DiskTier::contains(std::string_view name) const {
-  check_object_name(name);
-  const std::lock_guard lock(mu_);
-  return lru_.contains(std::string(name));
-}
-
-TierStats DiskTier::stats() const {
-  const std::lock_guard lock(mu_);
-  TierStats st = st_;
-  st.bytes_held = lru_.bytes();
-  st.objects = lru_.size();
-  return st;
+  const std::string key(name);
+  unlink_object(key);
+  return lru_.erase(key).has_value();
 }
 
 // ---- packs and digests
@@ -343,11 +309,11 @@ std::vector<std::byte> pack_slices(std::span<const std::vector<std::byte>> slice
   std::size_t total = 8;
   for (const auto& s : slices) total += 8 + s.size();
   std::vector<std::byte> out(total);
-  put_le<std::uint32_t>(out.data(), kPackMagic);
-  put_le<std::uint32_t>(out.data() + 4, static_cast<std::uint32_t>(slices.size()));
+  le::put<std::uint32_t>(out.data(), kPackMagic);
+  le::put<std::uint32_t>(out.data() + 4, static_cast<std::uint32_t>(slices.size()));
   std::size_t at = 8;
   for (const auto& s : slices) {
-    put_le<std::uint64_t>(out.data() + at, s.size());
+    le::put<std::uint64_t>(out.data() + at, s.size());
     std::copy(s.begin(), s.end(), out.begin() + static_cast<std::ptrdiff_t>(at + 8));
     at += 8 + s.size();
   }
@@ -355,13 +321,13 @@ std::vector<std::byte> pack_slices(std::span<const std::vector<std::byte>> slice
 }
 
 std::optional<std::vector<std::span<const std::byte>>> unpack_slices(std::span<const std::byte> bytes) {
-  if (bytes.size() < 8 || get_le<std::uint32_t>(bytes.data()) != kPackMagic) return std::nullopt;
-  const std::uint32_t n = get_le<std::uint32_t>(bytes.data() + 4);
+  if (bytes.size() < 8 || le::get<std::uint32_t>(bytes.data()) != kPackMagic) return std::nullopt;
+  const std::uint32_t n = le::get<std::uint32_t>(bytes.data() + 4);
   std::vector<std::span<const std::byte>> out;
   std::size_t at = 8;
   for (std::uint32_t i = 0; i < n; ++i) {
     if (bytes.size() - at < 8) return std::nullopt;
-    const std::uint64_t len = get_le<std::uint64_t>(bytes.data() + at);
+    const std::uint64_t len = le::get<std::uint64_t>(bytes.data() + at);
     at += 8;
     if (len > bytes.size() - at) return std::nullopt;
     out.push_back(bytes.subspan(at, static_cast<std::size_t>(len)));

@@ -43,29 +43,6 @@ KVHeadStore<T> make_store(std::int32_t pages = 600, HeadMap map = tier_map()) {
 
 const std::uint64_t kModel = model_fingerprint("tier-model");
 
-// Appends [p0, p0 + n) to every layer (one call per layer) with rows drawn from `seed`.
-template <class T>
-void fill(KVHeadStore<T>& store, SeqId s, std::int32_t p0, std::int32_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  const std::size_t row = static_cast<std::size_t>(kKvHeads) * kD;
-  const auto pos = iota_positions(p0, n);
-  for (int l = 0; l < kLayers; ++l) {
-    const auto k = random_tensor<T>(rng, static_cast<std::size_t>(n) * row);
-    const auto v = random_tensor<T>(rng, static_cast<std::size_t>(n) * row);
-    store.append(s, l, std::span<const T>(k), std::span<const T>(v), std::span<const std::int32_t>(pos));
-  }
-}
-
-template <class T>
-ChunkKey make_chunk(KVHeadStore<T>& store, std::int32_t n, unsigned seed) {
-  const SeqId s = store.create_sequence();
-  fill(store, s, 0, n, seed);
-  const std::vector<std::int32_t> tokens(static_cast<std::size_t>(n), static_cast<std::int32_t>(seed));
-  const ChunkKey key = store.chunk_key("tier-model", tokens);
-  store.register_chunk(key, s);
-  return key;
-}
-
 // The attention output bytes of queries at `qpos` (consecutive, within [query_floor, next_position)) of
 // sequence s in every layer, queries drawn from `seed`.
 template <class T>
@@ -145,14 +122,13 @@ void flip_byte(const fs::path& p, std::size_t at) {
 // decode steps, so local heads hold a sink and a window with a gap.
 template <class T>
 SeqId build_sequence(KVHeadStore<T>& store) {
-  const ChunkKey key = store.has_chunk(store.chunk_key("tier-model", std::vector<std::int32_t>(9, 5)))
-                           ? store.chunk_key("tier-model", std::vector<std::int32_t>(9, 5))
-                           : make_chunk(store, 9, 5);
+  ChunkKey key = store.chunk_key("tier-model", std::vector<std::int32_t>(9, 5));
+  if (!store.has_chunk(key)) key = seeded_chunk(store, "tier-model", 9, 5);
   const SeqId s = store.create_sequence();
-  fill(store, s, 0, 6, 1);
+  append_seeded(store, s, 0, 6, 1);
   store.splice(s, key, 6);
-  fill(store, s, 15, 14, 2);
-  for (std::int32_t p = 29; p < 35; ++p) fill(store, s, p, 1, 100 + static_cast<unsigned>(p));
+  append_seeded(store, s, 15, 14, 2);
+  for (std::int32_t p = 29; p < 35; ++p) append_seeded(store, s, p, 1, 100 + static_cast<unsigned>(p));
   return s;
 }
 
@@ -319,7 +295,7 @@ TEST_CASE("pack_slices round-trips and unpack_slices refuses bad framing", "[tie
 TEST_CASE("restore_sequence validates before it changes anything", "[tiers]") {
   auto store = make_store<float>(40);
   const SeqId s = store.create_sequence();
-  fill(store, s, 0, 5, 1);
+  append_seeded(store, s, 0, 5, 1);
   const std::vector<float> rows(8 * kD, 1.f);
   const std::span<const float> r8(rows);
   const std::vector<std::int32_t> next = {10, 10}, floor = {0, 0};
@@ -391,8 +367,8 @@ TEMPLATE_TEST_CASE("a swapped-out sequence comes back bit for bit and decodes on
     CHECK(same_bits(attend(ref, a, 34, 1, 9), attend(moved, *b, 34, 1, 9)));
     // Decode on: both sequences take the same tokens; the moved one is swapped out again mid-way.
     for (std::int32_t p = 35; p < 60; ++p) {
-      fill(ref, a, p, 1, 300 + static_cast<unsigned>(p));
-      fill(moved, *b, p, 1, 300 + static_cast<unsigned>(p));
+      append_seeded(ref, a, p, 1, 300 + static_cast<unsigned>(p));
+      append_seeded(moved, *b, p, 1, 300 + static_cast<unsigned>(p));
       CHECK(same_bits(attend(ref, a, p, 1, static_cast<unsigned>(p)),
                       attend(moved, *b, p, 1, static_cast<unsigned>(p))));
     }
@@ -404,8 +380,8 @@ TEMPLATE_TEST_CASE("a swapped-out sequence comes back bit for bit and decodes on
     const auto c = swap_in(moved, *again, *tier);
     REQUIRE(c);
     CHECK(layout(moved, *c) == mid);
-    fill(ref, a, 60, 3, 7);  // a short prefill after the swap
-    fill(moved, *c, 60, 3, 7);
+    append_seeded(ref, a, 60, 3, 7);  // a short prefill after the swap
+    append_seeded(moved, *c, 60, 3, 7);
     CHECK(same_bits(attend(ref, a, 60, 3, 11), attend(moved, *c, 60, 3, 11)));
     moved.free_sequence(*c);
     check_accounting(moved);
@@ -416,8 +392,8 @@ TEST_CASE("a prefill-only sequence (nothing retired) swaps back with every query
   HostTier host(1 << 24);
   auto ref = make_store<Half>(), moved = make_store<Half>();
   const SeqId a = ref.create_sequence(), b = moved.create_sequence();
-  fill(ref, a, 0, 23, 4);
-  fill(moved, b, 0, 23, 4);
+  append_seeded(ref, a, 0, 23, 4);
+  append_seeded(moved, b, 0, 23, 4);
   const auto t = swap_out(moved, b, host, kModel, "pf");
   REQUIRE(t);
   const auto c = swap_in(moved, *t, host);
@@ -503,7 +479,7 @@ TEST_CASE("swap_in: truncated, foreign and missing objects are misses; a short p
   {  // another store's map: the slices name another head map
     auto other = make_store<float>(600, HeadMap::all_global(kLayers, kKvHeads));
     const SeqId s = other.create_sequence();
-    fill(other, s, 0, 10, 3);
+    append_seeded(other, s, 0, 10, 3);
     const auto t = swap_out(other, s, host, kModel, "g");
     REQUIRE(t);
     expect_miss(*t, "head map");
@@ -513,7 +489,7 @@ TEST_CASE("swap_in: truncated, foreign and missing objects are misses; a short p
   std::vector<SeqId> hogs;
   while (store.pool().free_pages() >= 8) {
     hogs.push_back(store.create_sequence());
-    fill(store, hogs.back(), 0, 4, 1);
+    append_seeded(store, hogs.back(), 0, 4, 1);
   }
   const Snapshot snap(store);
   CHECK_THROWS_AS(swap_in(store, t, host), PoolExhausted);
@@ -535,9 +511,9 @@ TEMPLATE_TEST_CASE("chunks demoted to HostTier or DiskTier come back equal", "[t
   for (KvTier* tier : {static_cast<KvTier*>(&host), static_cast<KvTier*>(&disk)}) {
     INFO((tier == &host ? "HostTier" : "DiskTier"));
     auto ref = make_store<T>(), store = make_store<T>();
-    const ChunkKey k1 = make_chunk(ref, 13, 1), k2 = make_chunk(ref, 7, 2);
-    REQUIRE(make_chunk(store, 13, 1) == k1);
-    REQUIRE(make_chunk(store, 7, 2) == k2);
+    const ChunkKey k1 = seeded_chunk(ref, "tier-model", 13, 1), k2 = seeded_chunk(ref, "tier-model", 7, 2);
+    REQUIRE(seeded_chunk(store, "tier-model", 13, 1) == k1);
+    REQUIRE(seeded_chunk(store, "tier-model", 7, 2) == k2);
     const auto original = export_slices(ref, k1, kModel);
     const std::int32_t used0 = store.pool().used_pages();
     TieredChunkCache<T> cache(store, kModel, {tier});
@@ -555,12 +531,12 @@ TEMPLATE_TEST_CASE("chunks demoted to HostTier or DiskTier come back equal", "[t
     CHECK_FALSE(cache.in_tiers(k1));
     CHECK(export_slices(store, k1, kModel) == original);
     const SeqId a = ref.create_sequence(), b = store.create_sequence();
-    fill(ref, a, 0, 3, 8);
-    fill(store, b, 0, 3, 8);
+    append_seeded(ref, a, 0, 3, 8);
+    append_seeded(store, b, 0, 3, 8);
     ref.splice(a, k1, 3, 3);
     store.splice(b, k1, 3, 3);
-    fill(ref, a, 16, 2, 9);
-    fill(store, b, 16, 2, 9);
+    append_seeded(ref, a, 16, 2, 9);
+    append_seeded(store, b, 16, 2, 9);
     CHECK(same_bits(attend(ref, a, 16, 2, 4), attend(store, b, 16, 2, 4)));
     CHECK(layout(ref, a) == layout(store, b));
     const ChunkTierStats st = cache.stats();
@@ -577,7 +553,8 @@ TEMPLATE_TEST_CASE("chunks demoted to HostTier or DiskTier come back equal", "[t
 TEST_CASE("chunk admission, full tiers and bad objects: misses, the store unchanged", "[tiers]") {
   TempDir dir("chunkfail");
   auto store = make_store<float>();
-  const ChunkKey once = make_chunk(store, 10, 1), never = make_chunk(store, 10, 2);
+  const ChunkKey once = seeded_chunk(store, "tier-model", 10, 1),
+                 never = seeded_chunk(store, "tier-model", 10, 2);
   const SeqId s = store.create_sequence();
   store.splice(s, once, 0);
   store.free_sequence(s);
@@ -594,7 +571,7 @@ TEST_CASE("chunk admission, full tiers and bad objects: misses, the store unchan
   }
   {  // a tier that cannot take it: dropped, counted
     HostTier tiny(100);
-    const ChunkKey k = make_chunk(store, 10, 3);
+    const ChunkKey k = seeded_chunk(store, "tier-model", 10, 3);
     TieredChunkCache<float> cache(store, kModel, {&tiny});
     CHECK_FALSE(cache.demote(k));
     CHECK_FALSE(store.has_chunk(k));
@@ -614,7 +591,7 @@ TEST_CASE("chunk admission, full tiers and bad objects: misses, the store unchan
   }
   {  // garbage and a flipped slice byte under the chunk's name
     TieredChunkCache<float> cache(store, kModel, {&host});
-    const ChunkKey k = make_chunk(store, 10, 4);
+    const ChunkKey k = seeded_chunk(store, "tier-model", 10, 4);
     REQUIRE(cache.demote(k));
     auto b = *host.get(TieredChunkCache<float>::object_name(k));
     b[b.size() / 2] ^= std::byte{1};
@@ -627,7 +604,7 @@ TEST_CASE("chunk admission, full tiers and bad objects: misses, the store unchan
   {  // a corrupt file on disk: the tier's own check, then a miss
     DiskTier disk(dir.path, 1 << 24);
     TieredChunkCache<float> cache(store, kModel, {&disk});
-    const ChunkKey k = make_chunk(store, 10, 5);
+    const ChunkKey k = seeded_chunk(store, "tier-model", 10, 5);
     REQUIRE(cache.demote(k));
     flip_byte(disk.path_of(TieredChunkCache<float>::object_name(k)), 100);
     expect_rejected(cache, disk, k);
@@ -636,10 +613,10 @@ TEST_CASE("chunk admission, full tiers and bad objects: misses, the store unchan
   {  // a copy that does not fit the pool: stays below, PoolExhausted never escapes
     auto small = make_store<float>(30);
     TieredChunkCache<float> cache(small, kModel, {&host});
-    const ChunkKey k = make_chunk(small, 12, 6);  // 8 heads x 3 pages
+    const ChunkKey k = seeded_chunk(small, "tier-model", 12, 6);  // 8 heads x 3 pages
     REQUIRE(cache.demote(k));
     const SeqId hog = small.create_sequence();
-    fill(small, hog, 0, 4, 1);  // 8 pages
+    append_seeded(small, hog, 0, 4, 1);  // 8 pages
     const Snapshot snap(small);
     CHECK_FALSE(cache.lookup(k));
     CHECK(Snapshot(small) == snap);
@@ -655,7 +632,7 @@ TEST_CASE("demotion walks chunks least recently used first, over a stack of tier
   TempDir dir("stack");
   auto store = make_store<float>();
   std::vector<ChunkKey> keys;
-  for (unsigned i = 0; i < 4; ++i) keys.push_back(make_chunk(store, 8, 10 + i));
+  for (unsigned i = 0; i < 4; ++i) keys.push_back(seeded_chunk(store, "tier-model", 8, 10 + i));
   store.lookup_chunk(keys[0]);  // order of use: 1, 2, 3, 0
   HostTier host(1);             // takes nothing: every object goes to the disk below
   DiskTier disk(dir.path, 1 << 24);

@@ -92,21 +92,45 @@ class LruIndex {
 
 }  // namespace tier_detail
 
+namespace tier_detail {
+
+// What both tiers share: the lock, the LRU index and the counters, contains() and stats() over them, and
+// eviction.
+class LruTier : public KvTier {
+ public:
+  bool contains(std::string_view name) const override;
+  TierStats stats() const override;
+
+ protected:
+  LruTier(std::int64_t capacity_bytes, const char* what);
+  // Drops least recently used objects until `room` more bytes fit, calling drop(name) to release each one's
+  // storage. The caller holds mu_.
+  template <class Drop>
+  void evict_until(std::int64_t room, Drop&& drop) {
+    while (lru_.size() > 0 && lru_.bytes() + room > st_.capacity_bytes) {
+      const std::string victim = *lru_.oldest();
+      st_.evicted_bytes += *lru_.erase(victim);
+      ++st_.evictions;
+      drop(victim);
+    }
+  }
+  mutable std::mutex mu_;
+  LruIndex lru_;
+  TierStats st_;
+};
+
+}  // namespace tier_detail
+
 // Objects in RAM, evicted least recently used first when a put needs room.
-class HostTier final : public KvTier {
+class HostTier final : public tier_detail::LruTier {
  public:
   explicit HostTier(std::int64_t capacity_bytes);
   bool put(std::string_view name, std::span<const std::byte> bytes) override;
   std::optional<std::vector<std::byte>> get(std::string_view name) override;
   bool remove(std::string_view name) override;
-  bool contains(std::string_view name) const override;
-  TierStats stats() const override;
 
  private:
-  mutable std::mutex mu_;
-  tier_detail::LruIndex lru_;
   std::unordered_map<std::string, std::vector<std::byte>> data_;
-  TierStats st_;
 };
 
 // Objects as files `<name>.rkt` in one directory: a 32-byte header (magic "RKTO", version, payload length,
@@ -116,7 +140,7 @@ class HostTier final : public KvTier {
 // corrupt, written under another name) is a miss and is removed. The LRU order is kept in memory; objects
 // found in the directory at construction are adopted, oldest modification first. Capacity counts file
 // sizes; a put evicts after its rename succeeded, so the directory may exceed it by one object meanwhile.
-class DiskTier final : public KvTier {
+class DiskTier final : public tier_detail::LruTier {
  public:
   // A missing directory is created when `create` (else NotFound); one that cannot be created, or a path that
   // is not a directory, is Unavailable. fsync: flush each object to the device before renaming it.
@@ -124,19 +148,14 @@ class DiskTier final : public KvTier {
   bool put(std::string_view name, std::span<const std::byte> bytes) override;
   std::optional<std::vector<std::byte>> get(std::string_view name) override;
   bool remove(std::string_view name) override;
-  bool contains(std::string_view name) const override;
-  TierStats stats() const override;
   const std::filesystem::path& dir() const { return dir_; }
   // The file that holds object `name` (it may not exist).
   std::filesystem::path path_of(std::string_view name) const;
 
  private:
-  void evict_until(std::int64_t room);  // caller holds mu_
-  mutable std::mutex mu_;
+  void unlink_object(const std::string& name) const;
   std::filesystem::path dir_;
   bool fsync_;
-  tier_detail::LruIndex lru_;
-  TierStats st_;
   std::uint64_t tmp_counter_ = 0;
 };
 
