@@ -388,18 +388,22 @@ TEMPLATE_TEST_CASE("a swapped-out sequence comes back bit for bit and decodes on
   }
 }
 
-TEST_CASE("a prefill-only sequence (nothing retired) swaps back with every query still allowed", "[tiers]") {
+TEST_CASE("a prefill-only sequence swaps into another store of the model with every query still allowed",
+          "[tiers]") {
   HostTier host(1 << 24);
-  auto ref = make_store<Half>(), moved = make_store<Half>();
+  auto ref = make_store<Half>(), moved = make_store<Half>(), other = make_store<Half>(100);
   const SeqId a = ref.create_sequence(), b = moved.create_sequence();
   append_seeded(ref, a, 0, 23, 4);
   append_seeded(moved, b, 0, 23, 4);
   const auto t = swap_out(moved, b, host, kModel, "pf");
   REQUIRE(t);
-  const auto c = swap_in(moved, *t, host);
+  CHECK(moved.pool().used_pages() == 0);
+  const auto c = swap_in(other, *t, host);  // same model, map, dtype and shape; another page budget
   REQUIRE(c);
-  CHECK(moved.query_floor(*c, 0) == 0);
-  CHECK(same_bits(attend(ref, a, 0, 23, 5), attend(moved, *c, 0, 23, 5)));
+  CHECK(other.query_floor(*c, 0) == 0);
+  CHECK_FALSE(other.has_relocated_keys(*c));
+  CHECK(same_bits(attend(ref, a, 0, 23, 5), attend(other, *c, 0, 23, 5)));
+  check_accounting(other);
 }
 
 TEST_CASE("swap failures: a full tier keeps the sequence; a bad object is a miss; no page leaks", "[tiers]") {
