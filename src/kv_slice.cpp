@@ -7,6 +7,7 @@
 
 #include <limits>
 
+#include "little_endian.hpp"
 #include "redknot/visibility.hpp"
 
 namespace redknot {
@@ -22,17 +23,8 @@ constexpr std::size_t kMagic = 0, kVersion = 4, kDType = 6, kReserved = 7, kMode
 }  // namespace off
 static_assert(off::kChecksum + 8 == kSliceHeaderBytes);
 
-template <class U>
-void put(std::byte* p, U v) {
-  for (std::size_t i = 0; i < sizeof(U); ++i)
-    p[i] = static_cast<std::byte>(static_cast<std::uint64_t>(v) >> (8 * i));
-}
-template <class U>
-U get(const std::byte* p) {
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < sizeof(U); ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
-  return static_cast<U>(v);
-}
+using le::get;
+using le::put;
 
 // XXH3-64 of the header with its checksum field zeroed, then the payload.
 std::uint64_t checksum(const std::byte* header, std::span<const std::byte> payload) {

@@ -12,6 +12,7 @@
 #include <set>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "redknot/redknot.hpp"
@@ -34,6 +35,32 @@ inline std::vector<std::int32_t> iota_positions(std::int32_t p0, std::int32_t n)
   std::vector<std::int32_t> p(static_cast<std::size_t>(n));
   for (std::int32_t i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = p0 + i;
   return p;
+}
+
+// Appends positions [p0, p0 + n) to every layer of sequence s, one call per layer (so no head drops a key of
+// them), with K/V drawn from `seed`: the same seed gives the same rows whatever the store's page size.
+template <class Store>
+void append_seeded(Store& store, SeqId s, std::int32_t p0, std::int32_t n, unsigned seed) {
+  using T = typename Store::value_type;
+  std::mt19937 rng(seed);
+  const std::size_t row = static_cast<std::size_t>(store.shape().num_kv_heads) * store.shape().head_dim;
+  const auto pos = iota_positions(p0, n);
+  for (int l = 0; l < store.shape().num_layers; ++l) {
+    const auto k = random_tensor<T>(rng, static_cast<std::size_t>(n) * row);
+    const auto v = random_tensor<T>(rng, static_cast<std::size_t>(n) * row);
+    store.append(s, l, std::span<const T>(k), std::span<const T>(v), std::span<const std::int32_t>(pos));
+  }
+}
+
+// A chunk of n tokens (each `seed`) of model `model_id`, appended by append_seeded() and registered.
+template <class Store>
+ChunkKey seeded_chunk(Store& store, std::string_view model_id, std::int32_t n, unsigned seed) {
+  const SeqId s = store.create_sequence();
+  append_seeded(store, s, 0, n, seed);
+  const std::vector<std::int32_t> tokens(static_cast<std::size_t>(n), static_cast<std::int32_t>(seed));
+  const ChunkKey key = store.chunk_key(model_id, tokens);
+  store.register_chunk(key, s);
+  return key;
 }
 
 // The checks of support/checks.hpp as Catch2 assertions.

@@ -38,30 +38,6 @@ KVHeadStore<T> make_store(int head_dim, int page_size, HeadMap map = mixed_map()
   return KVHeadStore<T>(shape, std::move(map), StoreConfig{page_size, pages}, rope(head_dim));
 }
 
-// Appends positions [p0, p0 + n) to every layer, one call per layer, with K/V drawn from `seed` (the same
-// seed gives the same rows whatever the store's page size).
-template <class T>
-void fill(KVHeadStore<T>& store, SeqId s, std::int32_t p0, std::int32_t n, unsigned seed) {
-  std::mt19937 rng(seed);
-  const std::size_t row = static_cast<std::size_t>(kKvHeads) * store.shape().head_dim;
-  const auto pos = iota_positions(p0, n);
-  for (int l = 0; l < kLayers; ++l) {
-    const auto k = random_tensor<T>(rng, static_cast<std::size_t>(n) * row);
-    const auto v = random_tensor<T>(rng, static_cast<std::size_t>(n) * row);
-    store.append(s, l, std::span<const T>(k), std::span<const T>(v), std::span<const std::int32_t>(pos));
-  }
-}
-
-template <class T>
-ChunkKey make_chunk(KVHeadStore<T>& store, std::int32_t n, unsigned seed) {
-  const SeqId s = store.create_sequence();
-  fill(store, s, 0, n, seed);
-  const std::vector<std::int32_t> tokens(static_cast<std::size_t>(n), static_cast<std::int32_t>(seed));
-  const ChunkKey key = store.chunk_key("test-model", tokens);
-  store.register_chunk(key, s);
-  return key;
-}
-
 const std::uint64_t kModel = model_fingerprint("test-model");
 
 std::vector<DecodedSlice> decode_all(const std::vector<std::vector<std::byte>>& bytes, const SliceExpect& e) {
@@ -155,7 +131,7 @@ TEMPLATE_TEST_CASE("chunk slices round-trip bit for bit and do not depend on the
     for (const int page : {1, 16, 64}) {
       INFO("head_dim " << D << " page_size " << page);
       auto src = make_store<T>(D, page);
-      const ChunkKey key = make_chunk(src, n, 42);
+      const ChunkKey key = seeded_chunk(src, "test-model", n, 42);
       const auto bytes = export_slices(src, key, kModel);
       const auto cut = export_slices(src, key, kModel, 8);
       REQUIRE(bytes.size() == static_cast<std::size_t>(kLayers * kKvHeads));    // a chunk: one run per head
@@ -194,7 +170,7 @@ TEMPLATE_TEST_CASE("a sequence round-trips through import: same rows, same atten
   const std::int32_t n = 29;
   auto src = make_store<T>(D, page);
   const SeqId s = src.create_sequence();
-  fill(src, s, 0, n, 9);  // one append per layer: no head dropped a key
+  append_seeded(src, s, 0, n, 9);  // one append per layer: no head dropped a key
   const auto bytes = export_slices(src, s, kModel);
   for (const auto& b : bytes) {
     const auto d = decode_slice(b, slice_expect(src, kModel));
@@ -229,8 +205,8 @@ TEST_CASE("a local head's sink and window are separate slices; a spliced chunk k
           "[slice]") {
   auto store = make_store<float>(8, 4);
   const SeqId s = store.create_sequence();
-  fill(store, s, 0, 20, 1);
-  fill(store, s, 20, 1, 2);  // the query at 20 retires the ones before: the local head drops [3, 16)
+  append_seeded(store, s, 0, 20, 1);
+  append_seeded(store, s, 20, 1, 2);  // the query at 20 retires the ones before: the local head drops [3, 16)
   std::vector<std::vector<std::byte>> bytes = export_slices(store, s, kModel);
   const auto slices = decode_all(bytes, slice_expect(store, kModel));
   std::vector<PositionRange> local;
@@ -248,10 +224,10 @@ TEST_CASE("a local head's sink and window are separate slices; a spliced chunk k
   CHECK(dst.sequences().empty());
 
   // A chunk spliced at 100: its rows sit at 100.. with keys rotated for 0..; the appended tail is ordinary.
-  const ChunkKey key = make_chunk(store, 6, 5);
+  const ChunkKey key = seeded_chunk(store, "test-model", 6, 5);
   const SeqId r = store.create_sequence();
   store.splice(r, key, 100);
-  fill(store, r, 106, 2, 6);
+  append_seeded(store, r, 106, 2, 6);
   const auto r_bytes = export_slices(store, r, kModel);
   const auto rs = decode_all(r_bytes, slice_expect(store, kModel));
   for (const auto& d : rs) {
@@ -391,7 +367,7 @@ TEST_CASE("selective fetch counts match a brute-force count and the exported sli
   const int D = 8;
   const std::int32_t n = 45;
   auto store = make_store<Half>(D, 16, map);
-  const ChunkKey key = make_chunk(store, n, 77);
+  const ChunkKey key = seeded_chunk(store, "test-model", n, 77);
   const std::int64_t row_bytes = 2 * D * 2;
   for (const std::int32_t q0 : {0, 1, 20, 44, 45})
     for (const std::int32_t g : {0, 1, 8, 16, 45}) {
@@ -452,7 +428,7 @@ TEST_CASE("selective fetch for SmolLM2-135M's head map at 8192 tokens", "[slice]
 
 TEST_CASE("import rejects slices that do not cover every head alike, and changes nothing", "[slice]") {
   auto src = make_store<float>(8, 4);
-  const ChunkKey key = make_chunk(src, 10, 3);
+  const ChunkKey key = seeded_chunk(src, "test-model", 10, 3);
   const auto bytes = export_slices(src, key, kModel, 4);
   const auto slices = decode_all(bytes, slice_expect(src, kModel, key));
   auto dst = make_store<float>(8, 4);

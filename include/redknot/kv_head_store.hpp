@@ -52,6 +52,20 @@ inline void check_token_count(std::int64_t n, const char* op) {
                 " is too large (positions are strictly increasing int32)");
 }
 
+// One run of a head's rows for KVHeadStore::restore_sequence(): positions [pos0, pos0 + count) of (layer,
+// kv_head), keys rotated for rope_pos0, rope_pos0 + 1, ...; k and v hold count * head_dim elements each,
+// row-major.
+template <StorageType T>
+struct RestoreRun {
+  int layer = 0;
+  int kv_head = 0;
+  std::int32_t pos0 = 0;
+  std::int32_t count = 0;
+  std::int32_t rope_pos0 = 0;
+  std::span<const T> k;
+  std::span<const T> v;
+};
+
 template <StorageType T, Allocator Alloc = HostAllocator>
 class KVHeadStore {
  public:
@@ -267,7 +281,7 @@ class KVHeadStore {
     Sequence& s = seq(seq_id, "register_chunk");
     require(!chunks_.count(key), "register_chunk: chunk ", to_hex(key), " is already registered");
     const std::int32_t n = chunk_length(s, seq_id);
-    ChunkRecord rec{std::move(s), n, 0, ++chunk_clock_};
+    ChunkRecord rec{std::move(s), n, 0, 0, ++chunk_clock_};
     seqs_.erase(seq_id);
     num_sequences_.fetch_sub(1, std::memory_order_relaxed);
     chunks_.emplace(key, std::move(rec));
@@ -322,6 +336,7 @@ class KVHeadStore {
     d.chunks_used.push_back(key);
     d.relocated_keys = d.relocated_keys || relocated;
     ++c.users;
+    ++c.splices;
     c.last_used = ++chunk_clock_;
     ++chunk_stats_.hits;
     ++chunk_stats_.splices;
@@ -497,6 +512,99 @@ class KVHeadStore {
     }
   }
 
+  // A new sequence whose head tables hold exactly `runs`, with next_position and query_floor per layer as
+  // given: the swap-in of a preempted sequence (tiers.hpp), whose local heads may hold a sink and a window
+  // with a gap between them and whose keys may be rotated for other positions than where they sit (a spliced
+  // chunk's; the store then needs its RoPE spec). The runs of one head may come in any order and must not
+  // overlap; each lies in [0, next_pos[layer]); query_floor[l] <= next_pos[l]. Rows are copied into fresh
+  // pages, packed head by head in position order (a run starts a new entry), so nothing is shared with chunks
+  // or other sequences. No retention is applied: the runs are what the heads keep. Validates everything and
+  // checks capacity first (unused chunks give their pages back, as for appends): on an exception nothing
+  // changed.
+  SeqId restore_sequence(std::span<const RestoreRun<T>> runs, std::span<const std::int32_t> next_pos,
+                         std::span<const std::int32_t> query_floor) requires(Alloc::kHostAccessible) {
+    const std::size_t L = static_cast<std::size_t>(shape_.num_layers),
+                      H = static_cast<std::size_t>(shape_.num_kv_heads),
+                      D = static_cast<std::size_t>(shape_.head_dim);
+    require(next_pos.size() == L && query_floor.size() == L, "restore_sequence: next_pos and query_floor ",
+            "need one value per layer (", L, "), got ", next_pos.size(), " and ", query_floor.size());
+    for (std::size_t l = 0; l < L; ++l)
+      require(query_floor[l] >= 0 && query_floor[l] <= next_pos[l], "restore_sequence: layer ", l,
+              " has query_floor=", query_floor[l], " and next_pos=", next_pos[l],
+              " (need 0 <= query_floor <= next_pos)");
+    std::vector<std::vector<std::size_t>> per_head(L * H);  // run indices of each (layer, kv_head)
+    bool relocated = false;
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      const RestoreRun<T>& r = runs[i];
+      check_layer(r.layer);
+      check_head(r.kv_head);
+      const std::int64_t end = static_cast<std::int64_t>(r.pos0) + r.count;
+      const std::int64_t rope_end = static_cast<std::int64_t>(r.rope_pos0) + r.count;
+      require(r.count >= 1 && r.pos0 >= 0 && end <= next_pos[static_cast<std::size_t>(r.layer)] &&
+                  r.rope_pos0 >= 0 && rope_end <= std::numeric_limits<std::int32_t>::max(),
+              "restore_sequence: run ", i, " (layer ", r.layer, ", kv_head ", r.kv_head,
+              ") holds positions [", r.pos0, ", ", end, ") rotated for [", r.rope_pos0, ", ", rope_end,
+              "): need count >= 1 and positions in [0, next_pos=",
+              next_pos[static_cast<std::size_t>(r.layer)], ")");
+      require(r.k.size() == static_cast<std::size_t>(r.count) * D && r.v.size() == r.k.size(),
+              "restore_sequence: run ", i, " has ", r.k.size(), " K and ", r.v.size(),
+              " V elements, expected count*head_dim = ", static_cast<std::size_t>(r.count) * D);
+      relocated = relocated || r.rope_pos0 != r.pos0;
+      per_head[static_cast<std::size_t>(r.layer) * H + static_cast<std::size_t>(r.kv_head)].push_back(i);
+    }
+    require(!relocated || rope_.has_value(), "restore_sequence: some run holds keys rotated for other ",
+            "positions than where they sit, and the store has no RoPE spec to account for it");
+    std::int64_t need = 0;
+    for (std::size_t i = 0; i < per_head.size(); ++i) {
+      auto& v = per_head[i];
+      std::sort(v.begin(), v.end(),
+                [&](std::size_t a, std::size_t b) { return runs[a].pos0 < runs[b].pos0; });
+      std::int64_t rows = v.empty() ? 0 : runs[v[0]].count;
+      for (std::size_t j = 1; j < v.size(); ++j) {
+        const RestoreRun<T>& prev = runs[v[j - 1]];
+        require(runs[v[j]].pos0 >= static_cast<std::int64_t>(prev.pos0) + prev.count,
+                "restore_sequence: runs ", v[j - 1], " and ", v[j], " of layer ", i / H, " kv_head ", i % H,
+                " overlap");
+        rows += runs[v[j]].count;
+      }
+      need += (rows + cfg_.page_size - 1) / cfg_.page_size;
+    }
+    if (need > pool_.free_pages() && need <= pool_.free_pages() + unused_chunk_pages()) evict_chunks(need);
+    require<PoolExhausted>(need <= pool_.free_pages(), "restore_sequence: needs ", need, " pages, pool has ",
+                           pool_.free_pages(), " free of ", pool_.num_pages());
+    // Commit: rows fill each head's pages in position order; a run starts a new entry, a page a new one too.
+    const SeqId id = create_sequence();
+    Sequence& s = seqs_.at(id);
+    for (std::size_t i = 0; i < per_head.size(); ++i) {
+      const int l = static_cast<int>(i / H), h = static_cast<int>(i % H);
+      HeadTable& t = s.table(l, h, shape_);
+      for (const std::size_t ri : per_head[i]) {
+        const RestoreRun<T>& r = runs[ri];
+        for (std::int32_t done = 0; done < r.count;) {
+          const PageEntry* tail = head_ops::tail_entry(t);
+          const bool new_page = tail == nullptr || tail->end_slot() >= cfg_.page_size;
+          const PageId page = new_page ? head_ops::take_page(pool_, class_pages(l, h)) : tail->page_id;
+          const std::int32_t slot = new_page ? 0 : tail->end_slot();
+          const std::int32_t n = std::min(r.count - done, cfg_.page_size - slot);
+          const auto src = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(done) * D);
+          const auto len = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(n) * D);
+          std::copy(r.k.begin() + src, r.k.begin() + src + len,
+                    pool_.k_ptr(page) + static_cast<std::size_t>(slot) * D);
+          std::copy(r.v.begin() + src, r.v.begin() + src + len,
+                    pool_.v_ptr(page) + static_cast<std::size_t>(slot) * D);
+          t.body.push_back(PageEntry{page, static_cast<std::int16_t>(slot), static_cast<std::int16_t>(n),
+                                     r.pos0 + done, r.rope_pos0 + done});
+          ++t.body_pushed;
+          done += n;
+        }
+      }
+    }
+    std::copy(next_pos.begin(), next_pos.end(), s.next_pos.begin());
+    std::copy(query_floor.begin(), query_floor.end(), s.query_floor.begin());
+    s.relocated_keys = relocated;
+    return id;
+  }
+
   // Drops the registry's references to a chunk that no live sequence uses (false if the key is unknown).
   // A chunk in use cannot be dropped (InvalidArgument): its pages are shared with the sequences using it.
   bool drop_chunk(const ChunkKey& key) {
@@ -542,6 +650,10 @@ class KVHeadStore {
     return keys;
   }
   std::int32_t chunk_tokens(const ChunkKey& key) const { return chunk(key).n; }
+  ChunkInfo chunk_info(const ChunkKey& key) const {
+    const ChunkRecord& c = chunk(key);
+    return ChunkInfo{c.n, c.users, c.splices, c.last_used};
+  }
   const HeadTable& chunk_table(const ChunkKey& key, int layer, int kv_head) const {
     check_layer(layer);
     check_head(kv_head);
@@ -628,7 +740,8 @@ class KVHeadStore {
   struct ChunkRecord {
     Sequence seq;  // the chunk's tables: positions 0..n-1 on every head
     std::int32_t n = 0;
-    std::int64_t users = 0;  // live sequences it is spliced into (counted once per splice)
+    std::int64_t users = 0;    // live sequences it is spliced into (counted once per splice)
+    std::int64_t splices = 0;  // splices ever made of it
     std::uint64_t last_used = 0;
   };
 

@@ -17,5 +17,6 @@
 #include "redknot/pool_sizing.hpp"
 #include "redknot/recompute.hpp"
 #include "redknot/rope.hpp"
+#include "redknot/tiers.hpp"
 #include "redknot/version.hpp"
 #include "redknot/visibility.hpp"

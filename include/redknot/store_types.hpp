@@ -66,4 +66,13 @@ struct ChunkStats {
   std::int64_t evictions = 0;  // chunks dropped to make room (least recently used first)
 };
 
+// One registered chunk, for policies outside the store (tiers.hpp): its length, the live sequences it is
+// spliced into, how often it was ever spliced, and its place in the registry's LRU clock.
+struct ChunkInfo {
+  std::int32_t tokens = 0;
+  std::int64_t users = 0;
+  std::int64_t splices = 0;
+  std::uint64_t last_used = 0;  // larger: used more recently
+};
+
 }  // namespace redknot

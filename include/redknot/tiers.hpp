@@ -1,0 +1,460 @@
+// Byte tiers below the page pool, and what moves through them: registered chunks that are evicted (they move
+// down instead of being dropped, and come back on lookup) and preempted sequences (swap out / swap in).
+//
+// A tier stores named byte objects (KvTier): HostTier in RAM, DiskTier as one file per object in a
+// directory. Both have a byte capacity and evict the least recently used object to make room (an evicted
+// object is gone; stats count it). What goes in is the verified slice format of kv_slice.hpp, packed several
+// slices to an object: whatever comes back is decoded and checked against the store (model, head map, dtype,
+// shape, chunk key) before it becomes KV, so a corrupt, truncated or foreign object is a miss, never KV. A
+// tier never throws for I/O: a put that cannot be done (larger than the tier, read-only or full directory)
+// returns false and counts a failure; a get that cannot be read or verified is a miss. Bad arguments (an
+// invalid object name) throw InvalidArgument as everywhere else.
+//
+// Thread safety: a tier's calls are serialised by its own mutex. TieredChunkCache, swap_out and swap_in write
+// to the store: one writer at a time, as for every store call.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <list>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "redknot/chunk_key.hpp"
+#include "redknot/kv_head_store.hpp"
+#include "redknot/kv_slice.hpp"
+
+namespace redknot {
+
+// Counters of one tier; totals since it was created, except bytes_held and objects.
+struct TierStats {
+  std::int64_t capacity_bytes = 0;
+  std::int64_t bytes_held = 0;  // what the objects take in the tier (DiskTier: file sizes, headers included)
+  std::int64_t objects = 0;
+  std::int64_t hits = 0;
+  std::int64_t misses = 0;     // absent, unreadable or failed verification
+  std::int64_t evictions = 0;  // objects dropped to make room (least recently used first): gone
+  std::int64_t evicted_bytes = 0;
+  std::int64_t bytes_written = 0;
+  std::int64_t bytes_read = 0;
+  std::int64_t put_failures =
+      0;                     // puts refused: larger than the tier, or an I/O error (the old object stays)
+  std::int64_t corrupt = 0;  // objects that failed verification on read (removed)
+  std::int64_t get_ns = 0;   // time spent in get()
+};
+
+// A named-object store. Names are 1..200 characters of [A-Za-z0-9._-], not starting with '.'
+// (InvalidArgument otherwise). put() replaces an object of the same name, or returns false and leaves the
+// tier as it was; get() gives the bytes put() was given, or nullopt.
+class KvTier {
+ public:
+  virtual ~KvTier() = default;
+  virtual bool put(std::string_view name, std::span<const std::byte> bytes) = 0;
+  virtual std::optional<std::vector<std::byte>> get(std::string_view name) = 0;
+  virtual bool remove(std::string_view name) = 0;  // false when absent
+  virtual bool contains(std::string_view name) const = 0;
+  virtual TierStats stats() const = 0;
+};
+
+// Throws InvalidArgument unless `name` is a valid object name (see KvTier).
+void check_object_name(std::string_view name);
+
+namespace tier_detail {
+
+// Names by recency of use, with their sizes: the one LRU of both tiers.
+class LruIndex {
+ public:
+  bool contains(const std::string& name) const { return items_.count(name) != 0; }
+  void insert(const std::string& name, std::int64_t bytes);  // most recent; replaces
+  void touch(const std::string& name);                       // most recent
+  std::optional<std::int64_t> erase(const std::string& name);
+  const std::string* oldest() const { return order_.empty() ? nullptr : &order_.front(); }
+  std::int64_t bytes() const { return bytes_; }
+  std::int64_t size() const { return static_cast<std::int64_t>(items_.size()); }
+
+ private:
+  struct Item {
+    std::list<std::string>::iterator it;
+    std::int64_t bytes;
+  };
+  std::list<std::string> order_;  // front: least recently used
+  std::unordered_map<std::string, Item> items_;
+  std::int64_t bytes_ = 0;
+};
+
+}  // namespace tier_detail
+
+namespace tier_detail {
+
+// What both tiers share: the lock, the LRU index and the counters, contains() and stats() over them, and
+// eviction.
+class LruTier : public KvTier {
+ public:
+  bool contains(std::string_view name) const override;
+  TierStats stats() const override;
+
+ protected:
+  LruTier(std::int64_t capacity_bytes, const char* what);
+  // Drops least recently used objects until `room` more bytes fit, calling drop(name) to release each one's
+  // storage. The caller holds mu_.
+  template <class Drop>
+  void evict_until(std::int64_t room, Drop&& drop) {
+    while (lru_.size() > 0 && lru_.bytes() + room > st_.capacity_bytes) {
+      const std::string victim = *lru_.oldest();
+      st_.evicted_bytes += *lru_.erase(victim);
+      ++st_.evictions;
+      drop(victim);
+    }
+  }
+  mutable std::mutex mu_;
+  LruIndex lru_;
+  TierStats st_;
+};
+
+}  // namespace tier_detail
+
+// Objects in RAM, evicted least recently used first when a put needs room.
+class HostTier final : public tier_detail::LruTier {
+ public:
+  explicit HostTier(std::int64_t capacity_bytes);
+  bool put(std::string_view name, std::span<const std::byte> bytes) override;
+  std::optional<std::vector<std::byte>> get(std::string_view name) override;
+  bool remove(std::string_view name) override;
+
+ private:
+  std::unordered_map<std::string, std::vector<std::byte>> data_;
+};
+
+// Objects as files `<name>.rkt` in one directory: a 32-byte header (magic "RKTO", version, payload length,
+// XXH3-64 of the payload, XXH3-64 of the name) and the bytes. A put writes a temporary file and renames it
+// over the object (atomic: a reader sees the old object or the new one, a crash leaves a temporary the next
+// DiskTier on the directory removes). A get reads with pread and verifies; a file that fails (truncated,
+// corrupt, written under another name) is a miss and is removed. The LRU order is kept in memory; objects
+// found in the directory at construction are adopted, oldest modification first. Capacity counts file
+// sizes; a put evicts after its rename succeeded, so the directory may exceed it by one object meanwhile.
+class DiskTier final : public tier_detail::LruTier {
+ public:
+  // A missing directory is created when `create` (else NotFound); one that cannot be created, or a path that
+  // is not a directory, is Unavailable. fsync: flush each object to the device before renaming it.
+  DiskTier(std::filesystem::path dir, std::int64_t capacity_bytes, bool create = true, bool fsync = false);
+  bool put(std::string_view name, std::span<const std::byte> bytes) override;
+  std::optional<std::vector<std::byte>> get(std::string_view name) override;
+  bool remove(std::string_view name) override;
+  const std::filesystem::path& dir() const { return dir_; }
+  // The file that holds object `name` (it may not exist).
+  std::filesystem::path path_of(std::string_view name) const;
+
+ private:
+  void unlink_object(const std::string& name) const;
+  std::filesystem::path dir_;
+  bool fsync_;
+  std::uint64_t tmp_counter_ = 0;
+};
+
+// Several encoded slices as one object: "RKPK", count (u32), then each slice as its length (u64) and its
+// bytes, little-endian. unpack_slices gives views into `bytes`, or nullopt when the framing does not add up
+// (the slices themselves are verified by decode_slice).
+std::vector<std::byte> pack_slices(std::span<const std::vector<std::byte>> slices);
+std::optional<std::vector<std::span<const std::byte>>> unpack_slices(std::span<const std::byte> bytes);
+
+// XXH3-64 of an object's bytes (a swap ticket's end-to-end check).
+std::uint64_t object_digest(std::span<const std::byte> bytes);
+
+// ---- chunks move down instead of being dropped
+// ------------------------------------------------------------------
+
+struct ChunkTierPolicy {
+  // Admission: only chunks spliced at least this many times are written down; others are dropped.
+  std::int64_t min_splices = 0;
+};
+
+struct ChunkTierStats {
+  std::int64_t demotions = 0;       // chunks written down and dropped from the store
+  std::int64_t dropped = 0;         // chunks dropped without a copy below (not admitted, or no tier took it)
+  std::int64_t write_failures = 0;  // demotions every tier refused (counted in dropped too)
+  std::int64_t promotions = 0;      // chunks read back, verified and registered again
+  std::int64_t promote_failures = 0;  // a verified copy that did not fit in the pool (it stays below)
+  std::int64_t rejected = 0;          // objects that failed verification (removed)
+  std::int64_t misses = 0;            // lookups found nowhere
+  std::int64_t bytes_down = 0;
+  std::int64_t bytes_up = 0;
+};
+
+// Keeps a store's chunk registry over a stack of tiers (fastest first). The store's own eviction (an append
+// that finds no free page drops unused chunks) is untouched: the engine calls make_room() before its next
+// appends (e.g. when free pages fall below a watermark), and that writes the least recently used unused
+// chunks down before dropping them. lookup() finds a chunk in the store or promotes it from a tier: read,
+// verify every slice (model, head map, dtype, shape, chunk key), import, register. A chunk moves: it is
+// removed from the tier once it is back in the store.
+template <StorageType T>
+class TieredChunkCache {
+ public:
+  TieredChunkCache(KVHeadStore<T>& store, std::uint64_t model_fp, std::vector<KvTier*> tiers,
+                   ChunkTierPolicy policy = {})
+      : store_(store), model_fp_(model_fp), tiers_(std::move(tiers)), policy_(policy) {
+    require(!tiers_.empty(), "TieredChunkCache: no tier");
+    for (std::size_t i = 0; i < tiers_.size(); ++i)
+      require(tiers_[i] != nullptr, "TieredChunkCache: tier ", i, " is null");
+    require(policy_.min_splices >= 0, "TieredChunkCache: min_splices=", policy_.min_splices, " must be >= 0");
+  }
+
+  static std::string object_name(const ChunkKey& key) { return "chunk-" + to_hex(key); }
+
+  // Demotes unused chunks, least recently used first, until `pages` pages are free or no unused chunk is
+  // left. Returns the number of pages that became free.
+  std::int64_t make_room(std::int64_t pages) {
+    const std::int64_t free0 = store_.pool().free_pages();
+    while (store_.pool().free_pages() < pages) {
+      std::optional<ChunkKey> victim;
+      std::uint64_t oldest = 0;
+      for (const ChunkKey& k : store_.chunk_keys()) {
+        const ChunkInfo c = store_.chunk_info(k);
+        if (c.users == 0 && (!victim || c.last_used < oldest)) victim = k, oldest = c.last_used;
+      }
+      if (!victim) break;
+      demote(*victim);
+    }
+    return store_.pool().free_pages() - free0;
+  }
+
+  // Writes chunk `key` to the first tier that takes it (when admitted) and drops it from the store. Returns
+  // whether a copy landed below. NotFound when not registered; InvalidArgument when a live sequence uses it.
+  bool demote(const ChunkKey& key) {
+    const ChunkInfo info = store_.chunk_info(key);
+    require(info.users == 0, "demote: chunk ", to_hex(key), " is spliced into ", info.users,
+            " live sequence(s)");
+    bool written = false;
+    if (info.splices >= policy_.min_splices) {
+      const auto bytes = pack_slices(export_slices(store_, key, model_fp_));
+      for (KvTier* t : tiers_)
+        if ((written = t->put(object_name(key), bytes))) break;
+      if (written) {
+        ++st_.demotions;
+        st_.bytes_down += static_cast<std::int64_t>(bytes.size());
+      } else {
+        ++st_.write_failures;
+      }
+    }
+    if (!written) ++st_.dropped;
+    store_.drop_chunk(key);
+    return written;
+  }
+
+  // Tokens of chunk `key`: from the store (a hit there), or promoted from the first tier holding a verified
+  // copy. nullopt: a miss (found nowhere, or no copy verified or fitted).
+  std::optional<std::int32_t> lookup(const ChunkKey& key) {
+    if (store_.has_chunk(key)) return store_.lookup_chunk(key);
+    for (KvTier* t : tiers_)
+      if (promote(*t, key)) return store_.lookup_chunk(key);
+    ++st_.misses;
+    return std::nullopt;
+  }
+
+  bool in_tiers(const ChunkKey& key) const {
+    for (const KvTier* t : tiers_)
+      if (t->contains(object_name(key))) return true;
+    return false;
+  }
+
+  ChunkTierStats stats() const { return st_; }
+
+ private:
+  bool promote(KvTier& tier, const ChunkKey& key) {
+    const std::string name = object_name(key);
+    if (!tier.contains(name)) return false;
+    const auto bytes = tier.get(name);
+    if (!bytes) return false;  // the tier counted the miss (and removed a file that failed its check)
+    const auto parts = unpack_slices(*bytes);
+    std::vector<DecodedSlice> slices;
+    const SliceExpect expect = slice_expect(store_, model_fp_, key);
+    bool ok = parts.has_value() && !parts->empty();
+    for (std::size_t i = 0; ok && i < parts->size(); ++i) {
+      auto d = decode_slice((*parts)[i], expect);
+      ok = d.has_value();
+      if (ok) slices.push_back(*d);
+    }
+    if (!ok) return reject(tier, name);
+    // Room first, so that the import's appends need not drop (rather than demote) other chunks.
+    std::int32_t n = 0;
+    for (const DecodedSlice& s : slices) n = std::max(n, s.header.pos0 + s.header.count);
+    const std::int64_t per_head =
+        (static_cast<std::int64_t>(n) + store_.page_size() - 1) / store_.page_size();
+    make_room(per_head * store_.shape().num_layers * store_.shape().num_kv_heads);
+    try {
+      import_chunk(store_, std::span<const DecodedSlice>(slices));
+    } catch (const PoolExhausted&) {
+      ++st_.promote_failures;
+      return false;
+    } catch (const InvalidArgument&) {  // verified slices that do not make a chunk (heads missing, gaps)
+      return reject(tier, name);
+    }
+    tier.remove(name);
+    ++st_.promotions;
+    st_.bytes_up += static_cast<std::int64_t>(bytes->size());
+    return true;
+  }
+
+  bool reject(KvTier& tier, const std::string& name) {
+    tier.remove(name);
+    ++st_.rejected;
+    return false;
+  }
+
+  KVHeadStore<T>& store_;
+  std::uint64_t model_fp_;
+  std::vector<KvTier*> tiers_;
+  ChunkTierPolicy policy_;
+  ChunkTierStats st_;
+};
+
+// ---- sequence swap-out / swap-in (preemption)
+// -----------------------------------------------------------------
+
+struct SwapObject {
+  std::string name;
+  int layer = 0;
+  bool local = false;  // the layer's local heads (else its global-like heads)
+  std::int64_t bytes = 0;
+  std::uint64_t digest = 0;  // object_digest of what was written
+};
+
+// What swap_in needs to restore a swapped-out sequence: its objects (hottest first: every layer's local
+// heads, then the global-like heads) and the sequence's next positions and query floors per layer.
+struct SwapTicket {
+  std::uint64_t model_fp = 0;
+  std::vector<std::int32_t> next_pos;
+  std::vector<std::int32_t> query_floor;
+  std::vector<SwapObject> objects;
+  std::int64_t bytes() const {
+    std::int64_t n = 0;
+    for (const SwapObject& o : objects) n += o.bytes;
+    return n;
+  }
+};
+
+// Removes a ticket's objects from the tier (a sequence the engine gives up on).
+void discard_swap(const SwapTicket& ticket, KvTier& tier);
+
+// Writes every row sequence `seq` holds (local heads: their sink and window runs; global-like heads:
+// everything; spliced chunks' keys with their rotation) to `tier` as objects "<name>.l<layer>.local" and
+// "<name>.l<layer>.global", then frees the sequence. nullopt when the tier refuses an object: what was
+// written is removed again and the sequence stays as it was.
+template <StorageType T>
+std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& tier, std::uint64_t model_fp,
+                                   std::string_view name) {
+  require<NotFound>(store.contains(seq), "swap_out: sequence id=", seq, " is not live");
+  const ModelShape& sh = store.shape();
+  check_object_name(detail::concat(name, ".l", sh.num_layers - 1, ".global"));  // the longest name it writes
+  SwapTicket t;
+  t.model_fp = model_fp;
+  std::vector<SwapObject> global;
+  SliceHeader h;
+  h.model_fp = model_fp;
+  h.map_fp = head_map_fingerprint(store.head_map());
+  h.dtype = dtype_of<T>();
+  h.head_dim = sh.head_dim;
+  for (int l = 0; l < sh.num_layers; ++l) {
+    t.next_pos.push_back(store.next_position(seq, l));
+    t.query_floor.push_back(store.query_floor(seq, l));
+    for (const bool local : {true, false}) {
+      std::vector<std::vector<std::byte>> slices;
+      h.layer = l;
+      for (int kh = 0; kh < sh.num_kv_heads; ++kh) {
+        if (store.policy(l, kh).is_local() != local) continue;
+        h.kv_head = kh;
+        slice_detail::export_table(store, store.table(seq, l, kh), h, 0, slices);
+      }
+      if (slices.empty()) continue;
+      const auto bytes = pack_slices(slices);
+      SwapObject o{detail::concat(name, ".l", l, local ? ".local" : ".global"), l, local,
+                   static_cast<std::int64_t>(bytes.size()), object_digest(bytes)};
+      if (!tier.put(o.name, bytes)) {
+        discard_swap(t, tier);
+        for (const SwapObject& g : global) tier.remove(g.name);
+        return std::nullopt;
+      }
+      (local ? t.objects : global).push_back(std::move(o));
+    }
+  }
+  t.objects.insert(t.objects.end(), global.begin(), global.end());
+  // A tier that made room for later objects by evicting earlier ones of this ticket: refused as a whole.
+  const bool all_there = std::all_of(t.objects.begin(), t.objects.end(),
+                                     [&](const SwapObject& o) { return tier.contains(o.name); });
+  if (!all_there) {
+    discard_swap(t, tier);
+    return std::nullopt;
+  }
+  store.free_sequence(seq);
+  return t;
+}
+
+// Restores a swapped-out sequence into `store` (the one it left, or another of the same model, map, dtype and
+// shape): reads the ticket's objects hottest first, checks each against its digest and every slice against
+// the store, and rebuilds the head tables with restore_sequence(): the same positions with the same
+// rotations, the same next positions and query floors. The objects are removed afterwards. nullopt (reason
+// in *why) when an object is missing or fails a check: the sequence cannot come back, its objects are
+// removed and the store is unchanged. PoolExhausted when the pool lacks pages (objects and store unchanged:
+// make room and retry).
+template <StorageType T>
+std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, KvTier& tier,
+                             std::string* why = nullptr) {
+  const ModelShape& sh = store.shape();
+  const std::size_t D = static_cast<std::size_t>(sh.head_dim);
+  const auto miss = [&](const auto&... parts) -> std::optional<SeqId> {
+    if (why != nullptr) *why = detail::concat("swap_in: ", parts...);
+    discard_swap(ticket, tier);
+    return std::nullopt;
+  };
+  require(ticket.next_pos.size() == static_cast<std::size_t>(sh.num_layers), "swap_in: the ticket has ",
+          ticket.next_pos.size(), " layers, the store ", sh.num_layers);
+  SliceExpect expect = slice_expect(store, ticket.model_fp, ChunkKey{});
+  std::vector<std::vector<std::byte>> objects;  // kept alive: decoded slices view them
+  std::vector<DecodedSlice> slices;
+  std::size_t rows = 0;
+  for (const SwapObject& o : ticket.objects) {
+    auto bytes = tier.get(o.name);
+    if (!bytes) return miss("object ", o.name, " is not in the tier (evicted, removed or unreadable)");
+    if (static_cast<std::int64_t>(bytes->size()) != o.bytes || object_digest(*bytes) != o.digest)
+      return miss("object ", o.name, " is not what swap_out wrote (size or digest)");
+    objects.push_back(std::move(*bytes));
+    const auto parts = unpack_slices(objects.back());
+    if (!parts) return miss("object ", o.name, " is not a pack of slices");
+    for (const auto& p : *parts) {
+      std::string reason;
+      auto d = decode_slice(p, expect, &reason);
+      if (!d) return miss("object ", o.name, ": ", reason);
+      if (d->header.layer != o.layer || store.policy(o.layer, d->header.kv_head).is_local() != o.local)
+        return miss("object ", o.name, " holds a slice of layer ", d->header.layer, " kv_head ",
+                    d->header.kv_head);
+      rows += static_cast<std::size_t>(d->header.count);
+      slices.push_back(*d);
+    }
+  }
+  std::vector<T> k(rows * D), v(rows * D);
+  std::vector<RestoreRun<T>> runs;
+  std::size_t at = 0;
+  for (const DecodedSlice& s : slices) {
+    const std::size_t n = static_cast<std::size_t>(s.header.count) * D;
+    slice_detail::load_rows(s.k.data(), n, k.data() + at);
+    slice_detail::load_rows(s.v.data(), n, v.data() + at);
+    runs.push_back(RestoreRun<T>{s.header.layer, s.header.kv_head, s.header.pos0, s.header.count,
+                                 s.header.rope_pos0, std::span<const T>(k).subspan(at, n),
+                                 std::span<const T>(v).subspan(at, n)});
+    at += n;
+  }
+  const SeqId id = store.restore_sequence(std::span<const RestoreRun<T>>(runs),
+                                          std::span<const std::int32_t>(ticket.next_pos),
+                                          std::span<const std::int32_t>(ticket.query_floor));
+  discard_swap(ticket, tier);
+  return id;
+}
+
+}  // namespace redknot
