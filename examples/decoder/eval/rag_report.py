@@ -128,10 +128,12 @@ def main(argv):
             pts = [(lengths[L][0]["summary"][m]["ttft_median_s"], lengths[L][0]["summary"][m]["accuracy"], L)
                    for L in sorted(lengths) if m in lengths[L][0]["summary"]]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+            for x, y, L in pts:  # which length each point is
+                ax.annotate(f"{L // 1024}K", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=6)
         ax.set_xscale("log")
         ax.set_xlabel("TTFT, warm cache (median s)")
         ax.set_ylabel("answer accuracy")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.savefig(png, dpi=120, bbox_inches="tight")
         print(f"plot: {png}")
         return
