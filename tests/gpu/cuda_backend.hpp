@@ -321,10 +321,7 @@ class CudaStore final : public BackendStore {
         throw std::runtime_error(concat("decode partition: chunk ", i, " differs from the host's"));
   }
 
-  redknot::ChunkKey key(int chunk) const {
-    const std::int32_t token = chunk;
-    return host_.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
-  }
+  redknot::ChunkKey key(int chunk) const { return scenario_chunk_key(host_, chunk); }
 
   StoreSpec spec_;
   CudaBackendOptions opt_;

@@ -134,6 +134,14 @@ class BackendStore {
 
 inline constexpr const char* kChunkModel = "rktest-scenario";
 
+// The key of script chunk `chunk` in a KVHeadStore of any allocator (the C ABI backend makes the same key
+// through rk_chunk_key_make).
+template <class Store>
+redknot::ChunkKey scenario_chunk_key(const Store& store, int chunk) {
+  const std::int32_t token = chunk;
+  return store.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
+}
+
 // How a backend's kernels compute, which sets the runner's tolerances: fp32 softmax and accumulation
 // (host), or 16-bit probabilities in the P.V products (device tensor cores).
 enum class Precision { kHost, kDevice };

@@ -82,10 +82,7 @@ class CpuStore final : public BackendStore {
   std::string invariant_error() const override { return accounting_error(store_); }
 
  private:
-  redknot::ChunkKey key(int chunk) const {
-    const std::int32_t token = chunk;
-    return store_.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
-  }
+  redknot::ChunkKey key(int chunk) const { return scenario_chunk_key(store_, chunk); }
 
   StoreSpec spec_;
   redknot::KVHeadStore<T> store_;

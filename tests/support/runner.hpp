@@ -195,10 +195,7 @@ class TypedRun final : public RunBase {
     return x;
   }
 
-  redknot::ChunkKey shadow_key(int chunk) const {
-    const std::int32_t token = chunk;
-    return shadow_.chunk_key(kChunkModel, std::span<const std::int32_t>(&token, 1));
-  }
+  redknot::ChunkKey shadow_key(int chunk) const { return scenario_chunk_key(shadow_, chunk); }
 
   // The backend splices or relocates; the bookkeeping store splices, or appends the copy (its pages hold no
   // data to rotate) and retires the queries before first_query, as relocate() does.
