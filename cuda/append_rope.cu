@@ -31,7 +31,7 @@ __global__ void rope_kernel(typename KvTraits<K>::T* __restrict__ pool, int page
                             const PageEntry* __restrict__ entries, const int32_t* __restrict__ deltas,
                             int half, RopePairing pairing, const double* __restrict__ inv_freq) {
   using T = typename KvTraits<K>::T;
-  extern __shared__ RopeCosSin s_cs[];  // [rot / 2]
+  REDKNOT_DYNAMIC_SMEM(RopeCosSin, s_cs);  // [rot / 2]
   const PageEntry e = entries[blockIdx.x];
   const long long delta = deltas[blockIdx.x];
   for (int i = threadIdx.x; i < half; i += blockDim.x) s_cs[i] = rope_cos_sin(delta, inv_freq[i]);
@@ -63,9 +63,9 @@ void append_kv(void* pool, DType dtype, int page_size, int head_dim, int num_kv_
   const long long n_vec = static_cast<long long>(n_tokens) * num_kv_heads * vec_per_row;
   const int threads = 256;
   const long long blocks = (2 * n_vec + threads - 1) / threads;
-  detail::append_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(
-      static_cast<uint4*>(pool), page_size, vec_per_row, num_kv_heads, static_cast<const uint4*>(k),
-      static_cast<const uint4*>(v), dst_row, n_vec);
+  REDKNOT_LAUNCH(static_cast<unsigned>(blocks), threads, 0, stream, detail::append_kernel)
+  (static_cast<uint4*>(pool), page_size, vec_per_row, num_kv_heads, static_cast<const uint4*>(k),
+   static_cast<const uint4*>(v), dst_row, n_vec);
   check_cuda(cudaGetLastError(), "append_kv launch");
 }
 
@@ -79,12 +79,12 @@ void rope_relocate(void* pool, DType dtype, int page_size, const PageEntry* entr
   const int half = cfg.rot() / 2;
   const std::size_t smem = static_cast<std::size_t>(half) * sizeof(RopeCosSin);
   if (dtype == DType::kBF16)
-    detail::rope_kernel<DType::kBF16>
-        <<<num_entries, 128, smem, stream>>>(static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim,
-                                             entries, deltas, half, cfg.pairing, inv_freq);
+    REDKNOT_LAUNCH(num_entries, 128, smem, stream, detail::rope_kernel<DType::kBF16>)
+    (static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing,
+     inv_freq);
   else
-    detail::rope_kernel<DType::kF16><<<num_entries, 128, smem, stream>>>(
-        static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing, inv_freq);
+    REDKNOT_LAUNCH(num_entries, 128, smem, stream, detail::rope_kernel<DType::kF16>)
+    (static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing, inv_freq);
   check_cuda(cudaGetLastError(), "rope_relocate launch");
 }
 

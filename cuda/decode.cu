@@ -3,7 +3,9 @@
 //
 // This file: the device-side partition (plan kernels + CUB scans), the workspace layout and the host entry
 // points. The attention and merge kernels are in decode_kernel.cuh.
+#if !defined(REDKNOT_CUDA_HOST_MODE)
 #include <cub/device/device_scan.cuh>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -14,6 +16,45 @@
 
 namespace redknot::cuda {
 namespace detail {
+
+// ---- prefix sums over the units (CUB's device scans; plain loops in the host execution mode)
+
+#if defined(REDKNOT_CUDA_HOST_MODE)
+template <bool kInclusive>
+cudaError_t host_scan(void* tmp, std::size_t& bytes, const int32_t* in, int32_t* out, int n,
+                      cudaStream_t stream) {
+  if (tmp == nullptr) {
+    bytes = 1;
+    return cudaSuccess;
+  }
+  return host::enqueue(stream, [=] {
+    int32_t run = 0;
+    for (int i = 0; i < n; ++i) {
+      const int32_t x = in[i];
+      if (!kInclusive) out[i] = run;
+      run += x;
+      if (kInclusive) out[i] = run;
+    }
+  });
+}
+inline cudaError_t inclusive_sum(void* tmp, std::size_t& bytes, const int32_t* in, int32_t* out, int n,
+                                 cudaStream_t stream = nullptr) {
+  return host_scan<true>(tmp, bytes, in, out, n, stream);
+}
+inline cudaError_t exclusive_sum(void* tmp, std::size_t& bytes, const int32_t* in, int32_t* out, int n,
+                                 cudaStream_t stream = nullptr) {
+  return host_scan<false>(tmp, bytes, in, out, n, stream);
+}
+#else
+inline cudaError_t inclusive_sum(void* tmp, std::size_t& bytes, const int32_t* in, int32_t* out, int n,
+                                 cudaStream_t stream = nullptr) {
+  return cub::DeviceScan::InclusiveSum(tmp, bytes, in, out, n, stream);
+}
+inline cudaError_t exclusive_sum(void* tmp, std::size_t& bytes, const int32_t* in, int32_t* out, int n,
+                                 cudaStream_t stream = nullptr) {
+  return cub::DeviceScan::ExclusiveSum(tmp, bytes, in, out, n, stream);
+}
+#endif
 
 // ---- plan kernels
 // ----------------------------------------------------------------------------------------------
@@ -85,11 +126,9 @@ inline WsLayout ws_layout(int max_units, const DecodePartitionConfig& cfg, int g
   w.pout = o, o += align256(C * group * head_dim * sizeof(float));
   w.plse = o, o += align256(C * group * sizeof(float));
   std::size_t b1 = 0, b2 = 0;
-  check_cuda(cub::DeviceScan::InclusiveSum(nullptr, b1, static_cast<int32_t*>(nullptr),
-                                           static_cast<int32_t*>(nullptr), static_cast<int>(U)),
+  check_cuda(inclusive_sum(nullptr, b1, nullptr, nullptr, static_cast<int>(U)),
              "cub::DeviceScan::InclusiveSum (size query)");
-  check_cuda(cub::DeviceScan::ExclusiveSum(nullptr, b2, static_cast<int32_t*>(nullptr),
-                                           static_cast<int32_t*>(nullptr), static_cast<int>(U + 1)),
+  check_cuda(exclusive_sum(nullptr, b2, nullptr, nullptr, static_cast<int>(U + 1)),
              "cub::DeviceScan::ExclusiveSum (size query)");
   w.cub_bytes = std::max(b1, b2);
   w.cub_tmp = o, o += align256(w.cub_bytes);
@@ -172,16 +211,16 @@ void decode_plan(const DecodeParams& p, void* workspace, std::size_t workspace_b
     check_cuda(cudaMemsetAsync(offsets, 0, sizeof(int32_t), stream), "cudaMemsetAsync");
     return;
   }
-  detail::plan_count_kernel<<<(U + threads - 1) / threads, threads, 0, stream>>>(p.kv.slots, U, entries);
+  REDKNOT_LAUNCH((U + threads - 1) / threads, threads, 0, stream, detail::plan_count_kernel)
+  (p.kv.slots, U, entries);
   std::size_t tmp = w.cub_bytes;
-  check_cuda(cub::DeviceScan::InclusiveSum(b + w.cub_tmp, tmp, entries, scan, U, stream), "InclusiveSum");
-  detail::plan_chunks_kernel<<<(U + 1 + threads - 1) / threads, threads, 0, stream>>>(
-      entries, scan, U, cfg.target_chunks, cfg.min_chunk_entries, counts, chunk_len);
+  check_cuda(detail::inclusive_sum(b + w.cub_tmp, tmp, entries, scan, U, stream), "InclusiveSum");
+  REDKNOT_LAUNCH((U + 1 + threads - 1) / threads, threads, 0, stream, detail::plan_chunks_kernel)
+  (entries, scan, U, cfg.target_chunks, cfg.min_chunk_entries, counts, chunk_len);
   tmp = w.cub_bytes;
-  check_cuda(cub::DeviceScan::ExclusiveSum(b + w.cub_tmp, tmp, counts, offsets, U + 1, stream),
-             "ExclusiveSum");
-  detail::plan_fill_kernel<<<(U + threads - 1) / threads, threads, 0, stream>>>(entries, offsets, chunk_len,
-                                                                                U, chunks);
+  check_cuda(detail::exclusive_sum(b + w.cub_tmp, tmp, counts, offsets, U + 1, stream), "ExclusiveSum");
+  REDKNOT_LAUNCH((U + threads - 1) / threads, threads, 0, stream, detail::plan_fill_kernel)
+  (entries, offsets, chunk_len, U, chunks);
   check_cuda(cudaGetLastError(), "decode plan launch");
 }
 

@@ -6,8 +6,6 @@
 #include <string>
 #include <type_traits>
 
-#include <cub/block/block_scan.cuh>
-
 #include "kernel_utils.cuh"
 #include "redknot/cuda/decode.hpp"
 
@@ -60,7 +58,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   __shared__ int32_t s_total;
   __shared__ float s_m[NG][G], s_l[NG][G];
   __shared__ float s_acc[NG][G][D];
-  using BlockScan = cub::BlockScan<int, kDecodeThreads>;
+  using BlockScan = BlockScanOf<int, kDecodeThreads>;
   __shared__ typename BlockScan::TempStorage s_scan;
 
   const int total_chunks = units > 0 ? chunk_offset[units] : 0;
@@ -302,13 +300,13 @@ void launch_decode_bf16(const DecodeLaunch& l, int head_dim, int group);
 
 template <DType K>
 void launch_decode_dtype(const DecodeLaunch& l, int head_dim, int group) {
-#define REDKNOT_DECODE_CASE(DD, GG)                                                                         \
-  if (head_dim == DD && group == GG) {                                                                      \
-    decode_kernel<K, DD, GG><<<static_cast<unsigned>(l.grid), kDecodeThreads, 0, l.stream>>>(               \
-        *l.p, l.qk_scale_log2, l.chunk_offset, l.chunks, l.units, l.partial_out, l.partial_lse);            \
-    decode_merge_kernel<K, DD, GG><<<l.units, kDecodeThreads, 0, l.stream>>>(*l.p, l.chunk_offset, l.units, \
-                                                                             l.partial_out, l.partial_lse); \
-    return;                                                                                                 \
+#define REDKNOT_DECODE_CASE(DD, GG)                                                                      \
+  if (head_dim == DD && group == GG) {                                                                   \
+    REDKNOT_LAUNCH(static_cast<unsigned>(l.grid), kDecodeThreads, 0, l.stream, decode_kernel<K, DD, GG>) \
+    (*l.p, l.qk_scale_log2, l.chunk_offset, l.chunks, l.units, l.partial_out, l.partial_lse);            \
+    REDKNOT_LAUNCH(l.units, kDecodeThreads, 0, l.stream, decode_merge_kernel<K, DD, GG>)                 \
+    (*l.p, l.chunk_offset, l.units, l.partial_out, l.partial_lse);                                       \
+    return;                                                                                              \
   }
   REDKNOT_DECODE_CASE(64, 1)
   REDKNOT_DECODE_CASE(64, 2)

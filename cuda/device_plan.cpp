@@ -1,7 +1,7 @@
 // DevicePlan: incremental host->device mirror of an AttentionPlan. See include/redknot/cuda/device_plan.hpp.
 #include "redknot/cuda/device_plan.hpp"
 
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <algorithm>
 #include <string>

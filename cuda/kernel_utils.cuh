@@ -1,11 +1,28 @@
 // Device helpers shared by the kernels of cuda/: dtype conversion of 16-byte vectors and cp.async / ldmatrix
 // / mma.sync wrappers (the visibility rule and plan-entry indexing come from the core headers via
 // staging.hpp). Private to cuda/ (device code).
+//
+// Host execution mode (REDKNOT_CUDA_HOST_MODE, host_mode/device.hpp): the same kernels compile as C++ and run
+// on the CPU; the inline-PTX wrappers below are then emulations (cp.async queued to its wait, ldmatrix and
+// mma by the PTX fragment tables, host_mode/ptx_fragments.hpp) and launches go through REDKNOT_LAUNCH.
 #pragma once
 
+#if defined(REDKNOT_CUDA_HOST_MODE)
+#include "host_mode/device.hpp"
+#include "host_mode/ptx_fragments.hpp"
+#define REDKNOT_LAUNCH(grid, block, smem, stream, ...) \
+  ::redknot::cuda::host::Launch((grid), (block), (smem), (stream)).of(__VA_ARGS__)
+#define REDKNOT_DYNAMIC_SMEM(type, name) \
+  type* const name = reinterpret_cast<type*>(::redknot::cuda::host::dynamic_smem())
+#else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <cub/block/block_scan.cuh>
+#define REDKNOT_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<(grid), (block), (smem), (stream)>>>
+#define REDKNOT_DYNAMIC_SMEM(type, name) extern __shared__ __align__(16) type name[]
+#endif
 
 #include <cstdint>
 
@@ -84,6 +101,43 @@ __device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
   return make_uint4(pack2<K>(f[0], f[1]), pack2<K>(f[2], f[3]), pack2<K>(f[4], f[5]), pack2<K>(f[6], f[7]));
 }
 
+#if defined(REDKNOT_CUDA_HOST_MODE)
+
+__device__ __forceinline__ uint4 ldg_nc(const void* p) {
+  uint4 r;
+  std::memcpy(&r, p, sizeof r);
+  return r;
+}
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+  host::cp_async(smem, gmem, src_bytes);
+}
+__device__ __forceinline__ void cp_async_commit() { host::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  host::cp_async_wait(N);
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  const void* rows[32];
+  host::warp_all_gather(0xffffffffu, &p, sizeof p, rows);
+  host::ptx::ldmatrix_x4(rows, host::lane_id(), false, r);
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  const void* rows[32];
+  host::warp_all_gather(0xffffffffu, &p, sizeof p, rows);
+  host::ptx::ldmatrix_x4(rows, host::lane_id(), true, r);
+}
+template <DType K>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  const host::ptx::MmaOperands mine{{a[0], a[1], a[2], a[3]}, {b0, b1}};
+  host::ptx::MmaOperands all[32];
+  host::warp_all_gather(0xffffffffu, &mine, sizeof mine, all);
+  host::ptx::mma_16816(all, host::lane_id(), K == DType::kBF16, d);
+}
+template <class T, int N>
+using BlockScanOf = host::BlockScan<T, N>;
+
+#else
+
 __device__ __forceinline__ uint4 ldg_nc(const void* p) {
   // Read-only, streamed once per step: do not pollute L1.
   uint4 r;
@@ -139,5 +193,10 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
   }
 }
+
+template <class T, int N>
+using BlockScanOf = cub::BlockScan<T, N>;
+
+#endif  // REDKNOT_CUDA_HOST_MODE
 
 }  // namespace redknot::cuda::detail

@@ -24,11 +24,19 @@ constexpr int kPfThreads = 128;
 constexpr int kBQ = kPrefillTileRows;  // packed rows per CTA
 constexpr int kBK = 64;                // keys per tile
 
-template <int D>
+// bf16 keeps 8 bits of mantissa: a query counter-rotated for spliced keys (rebuilt from fp32) and rounded
+// once to bf16 would score with ~2^-9 relative error, several times what the stored keys' own rounding costs
+// the log-sum-exp. So for bf16 the rebuilt Q tile is split as hi + lo (both bf16, lo = x - hi) and S = Q_hi
+// K^T
+// + Q_lo K^T on tiles with a rope delta (error ~2^-17); f16's 11 bits make one rounding enough.
+template <DType K>
+constexpr bool kSplitRotatedQ = K == DType::kBF16;
+
+template <int D, bool kSplit>
 struct PfSmem {
   static constexpr int kStride = D + 8;  // +16 bytes per row: ldmatrix rows hit distinct bank groups
   static constexpr std::size_t kTileElems = static_cast<std::size_t>(kBK) * kStride;
-  static constexpr std::size_t kBytes = 3 * kTileElems * 2;  // Q, K, V (16-bit)
+  static constexpr std::size_t kBytes = (kSplit ? 4 : 3) * kTileElems * 2;  // Q, K, V (, Q lo) (16-bit)
 };
 
 // The collectives KeyWalker needs, on the hardware.
@@ -43,16 +51,18 @@ struct DeviceWarp {
 template <DType K, int D>
 __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, float qk_scale_log2) {
   using T = typename KvTraits<K>::T;
-  using S = PfSmem<D>;
+  constexpr bool kSplit = kSplitRotatedQ<K>;
+  using S = PfSmem<D, kSplit>;
   constexpr int kStride = S::kStride;
   constexpr int kVecPerRow = D / 8;
   constexpr int KD = D / 16;  // k-steps of S = Q K^T
   constexpr int ND = D / 8;   // n-tiles of O
 
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  REDKNOT_DYNAMIC_SMEM(unsigned char, smem_raw);
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + S::kTileElems;
   T* sV = sK + S::kTileElems;
+  T* sQlo = sV + S::kTileElems;  // kSplit only: the low part of a counter-rotated Q tile
   __shared__ int32_t s_rows[2][kBK];
   __shared__ int32_t s_kpos[2][kBK];
   __shared__ int32_t s_nkeys[2];
@@ -82,6 +92,10 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
     cp_async16(sQ + r * kStride + c * 8, qg + qrow * D + c * 8, ok ? 16 : 0);
   }
   cp_async_commit();
+  if constexpr (kSplit) {  // dims a rotation leaves alone (partial rotary) and padding rows: lo = 0
+    const uint32_t zero = 0;
+    for (int v = tid; v < kBQ * kStride / 2; v += kPfThreads) reinterpret_cast<uint32_t*>(sQlo)[v] = zero;
+  }
   if (tid < kBQ) {
     const int row = tile.row0 + tid;
     s_qpos[tid] = row < nrows ? p.q_pos[q_begin + row / g] : -1;
@@ -165,8 +179,13 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
       float x = to_f32<K>(qg[qrow * D + pr.a]), y = to_f32<K>(qg[qrow * D + pr.b]);
       if (delta != 0)
         rope_rotate_pair(x, y, rope_cos_sin(-static_cast<long long>(delta), p.kv.rope_inv_freq[i]));
-      sQ[r * kStride + pr.a] = from_f32<K>(x);
-      sQ[r * kStride + pr.b] = from_f32<K>(y);
+      const T xh = from_f32<K>(x), yh = from_f32<K>(y);
+      sQ[r * kStride + pr.a] = xh;
+      sQ[r * kStride + pr.b] = yh;
+      if constexpr (kSplit) {
+        sQlo[r * kStride + pr.a] = from_f32<K>(x - to_f32<K>(xh));
+        sQlo[r * kStride + pr.b] = from_f32<K>(y - to_f32<K>(yh));
+      }
     }
   };
 
@@ -196,8 +215,11 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
     for (int j = 0; j < kBK / 8; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i) s[j][i] = 0.f;
+    const bool split = kSplit && q_delta != 0;  // CTA-uniform
 #pragma unroll
     for (int kk = 0; kk < KD; ++kk) {
+      uint32_t qlo[4] = {0, 0, 0, 0};
+      if (split) ldmatrix_x4(qlo, sQlo + (warp * 16 + (lane & 15)) * kStride + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
       for (int np = 0; np < kBK / 16; ++np) {
         uint32_t b[4];
@@ -205,6 +227,10 @@ __global__ void __launch_bounds__(kPfThreads) prefill_kernel(PrefillParams p, fl
             b, sK + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * kStride + kk * 16 + ((lane >> 3) & 1) * 8);
         mma_16816<K>(s[2 * np], qf[kk], b[0], b[1]);
         mma_16816<K>(s[2 * np + 1], qf[kk], b[2], b[3]);
+        if (split) {
+          mma_16816<K>(s[2 * np], qlo, b[0], b[1]);
+          mma_16816<K>(s[2 * np + 1], qlo, b[2], b[3]);
+        }
       }
     }
     __syncthreads();  // K buffer free; next key table visible
@@ -317,16 +343,18 @@ void prefill_attention(const PrefillParams& p, cudaStream_t stream) {
     check_cuda(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
         "cudaFuncSetAttribute(prefill)");
-    kernel<<<p.num_tiles, detail::kPfThreads, smem, stream>>>(p, scale * detail::kLog2e);
+    REDKNOT_LAUNCH(p.num_tiles, detail::kPfThreads, smem, stream, kernel)(p, scale * detail::kLog2e);
   };
+  using detail::kSplitRotatedQ;
+  using detail::PfSmem;
   if (p.dtype == DType::kBF16 && D == 128)
-    launch(detail::prefill_kernel<DType::kBF16, 128>, detail::PfSmem<128>::kBytes);
+    launch(detail::prefill_kernel<DType::kBF16, 128>, PfSmem<128, kSplitRotatedQ<DType::kBF16>>::kBytes);
   else if (p.dtype == DType::kBF16 && D == 64)
-    launch(detail::prefill_kernel<DType::kBF16, 64>, detail::PfSmem<64>::kBytes);
+    launch(detail::prefill_kernel<DType::kBF16, 64>, PfSmem<64, kSplitRotatedQ<DType::kBF16>>::kBytes);
   else if (p.dtype == DType::kF16 && D == 128)
-    launch(detail::prefill_kernel<DType::kF16, 128>, detail::PfSmem<128>::kBytes);
+    launch(detail::prefill_kernel<DType::kF16, 128>, PfSmem<128, kSplitRotatedQ<DType::kF16>>::kBytes);
   else if (p.dtype == DType::kF16 && D == 64)
-    launch(detail::prefill_kernel<DType::kF16, 64>, detail::PfSmem<64>::kBytes);
+    launch(detail::prefill_kernel<DType::kF16, 64>, PfSmem<64, kSplitRotatedQ<DType::kF16>>::kBytes);
   else
     throw InvalidArgument(
         redknot::detail::concat("prefill: unsupported head_dim=", D, " (supported: 64, 128)"));

@@ -11,7 +11,7 @@
 // f16/bf16 storage with activations of the same dtype only (Scenario::applies_to(BackendKind::kCuda)).
 #pragma once
 
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <algorithm>
 #include <cstring>
@@ -131,13 +131,15 @@ class CudaStore final : public BackendStore {
   void append(int layer, std::span<const redknot::SeqId> seqs, std::span<const std::int32_t> offsets,
               ConstTensor k, ConstTensor v, std::span<const std::int32_t> positions) override {
     const auto ks = k.as<T>(), vs = v.as<T>();
-    host_.append_batch(layer, seqs, offsets, ks, vs, positions);
+    // The mirror appends sequence by sequence as the device store does: append_batch takes pages in another
+    // order, and the tables are compared entry for entry, page ids included.
     const std::size_t row = static_cast<std::size_t>(spec_.shape.num_kv_heads) * spec_.shape.head_dim;
     for (std::size_t i = 0; i < seqs.size(); ++i) {
       const auto b = static_cast<std::size_t>(offsets[i]), n = static_cast<std::size_t>(offsets[i + 1]) - b;
       if (n == 0) continue;
       const auto kb = ks.subspan(b * row, n * row), vb = vs.subspan(b * row, n * row);
       const auto pos = positions.subspan(b, n);
+      host_.append(seqs[i], layer, kb, vb, pos);
       if (appends_++ % 2 == 0) {
         redknot::cuda::append_from_host(dev_, seqs[i], layer, kb, vb, pos);
       } else {

@@ -1,7 +1,7 @@
 // main() of the GPU test binaries: runs the registered cases (optionally filtered by a name prefix). When no
 // CUDA device is usable every case is skipped (exit code 4), unless REDKNOT_GPU_REQUIRE=1: then a missing
 // device fails every case (a GPU runner must not pass by skipping).
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <cstdio>
 #include <cstdlib>

@@ -8,7 +8,7 @@
 //
 // Without a usable device every case is skipped (exit 4), or fails when REDKNOT_GPU_REQUIRE=1.
 // REDKNOT_SCENARIO_SIZE=small (compute-sanitizer runs) plays only the small scenarios.
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <cmath>
 #include <cstdio>

@@ -13,7 +13,7 @@
 // C++20 host code, header-only (templated on the storage type).
 #pragma once
 
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <algorithm>
 #include <cstdint>

@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <stdexcept>
 #include <string>

@@ -11,7 +11,7 @@
 // C++20 host code.
 #pragma once
 
-#include <cuda_runtime_api.h>
+#include "redknot/cuda/runtime_api.hpp"
 
 #include <cstdint>
 #include <limits>
