@@ -191,9 +191,16 @@ TEST_CASE("host-mode scheduler: barriers, races, warp collectives, cp.async, dea
   Launch(1, 128, 0, nullptr).of(divergent_kernel)(out.data());
   CHECK(cudaGetLastError() == cudaErrorLaunchFailure);
 
+  // CTAs take the four schedules in turn: copies at their wait (stale before it) and at issue.
   const int src[4] = {7, 8, 9, 10};
-  std::vector<int> c(2);
-  Launch(1, 32, 0, nullptr).of(cp_async_kernel)(c.data(), src);
-  CHECK(c[0] == -1);
-  CHECK(c[1] == 7);
+  int stale = 0, early = 0;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int> c(2);
+    Launch(1, 32, 0, nullptr).of(cp_async_kernel)(c.data(), src);
+    stale += c[0] == -1;
+    early += c[0] == 7;
+    CHECK(c[1] == 7);
+  }
+  CHECK(stale == 2);
+  CHECK(early == 2);
 }

@@ -9,13 +9,13 @@
 //   * warp collectives (__shfl*_sync, __ballot_sync, ldmatrix, mma) are a barrier over the warp's 32 lanes
 //     plus an exchange of every lane's operands; each lane then computes its own result from the PTX ISA's
 //     definition (ldmatrix / mma fragment layouts: ptx_fragments.hpp);
-//   * cp.async copies are queued per thread and done at the latest moment the PTX memory model allows (the
-//     cp.async.wait_group that covers them), so a read before the wait sees stale data, as it may on a
-//     device;
+//   * cp.async copies are done at the latest moment the PTX memory model allows (the cp.async.wait_group that
+//     covers them: a read before the wait sees stale data) or at the earliest (at issue: an overwrite of
+//     shared memory that other threads still read shows), CTA by CTA in turn;
 //   * shared memory: `__shared__` variables are function-local statics of the OS thread (one CTA at a time
 //     runs on it), dynamic shared memory is a per-CTA buffer filled with 0xff (NaN) before each CTA;
-//   * threads run in ascending order in even CTAs and in descending order in odd ones, so a missing barrier
-//     between a write and a read by another thread is seen in one of the two orders.
+//   * threads run in ascending or descending order, CTA by CTA in turn, so a missing barrier between a write
+//     and a read by another thread is seen in one of the two orders.
 // Device memory is host memory (host_mode/runtime.hpp). Included by cuda/kernel_utils.cuh in host mode only.
 #pragma once
 
@@ -71,8 +71,8 @@ int lane_id();
 // Dynamic shared memory of the running CTA (the launch's smem bytes, 16-byte aligned).
 unsigned char* dynamic_smem();
 
-// cp.async of the calling thread: queued in its open group; commit closes the group; wait(n) performs every
-// committed group but the newest n.
+// cp.async of the calling thread: done at once, or queued in its open group (see above); commit closes the
+// group; wait(n) performs every committed group but the newest n.
 void cp_async(void* dst, const void* src, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int n);

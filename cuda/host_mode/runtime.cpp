@@ -188,6 +188,8 @@ struct Cta {
   std::vector<uint4> smem;  // dynamic shared memory, 16-byte aligned
   std::size_t smem_bytes = 0;
   std::vector<int> parity;  // per thread: which slot buffer its next warp collective uses
+  bool eager_copies = false;
+  std::uint64_t ctas_run = 0;  // on this OS thread, all launches: picks each CTA's schedule
 #if defined(REDKNOT_HOST_ASAN)
   const void* sched_stack_bottom = nullptr;
   std::size_t sched_stack_size = 0;
@@ -271,9 +273,14 @@ std::string dim_text(uint3 d) {
   return std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z);
 }
 
-// Runs one CTA to completion. Threads run in ascending order of threadIdx in even CTAs, descending in odd
-// ones (a race on shared memory without a barrier shows in one of the two orders).
-void run_cta(Cta& c, uint3 grid, uint3 block, uint3 idx, bool reverse) {
+// Runs one CTA to completion under one of four schedules, taken in turn by the CTAs an OS thread runs:
+// threads in ascending or descending order of threadIdx (a race on shared memory without a barrier shows in
+// one of the two orders), cp.async copies done at their wait or at once (a read before the wait, or an
+// overwrite of data other threads still read, shows in one of the two).
+void run_cta(Cta& c, uint3 grid, uint3 block, uint3 idx) {
+  const bool reverse = (c.ctas_run & 1) != 0;
+  c.eager_copies = (c.ctas_run & 2) != 0;
+  ++c.ctas_run;
   const int n = static_cast<int>(block.x * block.y * block.z);
   if (c.fibers.size() < static_cast<std::size_t>(n)) c.fibers.resize(static_cast<std::size_t>(n));
   const int nwarps = (n + 31) / 32;
@@ -389,7 +396,11 @@ unsigned char* dynamic_smem() { return reinterpret_cast<unsigned char*>(t_cta->s
 
 void cp_async(void* dst, const void* src, int src_bytes) {
   if (src_bytes < 0 || src_bytes > 16) kernel_error("cp.async with src_bytes " + std::to_string(src_bytes));
-  t_cta->current->open.push_back(CpCopy{dst, src, src_bytes});
+  const CpCopy k{dst, src, src_bytes};
+  if (t_cta->eager_copies)
+    perform({k});  // the earliest legal completion: shows a copy that overwrites what others still read
+  else
+    t_cta->current->open.push_back(k);  // the latest (at its wait): shows a read before the wait
 }
 void cp_async_commit() {
   Fiber& f = *t_cta->current;
@@ -421,10 +432,9 @@ void run_grid(uint3 grid, uint3 block, std::size_t smem, const std::function<voi
       t_cta = nullptr;
     }
   } reset;
-  std::uint64_t k = 0;
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
-      for (unsigned x = 0; x < grid.x; ++x, ++k) run_cta(cta, grid, block, uint3{x, y, z}, k % 2 == 1);
+      for (unsigned x = 0; x < grid.x; ++x) run_cta(cta, grid, block, uint3{x, y, z});
 }
 
 void Launch::enqueue(std::function<void()> kernel_once) const {
