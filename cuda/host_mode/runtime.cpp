@@ -28,6 +28,7 @@
 #endif
 #endif
 #if defined(REDKNOT_HOST_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -248,6 +249,12 @@ void on_exit(Cta& c, Fiber& f) {
 // values, six zeroed registers), then redknot_fiber_main as the return address and a null return address
 // above it, where unwinders stop.
 void* initial_stack(Stack& s) {
+#if defined(REDKNOT_HOST_ASAN)
+  // A stack is reused by the next CTA: the redzones of the frames its last fiber left there are stale. Kernel
+  // frames stay in the top 64 KiB (ASan moves large locals to its fake stack).
+  constexpr std::size_t kUsed = std::size_t{64} << 10;
+  __asan_unpoison_memory_region(s.top() - kUsed, kUsed);
+#endif
   auto* top =
       reinterpret_cast<std::uint64_t*>(reinterpret_cast<std::uintptr_t>(s.top()) & ~std::uintptr_t{15});
   std::uint64_t* sp = top - 2;  // 16-byte aligned: the slot of redknot_fiber_main's address
