@@ -339,8 +339,57 @@ std::optional<std::vector<std::span<const std::byte>>> unpack_slices(std::span<c
 
 std::uint64_t object_digest(std::span<const std::byte> bytes) { return xxh64(bytes.data(), bytes.size()); }
 
-void discard_swap(const SwapTicket& ticket, KvTier& tier) {
-  for (const SwapObject& o : ticket.objects) tier.remove(o.name);
+void discard_swap(const SwapTicket& ticket, KvTier& hot, KvTier& cold) {
+  for (const SwapObject& o : ticket.objects) (o.cold ? cold : hot).remove(o.name);
+}
+
+}  // namespace redknot
+
+namespace redknot {
+
+TierPrefetcher::TierPrefetcher(int threads) {
+  require(threads >= 1 && threads <= 64, "TierPrefetcher: threads=", threads, " must be in [1, 64]");
+  for (int i = 0; i < threads; ++i) workers_.emplace_back([this] { work(); });
+}
+
+TierPrefetcher::~TierPrefetcher() {
+  std::deque<Job> dropped;
+  {
+    const std::lock_guard lock(mu_);
+    stop_ = true;
+    dropped.swap(queue_);
+  }
+  cv_.notify_all();
+  for (Job& j : dropped) j.result.set_value(std::nullopt);
+  for (std::thread& t : workers_) t.join();
+}
+
+TierPrefetcher::Read TierPrefetcher::get(KvTier& tier, std::string name) {
+  Job job{&tier, std::move(name), {}};
+  Read r = job.result.get_future();
+  {
+    const std::lock_guard lock(mu_);
+    require(!stop_, "TierPrefetcher: get() after destruction began");
+    queue_.push_back(std::move(job));
+  }
+  cv_.notify_one();
+  return r;
+}
+
+void TierPrefetcher::work() {
+  for (;;) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return stop_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping
+    Job job = std::move(queue_.front());
+    queue_.pop_front();
+    lock.unlock();
+    try {
+      job.result.set_value(job.tier->get(job.name));
+    } catch (...) {
+      job.result.set_exception(std::current_exception());
+    }
+  }
 }
 
 }  // namespace redknot

@@ -653,6 +653,196 @@ TEST_CASE("demotion walks chunks least recently used first, over a stack of tier
   CHECK(cache.stats().promotions == 1);
 }
 
+// ---- placement by head class, and reads ahead
+
+TEMPLATE_TEST_CASE("swap by head class: local heads' objects hot, global heads' cold; back bit for bit",
+                   "[tiers]", float, Half, BFloat16) {
+  using T = TestType;
+  TempDir dir("swap2");
+  for (const bool ahead : {false, true}) {
+    INFO("prefetcher " << ahead);
+    HostTier host(1 << 24);
+    DiskTier disk(dir.path, 1 << 24);
+    TierPrefetcher prefetcher(2);
+    auto ref = make_store<T>(), moved = make_store<T>();
+    const SeqId a = build_sequence(ref), b0 = build_sequence(moved);
+    const auto before = layout(moved, b0);
+    const auto ticket = swap_out(moved, b0, host, disk, kModel, "two");
+    REQUIRE(ticket);
+    int n_local = 0, n_global = 0;
+    for (const SwapObject& o : ticket->objects) {
+      CHECK(o.cold == !o.local);
+      CHECK((o.local ? static_cast<KvTier&>(host) : static_cast<KvTier&>(disk)).contains(o.name));
+      CHECK_FALSE((o.local ? static_cast<KvTier&>(disk) : static_cast<KvTier&>(host)).contains(o.name));
+      (o.local ? n_local : n_global) += 1;
+    }
+    CHECK(n_local == kLayers);  // both layers have local heads, and global-like ones
+    CHECK(n_global == kLayers);
+    SwapInStats st;
+    std::string why;
+    const auto b =
+        swap_in(moved, *ticket, host, disk, SwapInOptions{ahead ? &prefetcher : nullptr, &why}, &st);
+    INFO(why);
+    REQUIRE(b);
+    CHECK(st.bytes == ticket->bytes());
+    CHECK(st.wait_ns >= 0);
+    CHECK(st.total_ns >= st.wait_ns);
+    CHECK(host.stats().objects == 0);
+    CHECK(disk.stats().objects == 0);
+    CHECK(layout(moved, *b) == before);
+    CHECK(same_bits(attend(ref, a, 34, 1, 9), attend(moved, *b, 34, 1, 9)));
+    check_accounting(moved);
+  }
+}
+
+TEST_CASE(
+    "swap by head class: a hot tier that refuses sends local objects cold; a cold tier that refuses "
+    "keeps the sequence",
+    "[tiers]") {
+  auto store = make_store<float>();
+  const SeqId s = build_sequence(store);
+  const auto before = layout(store, s);
+  HostTier tiny(1), cold(1 << 24);
+  const auto t = swap_out(store, s, tiny, cold, kModel, "fallback");
+  REQUIRE(t);
+  for (const SwapObject& o : t->objects) CHECK(o.cold);
+  CHECK(tiny.stats().put_failures == kLayers);
+  const auto b = swap_in(store, *t, tiny, cold);
+  REQUIRE(b);
+  CHECK(layout(store, *b) == before);
+
+  const std::int32_t used = store.pool().used_pages();  // a restore may pack pages differently
+  HostTier hot(1 << 24), full(1);
+  CHECK_FALSE(swap_out(store, *b, hot, full, kModel, "refused"));
+  CHECK(store.contains(*b));
+  CHECK(layout(store, *b) == before);
+  CHECK(store.pool().used_pages() == used);
+  CHECK(hot.stats().objects == 0);  // what went up was taken back
+  CHECK(full.stats().objects == 0);
+  check_accounting(store);
+}
+
+TEST_CASE("swap_in with reads ahead: a missing object is a miss, no object left, no page leaked", "[tiers]") {
+  TempDir dir("swapahead");
+  TierPrefetcher prefetcher(1);
+  HostTier hot(1 << 24);
+  DiskTier disk(dir.path, 1 << 24);
+  auto store = make_store<Half>();
+  const SeqId s = build_sequence(store);
+  const auto t = swap_out(store, s, hot, disk, kModel, "gone");
+  REQUIRE(t);
+  const std::int32_t used = store.pool().used_pages();
+  REQUIRE(disk.remove(t->objects.back().name));  // a global object: the last one read
+  std::string why;
+  CHECK_FALSE(swap_in(store, *t, hot, disk, SwapInOptions{&prefetcher, &why}));
+  CHECK(why.find(t->objects.back().name) != std::string::npos);
+  CHECK(store.pool().used_pages() == used);
+  CHECK(hot.stats().objects == 0);
+  CHECK(disk.stats().objects == 0);
+  check_accounting(store);
+}
+
+namespace {
+
+// A tier whose reads wait until release(): a read in flight when the prefetcher goes.
+class GateTier final : public KvTier {
+ public:
+  bool put(std::string_view, std::span<const std::byte>) override { return false; }
+  std::optional<std::vector<std::byte>> get(std::string_view name) override {
+    std::unique_lock lock(mu_);
+    ++started_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+    return bytes_of(8, static_cast<unsigned>(name.size()));
+  }
+  bool remove(std::string_view) override { return false; }
+  bool contains(std::string_view) const override { return true; }
+  TierStats stats() const override { return {}; }
+  void wait_started(int n) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [&] { return started_ >= n; });
+  }
+  void release() {
+    const std::lock_guard lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int started_ = 0;
+  bool open_ = false;
+};
+
+}  // namespace
+
+TEST_CASE("TierPrefetcher: results in order of need, a read in flight finishes, queued ones are dropped",
+          "[tiers]") {
+  CHECK_THROWS_AS(TierPrefetcher(0), InvalidArgument);
+  HostTier host(1 << 20);
+  REQUIRE(host.put("a", bytes_of(100, 1)));
+  {
+    TierPrefetcher p(2);
+    auto ra = p.get(host, "a");
+    auto rb = p.get(host, "b");
+    auto bad = p.get(host, "../x");
+    CHECK(rb.get() == std::nullopt);
+    CHECK(ra.get() == bytes_of(100, 1));
+    CHECK_THROWS_AS(bad.get(), InvalidArgument);  // the tier's own error comes back through the future
+  }
+  GateTier gate;
+  TierPrefetcher::Read first, queued;
+  std::thread release;
+  {
+    TierPrefetcher p(1);
+    first = p.get(gate, "first");
+    queued = p.get(gate, "queued");
+    gate.wait_started(1);
+    release = std::thread([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      gate.release();
+    });
+  }  // the destructor waits for "first" and drops "queued"
+  release.join();
+  CHECK(first.get() == bytes_of(8, 5));
+  CHECK(queued.get() == std::nullopt);
+}
+
+TEST_CASE("TieredChunkCache::prefetch: the read starts early, the lookup promotes from it", "[tiers]") {
+  TempDir dir("prefetch");
+  TierPrefetcher prefetcher(2);
+  auto ref = make_store<float>(), store = make_store<float>();
+  DiskTier disk(dir.path, 1 << 24);
+  std::vector<ChunkKey> keys;
+  for (unsigned i = 0; i < 3; ++i) {
+    keys.push_back(seeded_chunk(store, "tier-model", 9 + static_cast<std::int32_t>(i), 40 + i));
+    REQUIRE(seeded_chunk(ref, "tier-model", 9 + static_cast<std::int32_t>(i), 40 + i) == keys.back());
+  }
+  {
+    TieredChunkCache<float> cache(store, kModel, {&disk}, {}, &prefetcher);
+    for (const ChunkKey& k : keys) CHECK(cache.demote(k));
+    CHECK_FALSE(cache.prefetch(ChunkKey{7, 7}));  // in no tier
+    CHECK(cache.prefetch(keys[0]));
+    CHECK(cache.prefetch(keys[1]));
+    CHECK_FALSE(cache.prefetch(keys[1]));  // already being read
+    CHECK(cache.lookup(keys[1]) == 10);
+    CHECK(cache.lookup(keys[0]) == 9);
+    CHECK_FALSE(cache.prefetch(keys[0]));  // in the store now
+    CHECK(cache.lookup(keys[2]) == 11);    // not prefetched: read in the lookup
+    const ChunkTierStats st = cache.stats();
+    CHECK(st.prefetches == 2);
+    CHECK(st.promotions == 3);
+    CHECK(st.read_wait_ns > 0);
+    CHECK(st.promote_ns >= st.read_wait_ns);
+    for (const ChunkKey& k : keys) CHECK(export_slices(store, k, kModel) == export_slices(ref, k, kModel));
+    CHECK(cache.demote(keys[2]));
+    CHECK(cache.prefetch(keys[2]));  // never looked up: the cache waits for it when it goes
+  }
+  CHECK(disk.contains(TieredChunkCache<float>::object_name(keys[2])));
+  check_accounting(store);
+}
+
 // A real ENOSPC needs a small filesystem: run with REDKNOT_TIERS_FULL_DIR set to an empty directory on one
 // (e.g. a tmpfs mounted with size=64k); skipped otherwise. Hidden from the default run ([.full]).
 TEST_CASE("DiskTier on a full filesystem: puts fail cleanly, earlier objects stay", "[tiers][.full]") {

@@ -16,15 +16,20 @@
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <filesystem>
+#include <future>
 #include <list>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -168,6 +173,46 @@ std::optional<std::vector<std::span<const std::byte>>> unpack_slices(std::span<c
 // XXH3-64 of an object's bytes (a swap ticket's end-to-end check).
 std::uint64_t object_digest(std::span<const std::byte> bytes);
 
+// Reads tier objects ahead of their use on a few threads of its own, so that the next object's I/O overlaps
+// the work on this one (promoting a request's documents, restoring a swapped-out sequence layer after layer).
+// A read is KvTier::get() run on a worker: its result (or exception) comes back through the future. The
+// tiers must outlive the reads queued on them; the destructor finishes the reads in flight and drops the
+// queued ones (their futures give nullopt).
+class TierPrefetcher {
+ public:
+  using Read = std::future<std::optional<std::vector<std::byte>>>;
+  explicit TierPrefetcher(int threads = 2);
+  ~TierPrefetcher();
+  TierPrefetcher(const TierPrefetcher&) = delete;
+  TierPrefetcher& operator=(const TierPrefetcher&) = delete;
+
+  Read get(KvTier& tier, std::string name);
+  int threads() const { return static_cast<int>(workers_.size()); }
+
+  static void wait_all(std::vector<Read>& reads) {
+    for (Read& r : reads)
+      if (r.valid()) r.wait();
+  }
+  // Waits for every read of a vector when the scope ends.
+  struct WaitAll {
+    std::vector<Read>& reads;
+    ~WaitAll() { wait_all(reads); }
+  };
+
+ private:
+  struct Job {
+    KvTier* tier;
+    std::string name;
+    std::promise<std::optional<std::vector<std::byte>>> result;
+  };
+  void work();
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Job> queue_;
+  bool stop_ = false;
+  std::vector<std::thread> workers_;
+};
+
 // ---- chunks move down instead of being dropped
 // ------------------------------------------------------------------
 
@@ -186,6 +231,9 @@ struct ChunkTierStats {
   std::int64_t misses = 0;            // lookups found nowhere
   std::int64_t bytes_down = 0;
   std::int64_t bytes_up = 0;
+  std::int64_t prefetches = 0;    // reads started by prefetch()
+  std::int64_t read_wait_ns = 0;  // lookups waiting on tier reads (a read not prefetched is waited in full)
+  std::int64_t promote_ns = 0;    // lookups promoting: reads waited on, checks, import
 };
 
 // Keeps a store's chunk registry over a stack of tiers (fastest first). The store's own eviction (an append
@@ -197,14 +245,24 @@ struct ChunkTierStats {
 template <StorageType T>
 class TieredChunkCache {
  public:
+  // prefetcher (optional): reads for prefetch(); it must outlive this cache.
   TieredChunkCache(KVHeadStore<T>& store, std::uint64_t model_fp, std::vector<KvTier*> tiers,
-                   ChunkTierPolicy policy = {})
-      : store_(store), model_fp_(model_fp), tiers_(std::move(tiers)), policy_(policy) {
+                   ChunkTierPolicy policy = {}, TierPrefetcher* prefetcher = nullptr)
+      : store_(store),
+        model_fp_(model_fp),
+        tiers_(std::move(tiers)),
+        policy_(policy),
+        prefetcher_(prefetcher) {
     require(!tiers_.empty(), "TieredChunkCache: no tier");
     for (std::size_t i = 0; i < tiers_.size(); ++i)
       require(tiers_[i] != nullptr, "TieredChunkCache: tier ", i, " is null");
     require(policy_.min_splices >= 0, "TieredChunkCache: min_splices=", policy_.min_splices, " must be >= 0");
   }
+  ~TieredChunkCache() {
+    for (auto& [key, p] : pending_) p.read.wait();  // reads in flight name the tiers
+  }
+  TieredChunkCache(const TieredChunkCache&) = delete;
+  TieredChunkCache& operator=(const TieredChunkCache&) = delete;
 
   static std::string object_name(const ChunkKey& key) { return "chunk-" + to_hex(key); }
 
@@ -251,11 +309,40 @@ class TieredChunkCache {
   // Tokens of chunk `key`: from the store (a hit there), or promoted from the first tier holding a verified
   // copy. nullopt: a miss (found nowhere, or no copy verified or fitted).
   std::optional<std::int32_t> lookup(const ChunkKey& key) {
-    if (store_.has_chunk(key)) return store_.lookup_chunk(key);
-    for (KvTier* t : tiers_)
-      if (promote(*t, key)) return store_.lookup_chunk(key);
+    std::optional<Pending> ahead;
+    if (const auto it = pending_.find(key); it != pending_.end()) {
+      ahead = std::move(it->second);
+      pending_.erase(it);
+    }
+    if (store_.has_chunk(key)) {
+      if (ahead) ahead->read.wait();
+      return store_.lookup_chunk(key);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    bool found = false;
+    if (ahead) found = promote(*tiers_[ahead->tier], key, &ahead->read);
+    for (std::size_t i = 0; !found && i < tiers_.size(); ++i) found = promote(*tiers_[i], key, nullptr);
+    if (found) {
+      st_.promote_ns += elapsed_ns(t0);
+      return store_.lookup_chunk(key);
+    }
     ++st_.misses;
     return std::nullopt;
+  }
+
+  // Starts reading chunk `key` from the first tier holding it, on the prefetcher, so that a lookup() later
+  // (e.g. of a request's next document, while this one is spliced and recomputed) finds the bytes read.
+  // Returns whether a read started: not when there is no prefetcher, the chunk is in the store, in no tier,
+  // or already being read.
+  bool prefetch(const ChunkKey& key) {
+    if (prefetcher_ == nullptr || store_.has_chunk(key) || pending_.count(key) != 0) return false;
+    for (std::size_t i = 0; i < tiers_.size(); ++i)
+      if (tiers_[i]->contains(object_name(key))) {
+        pending_.emplace(key, Pending{i, prefetcher_->get(*tiers_[i], object_name(key))});
+        ++st_.prefetches;
+        return true;
+      }
+    return false;
   }
 
   bool in_tiers(const ChunkKey& key) const {
@@ -267,10 +354,23 @@ class TieredChunkCache {
   ChunkTierStats stats() const { return st_; }
 
  private:
-  bool promote(KvTier& tier, const ChunkKey& key) {
+  struct Pending {
+    std::size_t tier;
+    TierPrefetcher::Read read;
+  };
+
+  static std::int64_t elapsed_ns(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+        .count();
+  }
+
+  // From `tier`: the bytes `ahead` reads, or a read now.
+  bool promote(KvTier& tier, const ChunkKey& key, TierPrefetcher::Read* ahead) {
     const std::string name = object_name(key);
-    if (!tier.contains(name)) return false;
-    const auto bytes = tier.get(name);
+    if (ahead == nullptr && !tier.contains(name)) return false;
+    const auto w0 = std::chrono::steady_clock::now();
+    const auto bytes = ahead != nullptr ? ahead->get() : tier.get(name);
+    st_.read_wait_ns += elapsed_ns(w0);
     if (!bytes) return false;  // the tier counted the miss (and removed a file that failed its check)
     const auto parts = unpack_slices(*bytes);
     std::vector<DecodedSlice> slices;
@@ -312,6 +412,8 @@ class TieredChunkCache {
   std::uint64_t model_fp_;
   std::vector<KvTier*> tiers_;
   ChunkTierPolicy policy_;
+  TierPrefetcher* prefetcher_;
+  std::map<ChunkKey, Pending> pending_;
   ChunkTierStats st_;
 };
 
@@ -322,6 +424,7 @@ struct SwapObject {
   std::string name;
   int layer = 0;
   bool local = false;  // the layer's local heads (else its global-like heads)
+  bool cold = false;   // written to the cold tier (global heads; local ones the hot tier refused)
   std::int64_t bytes = 0;
   std::uint64_t digest = 0;  // object_digest of what was written
 };
@@ -340,16 +443,19 @@ struct SwapTicket {
   }
 };
 
-// Removes a ticket's objects from the tier (a sequence the engine gives up on).
-void discard_swap(const SwapTicket& ticket, KvTier& tier);
+// Removes a ticket's objects from the tiers (a sequence the engine gives up on).
+void discard_swap(const SwapTicket& ticket, KvTier& hot, KvTier& cold);
+inline void discard_swap(const SwapTicket& ticket, KvTier& tier) { discard_swap(ticket, tier, tier); }
 
 // Writes every row sequence `seq` holds (local heads: their sink and window runs; global-like heads:
-// everything; spliced chunks' keys with their rotation) to `tier` as objects "<name>.l<layer>.local" and
-// "<name>.l<layer>.global", then frees the sequence. nullopt when the tier refuses an object: what was
-// written is removed again and the sequence stays as it was.
+// everything; spliced chunks' keys with their rotation) as objects "<name>.l<layer>.local" and
+// "<name>.l<layer>.global", then frees the sequence. Placement by head class: local heads' objects (small:
+// sink + window, and what a restore needs first) go to `hot`, or to `cold` when `hot` refuses them; global
+// heads' long histories go to `cold`. nullopt when a tier refuses an object: what was written is removed
+// again and the sequence stays as it was.
 template <StorageType T>
-std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& tier, std::uint64_t model_fp,
-                                   std::string_view name) {
+std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& hot, KvTier& cold,
+                                   std::uint64_t model_fp, std::string_view name) {
   require<NotFound>(store.contains(seq), "swap_out: sequence id=", seq, " is not live");
   const ModelShape& sh = store.shape();
   check_object_name(detail::concat(name, ".l", sh.num_layers - 1, ".global"));  // the longest name it writes
@@ -374,56 +480,99 @@ std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& tie
       }
       if (slices.empty()) continue;
       const auto bytes = pack_slices(slices);
-      SwapObject o{detail::concat(name, ".l", l, local ? ".local" : ".global"), l, local,
-                   static_cast<std::int64_t>(bytes.size()), object_digest(bytes)};
-      if (!tier.put(o.name, bytes)) {
-        discard_swap(t, tier);
-        for (const SwapObject& g : global) tier.remove(g.name);
+      SwapObject o{detail::concat(name, ".l", l, local ? ".local" : ".global"),
+                   l,
+                   local,
+                   !local,
+                   static_cast<std::int64_t>(bytes.size()),
+                   object_digest(bytes)};
+      bool put = !o.cold && hot.put(o.name, bytes);
+      if (!put) o.cold = true, put = cold.put(o.name, bytes);
+      (local ? t.objects : global).push_back(std::move(o));
+      if (!put) {
+        t.objects.insert(t.objects.end(), global.begin(), global.end());
+        discard_swap(t, hot, cold);
         return std::nullopt;
       }
-      (local ? t.objects : global).push_back(std::move(o));
     }
   }
   t.objects.insert(t.objects.end(), global.begin(), global.end());
   // A tier that made room for later objects by evicting earlier ones of this ticket: refused as a whole.
-  const bool all_there = std::all_of(t.objects.begin(), t.objects.end(),
-                                     [&](const SwapObject& o) { return tier.contains(o.name); });
+  const bool all_there = std::all_of(t.objects.begin(), t.objects.end(), [&](const SwapObject& o) {
+    return (o.cold ? cold : hot).contains(o.name);
+  });
   if (!all_there) {
-    discard_swap(t, tier);
+    discard_swap(t, hot, cold);
     return std::nullopt;
   }
   store.free_sequence(seq);
   return t;
 }
 
-// Restores a swapped-out sequence into `store` (the one it left, or another of the same model, map, dtype and
-// shape): reads the ticket's objects hottest first, checks each against its digest and every slice against
-// the store, and rebuilds the head tables with restore_sequence(): the same positions with the same
-// rotations, the same next positions and query floors. The objects are removed afterwards. nullopt (reason
-// in *why) when an object is missing or fails a check: the sequence cannot come back, its objects are
-// removed and the store is unchanged. PoolExhausted when the pool lacks pages (objects and store unchanged:
-// make room and retry).
+// swap_out with every object in one tier.
 template <StorageType T>
-std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, KvTier& tier,
-                             std::string* why = nullptr) {
+std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& tier, std::uint64_t model_fp,
+                                   std::string_view name) {
+  return swap_out(store, seq, tier, tier, model_fp, name);
+}
+
+// What a swap-in may use and report.
+struct SwapInOptions {
+  // Reads the ticket's objects ahead (all of them queued at once, hottest first): object i + 1 is read while
+  // object i is checked and decoded. nullptr: read one by one.
+  TierPrefetcher* prefetcher = nullptr;
+  std::string* why = nullptr;  // the reason of a nullopt
+};
+struct SwapInStats {
+  std::int64_t bytes = 0;    // read from the tiers
+  std::int64_t wait_ns = 0;  // spent waiting for tier reads
+  std::int64_t total_ns = 0;
+};
+
+// Restores a swapped-out sequence into `store` (the one it left, or another of the same model, map, dtype and
+// shape): reads the ticket's objects hottest first (each from the tier swap_out put it in), checks each
+// against its digest and every slice against the store, and rebuilds the head tables with
+// restore_sequence(): the same positions with the same rotations, the same next positions and query floors.
+// The objects are removed afterwards. nullopt (reason in *opt.why) when an object is missing or fails a
+// check: the sequence cannot come back, its objects are removed and the store is unchanged. PoolExhausted
+// when the pool lacks pages (objects and store unchanged: make room and retry).
+template <StorageType T>
+std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, KvTier& hot, KvTier& cold,
+                             SwapInOptions opt = {}, SwapInStats* stats = nullptr) {
+  const auto t0 = std::chrono::steady_clock::now();
+  SwapInStats st;
   const ModelShape& sh = store.shape();
   const std::size_t D = static_cast<std::size_t>(sh.head_dim);
-  const auto miss = [&](const auto&... parts) -> std::optional<SeqId> {
-    if (why != nullptr) *why = detail::concat("swap_in: ", parts...);
-    discard_swap(ticket, tier);
-    return std::nullopt;
-  };
   require(ticket.next_pos.size() == static_cast<std::size_t>(sh.num_layers), "swap_in: the ticket has ",
           ticket.next_pos.size(), " layers, the store ", sh.num_layers);
+  std::vector<TierPrefetcher::Read> ahead;
+  const TierPrefetcher::WaitAll settle{ahead};  // no read in flight outlives the call (an exception included)
+  if (opt.prefetcher != nullptr)
+    for (const SwapObject& o : ticket.objects)
+      ahead.push_back(opt.prefetcher->get(o.cold ? cold : hot, o.name));
+  const auto miss = [&](const auto&... parts) -> std::optional<SeqId> {
+    if (opt.why != nullptr) *opt.why = detail::concat("swap_in: ", parts...);
+    TierPrefetcher::wait_all(ahead);  // the reads first, then the objects go
+    discard_swap(ticket, hot, cold);
+    return std::nullopt;
+  };
   SliceExpect expect = slice_expect(store, ticket.model_fp, ChunkKey{});
   std::vector<std::vector<std::byte>> objects;  // kept alive: decoded slices view them
   std::vector<DecodedSlice> slices;
   std::size_t rows = 0;
-  for (const SwapObject& o : ticket.objects) {
-    auto bytes = tier.get(o.name);
+  for (std::size_t i = 0; i < ticket.objects.size(); ++i) {
+    const SwapObject& o = ticket.objects[i];
+    std::optional<std::vector<std::byte>> bytes;
+    {
+      const auto w0 = std::chrono::steady_clock::now();
+      bytes = ahead.empty() ? (o.cold ? cold : hot).get(o.name) : ahead[i].get();
+      st.wait_ns +=
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - w0).count();
+    }
     if (!bytes) return miss("object ", o.name, " is not in the tier (evicted, removed or unreadable)");
     if (static_cast<std::int64_t>(bytes->size()) != o.bytes || object_digest(*bytes) != o.digest)
       return miss("object ", o.name, " is not what swap_out wrote (size or digest)");
+    st.bytes += o.bytes;
     objects.push_back(std::move(*bytes));
     const auto parts = unpack_slices(objects.back());
     if (!parts) return miss("object ", o.name, " is not a pack of slices");
@@ -453,8 +602,18 @@ std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, Kv
   const SeqId id = store.restore_sequence(std::span<const RestoreRun<T>>(runs),
                                           std::span<const std::int32_t>(ticket.next_pos),
                                           std::span<const std::int32_t>(ticket.query_floor));
-  discard_swap(ticket, tier);
+  discard_swap(ticket, hot, cold);
+  st.total_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count();
+  if (stats != nullptr) *stats = st;
   return id;
+}
+
+// swap_in from one tier.
+template <StorageType T>
+std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, KvTier& tier,
+                             std::string* why = nullptr) {
+  return swap_in(store, ticket, tier, tier, SwapInOptions{nullptr, why});
 }
 
 }  // namespace redknot
