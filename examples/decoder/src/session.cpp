@@ -111,9 +111,9 @@ std::unique_ptr<Session> Session::fork() const {
   return std::unique_ptr<Session>(new Session(model_, store_, opt_, store_->fork(seq_), pos_));
 }
 
-SwapTicket Session::swap_out(KvTier& tier, std::uint64_t model_fp, std::string_view name) {
+SwapTicket Session::swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name) {
   require(seq_ != 0, "swap_out: no sequence (released or already swapped out)");
-  auto ticket = redknot::swap_out(*store_, seq_, tier, model_fp, name);
+  auto ticket = redknot::swap_out(*store_, seq_, hot, cold, model_fp, name);
   require<Unavailable>(ticket.has_value(), "swap_out: the tier refused an object of sequence '", name,
                        "' (larger than the tier, or an I/O error); the sequence stays in the store");
   seq_ = 0;  // freed by swap_out: the destructor must not touch it
@@ -121,10 +121,11 @@ SwapTicket Session::swap_out(KvTier& tier, std::uint64_t model_fp, std::string_v
   return std::move(*ticket);
 }
 
-void Session::swap_in(const SwapTicket& ticket, KvTier& tier) {
+void Session::swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher,
+                      SwapInStats* stats) {
   require(swapped_out_ && seq_ == 0, "swap_in: the session holds a sequence (swap_out first)");
   std::string why;
-  const auto id = redknot::swap_in(*store_, ticket, tier, &why);
+  const auto id = redknot::swap_in(*store_, ticket, hot, cold, SwapInOptions{prefetcher, &why}, stats);
   require<Unavailable>(id.has_value(), why);
   seq_ = *id;
   swapped_out_ = false;

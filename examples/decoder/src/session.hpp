@@ -98,14 +98,22 @@ class Session {
   std::unique_ptr<Session> fork() const;
 
   // ---- preemption (redknot::swap_out / swap_in, tiers.hpp)
-  // Writes the sequence to `tier` as objects "<name>.l<layer>.{local,global}" and frees its pages: the
-  // session then holds no sequence (position() stays, so swap_in continues where it stopped). model_fp:
-  // model_fingerprint of the model id. Unavailable when the tier refuses an object (the sequence stays).
-  SwapTicket swap_out(KvTier& tier, std::uint64_t model_fp, std::string_view name);
-  // Restores a sequence this session swapped out, bit for bit, under a new sequence id. Unavailable when an
-  // object is missing or fails its checks (the sequence is lost, the session stays empty); PoolExhausted
-  // when the pool lacks pages (nothing changed: make room and retry).
-  void swap_in(const SwapTicket& ticket, KvTier& tier);
+  // Writes the sequence as objects "<name>.l<layer>.{local,global}" and frees its pages: the session then
+  // holds no sequence (position() stays, so swap_in continues where it stopped). By head class: local heads'
+  // objects to `hot` (or `cold` when `hot` refuses them), global heads' to `cold`. model_fp:
+  // model_fingerprint of the model id. Unavailable when a tier refuses an object (the sequence stays).
+  SwapTicket swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name);
+  // Every object in one tier.
+  SwapTicket swap_out(KvTier& tier, std::uint64_t model_fp, std::string_view name) {
+    return swap_out(tier, tier, model_fp, name);
+  }
+  // Restores a sequence this session swapped out, bit for bit, under a new sequence id (each object from the
+  // tier swap_out put it in; prefetcher: read them ahead). Unavailable when an object is missing or fails
+  // its checks (the sequence is lost, the session stays empty); PoolExhausted when the pool lacks pages
+  // (nothing changed: make room and retry).
+  void swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher = nullptr,
+               SwapInStats* stats = nullptr);
+  void swap_in(const SwapTicket& ticket, KvTier& tier) { swap_in(ticket, tier, tier); }
   bool swapped_out() const { return swapped_out_; }
 
   std::int32_t position() const { return pos_; }

@@ -249,26 +249,37 @@ TEST_CASE("a session swapped out and back in mid-generation decodes on bit for b
   o.page_size = 8;
   const int steps = 16, swap_at = 7;
   // Greedy decoding; before step `swap_at` the sequence goes through `tier` (none: uninterrupted).
-  const auto decode = [&](KvTier* tier, const char* name) {
+  TierPrefetcher prefetcher(2);
+  // Before step `swap_at` the sequence goes out by head class: local heads' objects to `hot`, global heads'
+  // to `cold` (the same tier for a single-tier swap; none: uninterrupted).
+  const auto decode = [&](KvTier* hot, KvTier* cold, const char* name) {
     Session s(m, map, o);
     std::vector<float> logits = s.prefill(prompt), all;
     std::vector<std::int32_t> toks;
     for (int i = 0; i < steps; ++i) {
-      if (tier != nullptr && i == swap_at) {
+      if (hot != nullptr && i == swap_at) {
         const std::int32_t pos = s.position();
         const std::int64_t used = s.store().pool().used_pages();
-        const SwapTicket t = s.swap_out(*tier, fp, name);
+        const SwapTicket t = s.swap_out(*hot, *cold, fp, name);
         CHECK(s.swapped_out());
         CHECK(s.store().pool().used_pages() < used);
         CHECK(t.bytes() > 0);
         CHECK(std::any_of(t.objects.begin(), t.objects.end(), [](const SwapObject& x) { return x.local; }));
         CHECK(std::any_of(t.objects.begin(), t.objects.end(), [](const SwapObject& x) { return !x.local; }));
         CHECK_THROWS(s.forward(std::span<const std::int32_t>(toks).last(1), false, logits));
-        s.swap_in(t, *tier);
+        for (const SwapObject& x : t.objects) CHECK((x.cold ? cold : hot)->contains(x.name));
+        if (hot != cold)
+          for (const SwapObject& x : t.objects) CHECK(x.cold == !x.local);
+        SwapInStats st;
+        if (hot == cold)
+          s.swap_in(t, *hot);
+        else
+          s.swap_in(t, *hot, *cold, &prefetcher, &st);
         CHECK_FALSE(s.swapped_out());
         CHECK(s.position() == pos);
         CHECK(s.store().pool().used_pages() <= used);  // rows come back packed into fresh pages
-        CHECK(tier->stats().objects == 0);             // swap_in removes what it read
+        CHECK(hot->stats().objects == 0);              // swap_in removes what it read
+        CHECK(cold->stats().objects == 0);
       }
       all.insert(all.end(), logits.begin(), logits.end());
       toks.push_back(argmax(logits));
@@ -276,13 +287,14 @@ TEST_CASE("a session swapped out and back in mid-generation decodes on bit for b
     }
     return std::make_pair(toks, all);
   };
-  const auto [ref_toks, ref_logits] = decode(nullptr, "");
+  const auto [ref_toks, ref_logits] = decode(nullptr, nullptr, "");
   HostTier host(1 << 24);
   const auto dir = std::filesystem::temp_directory_path() / "redknot-test-session-swap";
   std::filesystem::remove_all(dir);
   DiskTier disk(dir, std::int64_t{1} << 26);
-  for (KvTier* tier : {static_cast<KvTier*>(&host), static_cast<KvTier*>(&disk)}) {
-    const auto [toks, logits] = decode(tier, "seq-1");
+  const std::pair<KvTier*, KvTier*> placements[] = {{&host, &host}, {&disk, &disk}, {&host, &disk}};
+  for (const auto& [hot, cold] : placements) {
+    const auto [toks, logits] = decode(hot, cold, "seq-1");
     CHECK(toks == ref_toks);
     REQUIRE(logits.size() == ref_logits.size());
     CHECK(std::memcmp(logits.data(), ref_logits.data(), logits.size() * sizeof(float)) == 0);
