@@ -28,6 +28,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <list>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -75,7 +76,7 @@ const std::set<std::string> kValued = {
     "head-map",       "model",      "spec",           "length",      "requests",  "tiers",   "repeats",
     "cycle-requests", "preempt",    "preempt-length", "preempt-new", "scenarios", "max-new", "dir",
     "fact-docs",      "plain-docs", "doc-min",        "doc-max",     "seed",      "chunk",   "threads",
-    "json",           "md"};
+    "json",           "md",         "stack"};
 const std::set<std::string> kFlags = {"help", "quiet", "fsync"};
 
 // Refuses options the tool does not know (a typo would otherwise run the defaults silently).
@@ -173,6 +174,59 @@ std::vector<int> unique_docs(const RagCase& rc) {
   return out;
 }
 
+// Scenario b's stack: a HostTier in front of a DiskTier, where the host's least recently used objects move
+// down to the disk when a put needs room. A KvTier evicts to nowhere on its own, so TieredChunkCache over
+// {host, disk} only reaches the disk for objects the host refuses outright (larger than it): what the host
+// evicts is lost and comes back as a miss (--stack plain measures exactly that).
+class SpillTier final : public KvTier {
+ public:
+  SpillTier(HostTier& front, DiskTier& back) : front_(front), back_(back) {}
+  bool put(std::string_view name, std::span<const std::byte> bytes) override {
+    const std::string key(name);
+    remove(key);
+    const auto size = static_cast<std::int64_t>(bytes.size());
+    while (!order_.empty() && front_.stats().bytes_held + size > front_.stats().capacity_bytes) {
+      const std::string victim = order_.front();
+      order_.pop_front();
+      const auto b = front_.get(victim);  // counted as a host read: spilled_bytes says how much was spills
+      if (b && back_.put(victim, *b)) ++spilled_, spilled_bytes_ += static_cast<std::int64_t>(b->size());
+      front_.remove(victim);
+    }
+    if (front_.put(name, bytes)) {
+      order_.push_back(key);
+      return true;
+    }
+    return back_.put(name, bytes);
+  }
+  std::optional<std::vector<std::byte>> get(std::string_view name) override {
+    if (front_.contains(name)) {
+      const std::string key(name);
+      order_.remove(key);
+      order_.push_back(key);
+      return front_.get(name);
+    }
+    return back_.get(name);
+  }
+  bool remove(std::string_view name) override {
+    order_.remove(std::string(name));
+    const bool a = front_.remove(name);
+    const bool b = back_.remove(name);
+    return a || b;
+  }
+  bool contains(std::string_view name) const override {
+    return front_.contains(name) || back_.contains(name);
+  }
+  TierStats stats() const override { return front_.stats(); }  // the parts' own stats are reported apart
+  std::int64_t spilled() const { return spilled_; }
+  std::int64_t spilled_bytes() const { return spilled_bytes_; }
+
+ private:
+  HostTier& front_;
+  DiskTier& back_;
+  std::list<std::string> order_;  // the front's objects, least recently used first (as HostTier orders them)
+  std::int64_t spilled_ = 0, spilled_bytes_ = 0;
+};
+
 const std::vector<std::string> kModes = {"primary", "host", "disk", "disk_dropped", "cold"};
 // Where a request's documents came from in the cycling workload: the slowest source among them.
 const std::vector<std::string> kSources = {"store", "host", "disk", "miss"};
@@ -236,6 +290,8 @@ int main(int argc, char** argv) {
       scenarios.insert(s);
     }
     const bool fsync = args.has("fsync");
+    const std::string stack = args.get("stack", "spill");
+    require(stack == "spill" || stack == "plain", "--stack: '", stack, "' is not one of spill, plain");
     const fs::path dir = args.get("dir", "/tmp/redknot-tier-bench");
     {
       std::error_code ec;
@@ -283,6 +339,7 @@ int main(int argc, char** argv) {
                       {"max_new", max_new},
                       {"dir", dir.string()},
                       {"fsync", fsync},
+                      {"stack", stack},
                       {"chunk", so.chunk},
                       {"threads", so.threads},
                       {"fact_docs", bo.fact_docs},
@@ -340,6 +397,7 @@ int main(int argc, char** argv) {
         double ttft = 0, promote = 0, cold = 0, system = 0, splice = 0, select = 0, recompute = 0,
                question = 0;
         std::int64_t bytes_up = 0;
+        double read_wait = 0;  // of promote: waiting for tier reads (the rest: checks, decode, import)
         double resident = -1;  // disk_dropped: fraction of the objects' pages still cached before the read
       };
       std::map<std::string, std::vector<std::vector<Run>>> runs;  // mode -> request -> repeats
@@ -377,7 +435,7 @@ int main(int argc, char** argv) {
             }
             if (resident_n > 0) run.resident = resident_sum / resident_n;
             // The request arrives.
-            const std::int64_t up0 = engine.stats().bytes_up;
+            const ChunkTierStats st0 = engine.stats();
             const auto t0 = Clock::now();
             for (int d : ids) {
               const auto t = Clock::now();
@@ -388,7 +446,8 @@ int main(int argc, char** argv) {
             Session s(model, store_a, so);
             const RagResult rr = prefill_rag(s, cache_a, rc.request, spec);
             run.ttft = since(t0);
-            run.bytes_up = engine.stats().bytes_up - up0;
+            run.bytes_up = engine.stats().bytes_up - st0.bytes_up;
+            run.read_wait = static_cast<double>(engine.stats().read_wait_ns - st0.read_wait_ns) * 1e-9;
             run.system = rr.system_s;
             run.splice = rr.splice_s;
             run.select = rr.select_s;
@@ -414,6 +473,7 @@ int main(int argc, char** argv) {
             }
             jr["runs"][mode].push_back({{"ttft_s", run.ttft},
                                         {"promote_s", run.promote},
+                                        {"read_wait_s", run.read_wait},
                                         {"cold_prefill_s", run.cold},
                                         {"bytes_up", run.bytes_up},
                                         {"resident_fraction", run.resident}});
@@ -427,12 +487,14 @@ int main(int argc, char** argv) {
         // The summary after every request, so that a run cut short still has one.
         json js;
         for (const auto& mode : modes) {
-          std::vector<double> ttft, promote, cold, up, sys, splice, select, recompute, question, resident;
+          std::vector<double> ttft, promote, wait, cold, up, sys, splice, select, recompute, question,
+              resident;
           for (const auto& per_req : runs[mode]) {
-            std::vector<double> t, p, cl, sy, sp, se, rc2, q;
+            std::vector<double> t, p, w, cl, sy, sp, se, rc2, q;
             for (const Run& x : per_req) {
               t.push_back(x.ttft);
               p.push_back(x.promote);
+              w.push_back(x.read_wait);
               cl.push_back(x.cold);
               sy.push_back(x.system);
               sp.push_back(x.splice);
@@ -443,6 +505,7 @@ int main(int argc, char** argv) {
             }
             ttft.push_back(median(t));
             promote.push_back(median(p));
+            wait.push_back(median(w));
             cold.push_back(median(cl));
             sys.push_back(median(sy));
             splice.push_back(median(sp));
@@ -457,6 +520,7 @@ int main(int argc, char** argv) {
                       {"ttft_max_s", *std::max_element(ttft.begin(), ttft.end())},
                       {"ttft_per_request_s", ttft},
                       {"promote_median_s", median(promote)},
+                      {"read_wait_median_s", median(wait)},
                       {"cold_prefill_median_s", median(cold)},
                       {"bytes_up_median", median(up)},
                       {"bytes_up_total", std::accumulate(up.begin(), up.end(), 0.0)},
@@ -477,19 +541,23 @@ int main(int argc, char** argv) {
       }
       md << "\n**a. TTFT by tier** (" << n_requests << " requests of " << length << " tokens, " << repeats
          << " repeats each, medians; spec " << recompute_spec_name(spec) << ")\n\n"
-         << "| documents in | TTFT (median) | TTFT (min-max) | promotion (median) | cold prefills (median) | "
-            "moved up per request (median) | answers differing from primary | logits differing |\n"
-         << "|---|---|---|---|---|---|---|---|\n";
+         << "| documents in | TTFT (median) | TTFT (min-max) | promotion (median) | of which reading | cold "
+            "prefills (median) | moved up per request (median) | answers differing from primary | logits "
+            "differing from primary's first run |\n"
+         << "|---|---|---|---|---|---|---|---|---|\n";
       for (const auto& mode : modes) {
         const auto& s = out["a"]["summary"][mode];
+        char answers[32] = "reference";
+        if (mode != "primary")
+          std::snprintf(answers, sizeof answers, "%d / %d", s["answer_mismatches"].get<int>(), n_requests);
         char b[512];
-        std::snprintf(
-            b, sizeof b, "| %s | %.2f s | %.2f-%.2f s | %.3f s | %.2f s | %.1f MiB | %d / %d | %d / %d |\n",
-            mode.c_str(), s["ttft_median_s"].get<double>(), s["ttft_min_s"].get<double>(),
-            s["ttft_max_s"].get<double>(), s["promote_median_s"].get<double>(),
-            s["cold_prefill_median_s"].get<double>(), s["bytes_up_median"].get<double>() / 1048576.0,
-            mode == "primary" ? 0 : s["answer_mismatches"].get<int>(), n_requests,
-            mode == "primary" ? 0 : s["logit_mismatches"].get<int>(), n_requests * repeats);
+        std::snprintf(b, sizeof b,
+                      "| %s | %.2f s | %.2f-%.2f s | %.3f s | %.3f s | %.2f s | %.1f MiB | %s | %d / %d |\n",
+                      mode.c_str(), s["ttft_median_s"].get<double>(), s["ttft_min_s"].get<double>(),
+                      s["ttft_max_s"].get<double>(), s["promote_median_s"].get<double>(),
+                      s["read_wait_median_s"].get<double>(), s["cold_prefill_median_s"].get<double>(),
+                      s["bytes_up_median"].get<double>() / 1048576.0, answers,
+                      s["logit_mismatches"].get<int>(), n_requests * repeats);
         md << b;
       }
       md << "\nWhere the warm time goes (medians, s): ";
@@ -521,7 +589,10 @@ int main(int argc, char** argv) {
       DocumentCache cache(model, store, model_path, so);
       HostTier host(host_cap);
       DiskTier disk(dir / "b", std::int64_t{1} << 40, true, fsync);
-      TieredChunkCache<float> engine(*store, model_fp, {&host, &disk});
+      SpillTier spill(host, disk);
+      TieredChunkCache<float> engine(
+          *store, model_fp,
+          stack == "spill" ? std::vector<KvTier*>{&spill} : std::vector<KvTier*>{&host, &disk});
       std::mt19937 rng(bo.seed * 104729u + 17u);
       std::map<std::string, std::int64_t> hits;
       std::map<std::string, std::vector<double>> ttft_by;
@@ -532,39 +603,57 @@ int main(int argc, char** argv) {
         const RagCase rc = bench.make_case(length, max_new, r % bo.fact_docs, rng);
         const std::vector<int> ids = unique_docs(rc);
         const auto t0 = Clock::now();
-        // Room for the request: its own pages and every document not in the store yet.
+        // The request's documents are pinned as they are found (spliced into a sequence of their own:
+        // make_room and the store's own eviction pass over chunks in use), so that making room for one of
+        // them never demotes another. First those already in the store, then room for the request's own
+        // pages and every document still missing, then the others, promoted or prefilled alone.
+        auto pin = std::make_unique<Session>(model, store, so);
+        std::vector<int> src(ids.size(), 0);
+        double promote_s = 0, cold_s = 0;
         std::int64_t need = request_room;
-        for (int d : ids)
-          if (!store->has_chunk(cache.key(docs[static_cast<std::size_t>(d)].tokens)))
-            need += doc_pages[static_cast<std::size_t>(d)];
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          const ChunkKey k = cache.key(docs[static_cast<std::size_t>(ids[i])].tokens);
+          if (store->has_chunk(k)) {
+            const auto t = Clock::now();
+            engine.lookup(k);
+            promote_s += since(t);
+            pin->splice(k);
+          } else {
+            need += doc_pages[static_cast<std::size_t>(ids[i])];
+            src[i] = -1;  // not yet looked up
+          }
+        }
         const auto tm = Clock::now();
         engine.make_room(need);
         const double make_room_s = since(tm);
-        int worst = 0;
-        double promote_s = 0, cold_s = 0;
-        json jsrc = json::array();
-        for (int d : ids) {
-          const auto& toks = docs[static_cast<std::size_t>(d)].tokens;
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          if (src[i] == 0) continue;
+          const auto& toks = docs[static_cast<std::size_t>(ids[i])].tokens;
           const ChunkKey k = cache.key(toks);
           const std::string name = TieredChunkCache<float>::object_name(k);
-          const int src = store->has_chunk(k) ? 0 : host.contains(name) ? 1 : disk.contains(name) ? 2 : 3;
+          src[i] = host.contains(name) ? 1 : disk.contains(name) ? 2 : 3;
           const auto t = Clock::now();
           const bool found = engine.lookup(k).has_value();
           const double dt = since(t);
-          int got = src;
           if (!found) {
-            got = 3;  // a copy that failed to come back is a miss as well
+            src[i] = 3;  // a copy that failed to come back is a miss as well
             cold_s += cache.add(toks);
           } else {
             promote_s += dt;
           }
-          ++hits[kSources[static_cast<std::size_t>(got)]];
-          worst = std::max(worst, got);
-          jsrc.push_back(kSources[static_cast<std::size_t>(got)]);
+          pin->splice(k);
+        }
+        int worst = 0;
+        json jsrc = json::array();
+        for (int x : src) {
+          ++hits[kSources[static_cast<std::size_t>(x)]];
+          worst = std::max(worst, x);
+          jsrc.push_back(kSources[static_cast<std::size_t>(x)]);
         }
         Session s(model, store, so);
         const RagResult rr = prefill_rag(s, cache, rc.request, spec);
         const double ttft = since(t0);
+        pin.reset();
         const std::string answer = text_of(greedy_answer(s, rr.logits, max_new, is_end));
         correct += answer.find(rc.code) != std::string::npos;
         ttft_all.push_back(ttft);
@@ -613,7 +702,10 @@ int main(int argc, char** argv) {
                       {"corrupt", t.corrupt},
                       {"get_s", static_cast<double>(t.get_ns) * 1e-9}};
         };
-        out["b"] = {{"pool_bytes", pool_pages * page_bytes},
+        out["b"] = {{"stack", stack},
+                    {"spilled_to_disk", spill.spilled()},
+                    {"spilled_bytes", spill.spilled_bytes()},
+                    {"pool_bytes", pool_pages * page_bytes},
                     {"documents_bytes", doc_pages_total * page_bytes},
                     {"request_room_bytes", request_room * page_bytes},
                     {"requests", jreq},
@@ -669,15 +761,16 @@ int main(int argc, char** argv) {
       std::snprintf(
           tail, sizeof tail,
           "\nMoved down %.0f MiB (%lld demotions; %lld dropped without a copy), up %.0f MiB (%lld "
-          "promotions; %lld failed, %lld rejected); HostTier evicted %lld objects (%.0f MiB) to the "
-          "void, DiskTier %lld; the store dropped %lld chunks itself. Accuracy (planted code in the "
-          "answer) %.2f.\n",
+          "promotions; %lld failed, %lld rejected); stack %s: %lld objects (%.0f MiB) spilled from the "
+          "HostTier to the DiskTier, HostTier evicted %lld objects (%.0f MiB) to nowhere, DiskTier %lld; "
+          "the store dropped %lld chunks itself. Accuracy (planted code in the answer) %.2f.\n",
           mib(b["chunks"]["bytes_down"]),
           static_cast<long long>(b["chunks"]["demotions"].get<std::int64_t>()),
           static_cast<long long>(b["chunks"]["dropped"].get<std::int64_t>()), mib(b["chunks"]["bytes_up"]),
           static_cast<long long>(b["chunks"]["promotions"].get<std::int64_t>()),
           static_cast<long long>(b["chunks"]["promote_failures"].get<std::int64_t>()),
-          static_cast<long long>(b["chunks"]["rejected"].get<std::int64_t>()),
+          static_cast<long long>(b["chunks"]["rejected"].get<std::int64_t>()), stack.c_str(),
+          static_cast<long long>(b["spilled_to_disk"].get<std::int64_t>()), mib(b["spilled_bytes"]),
           static_cast<long long>(b["host"]["evictions"].get<std::int64_t>()), mib(b["host"]["evicted_bytes"]),
           static_cast<long long>(b["disk"]["evictions"].get<std::int64_t>()),
           static_cast<long long>(b["store_evictions"].get<std::int64_t>()), b["accuracy"].get<double>());
@@ -711,12 +804,24 @@ int main(int argc, char** argv) {
       struct Trace {
         std::vector<std::vector<std::int32_t>> tokens;
         std::vector<std::vector<float>> logits;  // every step's, concatenated
-        std::vector<double> out_s, in_s;
-        std::vector<std::int64_t> bytes, local_bytes, global_bytes;
+        std::vector<double> out_s, in_s, wait_s, resident;
+        std::vector<std::int64_t> bytes, local_bytes, global_bytes, cold_bytes;
       };
-      // Round-robin greedy decoding of every prompt; sequence k is swapped out to `tier` before its step
-      // swap_step[k] and back in two rounds later (none: uninterrupted).
-      const auto decode_all = [&](KvTier* tier, const std::string& tag) {
+      // Where a swap puts the objects: local heads' to `hot`, global heads' to `cold`; drop: the DiskTier's
+      // objects are flushed and dropped from the page cache right after the swap-out (swap-in reads the
+      // device); prefetch: swap-in reads every object ahead on a TierPrefetcher.
+      struct Placement {
+        std::string name;
+        KvTier* hot;
+        KvTier* cold;
+        bool drop, prefetch;
+      };
+      TierPrefetcher prefetcher(2);
+      HostTier host(std::int64_t{1} << 40);
+      DiskTier disk(dir / "c", std::int64_t{1} << 40, true, fsync);
+      // Round-robin greedy decoding of every prompt; sequence k is swapped out before its step swap_step[k]
+      // and back in two rounds later (no placement: uninterrupted).
+      const auto decode_all = [&](const Placement* pl, const std::string& tag) {
         Trace tr;
         std::vector<std::unique_ptr<Session>> ss;
         std::vector<std::vector<float>> logits;
@@ -737,18 +842,32 @@ int main(int argc, char** argv) {
             busy = true;
             if (ss[k]->swapped_out()) {
               if (round < back_at[k]) continue;
+              SwapInStats st;
               const auto t = Clock::now();
-              ss[k]->swap_in(tickets[k], *tier);
+              ss[k]->swap_in(tickets[k], *pl->hot, *pl->cold, pl->prefetch ? &prefetcher : nullptr, &st);
               tr.in_s.push_back(since(t));
-            } else if (tier != nullptr && back_at[k] < 0 && static_cast<int>(toks.size()) == swap_step[k]) {
+              tr.wait_s.push_back(static_cast<double>(st.wait_ns) * 1e-9);
+            } else if (pl != nullptr && back_at[k] < 0 && static_cast<int>(toks.size()) == swap_step[k]) {
               const auto t = Clock::now();
-              tickets[k] = ss[k]->swap_out(*tier, model_fp, tag + "-" + std::to_string(k));
+              tickets[k] = ss[k]->swap_out(*pl->hot, *pl->cold, model_fp, tag + "-" + std::to_string(k));
               tr.out_s.push_back(since(t));
-              std::int64_t local = 0, global = 0;
-              for (const SwapObject& o : tickets[k].objects) (o.local ? local : global) += o.bytes;
+              std::int64_t local = 0, global = 0, on_cold = 0;
+              double res = 0;
+              int res_n = 0;
+              for (const SwapObject& o : tickets[k].objects) {
+                (o.local ? local : global) += o.bytes;
+                KvTier* where = o.cold ? pl->cold : pl->hot;
+                if (o.cold) on_cold += o.bytes;
+                if (pl->drop && where == &disk) {
+                  const double r = drop_from_page_cache(disk.path_of(o.name));
+                  if (r >= 0) res += r, ++res_n;
+                }
+              }
+              if (res_n > 0) tr.resident.push_back(res / res_n);
               tr.bytes.push_back(local + global);
               tr.local_bytes.push_back(local);
               tr.global_bytes.push_back(global);
+              tr.cold_bytes.push_back(on_cold);
               back_at[k] = round + 2;
               continue;
             }
@@ -764,21 +883,24 @@ int main(int argc, char** argv) {
       LOG("preemption: %d sequences of %d tokens, %d new tokens each; reference run...\n", n_preempt,
           preempt_length, preempt_new);
       const Trace ref = decode_all(nullptr, "");
-      HostTier host(std::int64_t{1} << 40);
-      DiskTier disk(dir / "c", std::int64_t{1} << 40, true, fsync);
       json jc;
       md << "\n**c. Preemption** (" << n_preempt << " sequences of " << preempt_length
          << " prompt tokens decoding " << preempt_new
          << " tokens greedily round-robin; each swapped out at a random step and back two rounds later; "
          << repeats << " repeats, medians)\n\n"
-         << "| tier | swap-out (median) | swap-in (median) | bytes per sequence (median) | local heads' | "
-            "global heads' | token mismatches | logit mismatches |\n|---|---|---|---|---|---|---|---|\n";
-      for (const auto& [name, tier] :
-           std::vector<std::pair<std::string, KvTier*>>{{"host", &host}, {"disk", &disk}}) {
-        std::vector<double> out_s, in_s, bytes, local, global;
+         << "| placement | swap-out (median) | swap-in (median) | of which waiting on reads | bytes per "
+            "sequence (median) | local heads' | global heads' | token mismatches | logit mismatches |\n"
+            "|---|---|---|---|---|---|---|---|---|\n";
+      const std::vector<Placement> placements = {
+          {"host", &host, &host, false, false},         {"disk", &disk, &disk, false, false},
+          {"disk_dropped", &disk, &disk, true, false},  {"split", &host, &disk, false, false},
+          {"split_dropped", &host, &disk, true, false}, {"split_dropped_prefetch", &host, &disk, true, true}};
+      for (const Placement& pl : placements) {
+        const std::string& name = pl.name;
+        std::vector<double> out_s, in_s, wait_s, resident, bytes, local, global, on_cold;
         int tok_mismatch = 0, logit_mismatch = 0;
         for (int rep = 0; rep < repeats; ++rep) {
-          const Trace tr = decode_all(tier, name + std::to_string(rep));
+          const Trace tr = decode_all(&pl, name + std::to_string(rep));
           for (std::size_t k = 0; k < base.size(); ++k) {
             if (tr.tokens[k] != ref.tokens[k]) {
               ++tok_mismatch;
@@ -788,7 +910,10 @@ int main(int argc, char** argv) {
           }
           out_s.insert(out_s.end(), tr.out_s.begin(), tr.out_s.end());
           in_s.insert(in_s.end(), tr.in_s.begin(), tr.in_s.end());
+          wait_s.insert(wait_s.end(), tr.wait_s.begin(), tr.wait_s.end());
+          resident.insert(resident.end(), tr.resident.begin(), tr.resident.end());
           for (std::size_t i = 0; i < tr.bytes.size(); ++i) {
+            on_cold.push_back(static_cast<double>(tr.cold_bytes[i]));
             bytes.push_back(static_cast<double>(tr.bytes[i]));
             local.push_back(static_cast<double>(tr.local_bytes[i]));
             global.push_back(static_cast<double>(tr.global_bytes[i]));
@@ -801,6 +926,13 @@ int main(int argc, char** argv) {
                     {"swap_in_median_s", median(in_s)},
                     {"swap_out_s", out_s},
                     {"swap_in_s", in_s},
+                    {"swap_in_wait_median_s", median(wait_s)},
+                    {"hot", pl.hot == &host ? "host" : "disk"},
+                    {"cold", pl.cold == &host ? "host" : "disk"},
+                    {"dropped_from_page_cache", pl.drop},
+                    {"prefetch", pl.prefetch},
+                    {"resident_fraction_median", resident.empty() ? -1.0 : median(resident)},
+                    {"cold_tier_bytes_median", median(on_cold)},
                     {"bytes_median", median(bytes)},
                     {"local_bytes_median", median(local)},
                     {"global_bytes_median", median(global)},
@@ -808,11 +940,12 @@ int main(int argc, char** argv) {
                     {"logit_mismatches", logit_mismatch},
                     {"sequences_compared", n_preempt * repeats}};
         char row[384];
-        std::snprintf(row, sizeof row,
-                      "| %s | %.1f ms | %.1f ms | %.1f MiB | %.1f MiB | %.1f MiB | %d / %d | %d / %d |\n",
-                      name.c_str(), 1e3 * median(out_s), 1e3 * median(in_s), median(bytes) / 1048576.0,
-                      median(local) / 1048576.0, median(global) / 1048576.0, tok_mismatch,
-                      n_preempt * repeats, logit_mismatch, n_preempt * repeats);
+        std::snprintf(
+            row, sizeof row,
+            "| %s | %.1f ms | %.1f ms | %.1f ms | %.1f MiB | %.1f MiB | %.1f MiB | %d / %d | %d / %d |\n",
+            name.c_str(), 1e3 * median(out_s), 1e3 * median(in_s), 1e3 * median(wait_s),
+            median(bytes) / 1048576.0, median(local) / 1048576.0, median(global) / 1048576.0, tok_mismatch,
+            n_preempt * repeats, logit_mismatch, n_preempt * repeats);
         md << row;
         out["c"] = jc;
         write_json();
