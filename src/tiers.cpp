@@ -135,7 +135,10 @@ TierStats LruTier::stats() const {
 
 // ---- HostTier
 
-HostTier::HostTier(std::int64_t capacity_bytes) : LruTier(capacity_bytes, "HostTier") {}
+HostTier::HostTier(std::int64_t capacity_bytes, KvTier* spill_to)
+    : LruTier(capacity_bytes, "HostTier"), spill_to_(spill_to) {
+  require(spill_to != this, "HostTier: spill_to is the tier itself");
+}
 
 bool HostTier::put(std::string_view name, std::span<const std::byte> bytes) {
   check_object_name(name);
@@ -148,7 +151,14 @@ bool HostTier::put(std::string_view name, std::span<const std::byte> bytes) {
   const std::string key(name);
   lru_.erase(key);
   data_.erase(key);
-  evict_until(size, [&](const std::string& victim) { data_.erase(victim); });
+  evict_until(size, [&](const std::string& victim) {
+    auto it = data_.find(victim);
+    if (spill_to_ != nullptr && spill_to_->put(victim, it->second)) {
+      ++st_.spilled;
+      st_.spilled_bytes += static_cast<std::int64_t>(it->second.size());
+    }
+    data_.erase(it);
+  });
   data_[key].assign(bytes.begin(), bytes.end());
   lru_.insert(key, size);
   st_.bytes_written += size;
@@ -340,7 +350,10 @@ std::optional<std::vector<std::span<const std::byte>>> unpack_slices(std::span<c
 std::uint64_t object_digest(std::span<const std::byte> bytes) { return xxh64(bytes.data(), bytes.size()); }
 
 void discard_swap(const SwapTicket& ticket, KvTier& hot, KvTier& cold) {
-  for (const SwapObject& o : ticket.objects) (o.cold ? cold : hot).remove(o.name);
+  for (const SwapObject& o : ticket.objects) {
+    hot.remove(o.name);  // a hot object may have spilled to the cold tier
+    if (&cold != &hot) cold.remove(o.name);
+  }
 }
 
 }  // namespace redknot

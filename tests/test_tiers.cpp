@@ -742,6 +742,70 @@ TEST_CASE("swap_in with reads ahead: a missing object is a miss, no object left,
   check_accounting(store);
 }
 
+TEST_CASE("HostTier spills what it evicts to the tier below; chunks and swaps find it there", "[tiers]") {
+  TempDir dir("spill");
+  DiskTier disk(dir.path, 1 << 24);
+  CHECK_THROWS_AS([] { HostTier t(10, &t); }(), InvalidArgument);
+  {
+    HostTier host(250, &disk);
+    REQUIRE(host.put("a", bytes_of(100, 1)));
+    REQUIRE(host.put("b", bytes_of(100, 2)));
+    REQUIRE(host.put("c", bytes_of(100, 3)));  // a goes down
+    CHECK_FALSE(host.contains("a"));
+    CHECK(disk.get("a") == bytes_of(100, 1));
+    CHECK(disk.remove("a"));
+    const TierStats st = host.stats();
+    CHECK(st.evictions == 1);
+    CHECK(st.spilled == 1);
+    CHECK(st.spilled_bytes == 100);
+  }
+  // Chunks: a small host tier over the disk; the oldest demoted chunks end on the disk and come back.
+  auto ref = make_store<float>(), store = make_store<float>();
+  std::vector<ChunkKey> keys;
+  for (unsigned i = 0; i < 4; ++i) {
+    keys.push_back(seeded_chunk(store, "tier-model", 10, 60 + i));
+    REQUIRE(seeded_chunk(ref, "tier-model", 10, 60 + i) == keys.back());
+  }
+  const std::int64_t one =
+      static_cast<std::int64_t>(pack_slices(export_slices(store, keys[0], kModel)).size());
+  HostTier host(2 * one, &disk);
+  TieredChunkCache<float> cache(store, kModel, {&host, &disk});
+  for (const ChunkKey& k : keys) REQUIRE(cache.demote(k));
+  CHECK(host.stats().spilled == 2);
+  CHECK(disk.contains(TieredChunkCache<float>::object_name(keys[0])));
+  CHECK(host.contains(TieredChunkCache<float>::object_name(keys[3])));
+  for (const ChunkKey& k : keys) {
+    CHECK(cache.lookup(k) == 10);
+    CHECK(export_slices(store, k, kModel) == export_slices(ref, k, kModel));
+  }
+  CHECK(host.stats().objects == 0);
+  CHECK(disk.stats().objects == 0);
+
+  // Swap: a hot tier just large enough for the local objects; a later put pushes them to the cold tier,
+  // where swap_in finds them.
+  const SeqId r = build_sequence(ref);
+  SeqId s = build_sequence(store);
+  std::int64_t local_bytes = 0;
+  {
+    HostTier scratch(1 << 24);
+    const auto dry = swap_out(store, s, scratch, kModel, "dry");
+    REQUIRE(dry);
+    for (const SwapObject& o : dry->objects) local_bytes += o.local ? o.bytes : 0;
+    s = *swap_in(store, *dry, scratch);
+  }
+  HostTier hot(local_bytes, &disk);
+  const auto t = swap_out(store, s, hot, disk, kModel, "spilled");
+  REQUIRE(t);
+  CHECK(hot.stats().objects == kLayers);
+  REQUIRE(hot.put("filler", bytes_of(static_cast<std::size_t>(local_bytes), 9)));
+  CHECK(hot.stats().spilled == kLayers);
+  const auto b = swap_in(store, *t, hot, disk);
+  REQUIRE(b);
+  CHECK(same_bits(attend(ref, r, 34, 1, 9), attend(store, *b, 34, 1, 9)));
+  CHECK(disk.stats().objects == 0);
+  check_accounting(store);
+}
+
 namespace {
 
 // A tier whose reads wait until release(): a read in flight when the prefetcher goes.

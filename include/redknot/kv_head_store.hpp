@@ -23,6 +23,7 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
@@ -522,7 +523,9 @@ class KVHeadStore {
   // checks capacity first (unused chunks give their pages back, as for appends): on an exception nothing
   // changed.
   SeqId restore_sequence(std::span<const RestoreRun<T>> runs, std::span<const std::int32_t> next_pos,
-                         std::span<const std::int32_t> query_floor) requires(Alloc::kHostAccessible) {
+                         std::span<const std::int32_t> query_floor)
+      // Host pages, or bookkeeping only (a shadow store): a device store has no host path to write its rows.
+      requires(Alloc::kHostAccessible || std::is_same_v<Alloc, NullAllocator>) {
     const std::size_t L = static_cast<std::size_t>(shape_.num_layers),
                       H = static_cast<std::size_t>(shape_.num_kv_heads),
                       D = static_cast<std::size_t>(shape_.head_dim);
@@ -588,10 +591,12 @@ class KVHeadStore {
           const std::int32_t n = std::min(r.count - done, cfg_.page_size - slot);
           const auto src = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(done) * D);
           const auto len = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(n) * D);
-          std::copy(r.k.begin() + src, r.k.begin() + src + len,
-                    pool_.k_ptr(page) + static_cast<std::size_t>(slot) * D);
-          std::copy(r.v.begin() + src, r.v.begin() + src + len,
-                    pool_.v_ptr(page) + static_cast<std::size_t>(slot) * D);
+          if constexpr (Alloc::kHostAccessible) {  // else bookkeeping only (NullAllocator)
+            std::copy(r.k.begin() + src, r.k.begin() + src + len,
+                      pool_.k_ptr(page) + static_cast<std::size_t>(slot) * D);
+            std::copy(r.v.begin() + src, r.v.begin() + src + len,
+                      pool_.v_ptr(page) + static_cast<std::size_t>(slot) * D);
+          }
           t.body.push_back(PageEntry{page, static_cast<std::int16_t>(slot), static_cast<std::int16_t>(n),
                                      r.pos0 + done, r.rope_pos0 + done});
           ++t.body_pushed;

@@ -46,8 +46,10 @@ struct TierStats {
   std::int64_t objects = 0;
   std::int64_t hits = 0;
   std::int64_t misses = 0;     // absent, unreadable or failed verification
-  std::int64_t evictions = 0;  // objects dropped to make room (least recently used first): gone
+  std::int64_t evictions = 0;  // objects dropped to make room (least recently used first)
   std::int64_t evicted_bytes = 0;
+  std::int64_t spilled = 0;  // evicted objects the tier below took (HostTier with spill_to); others are gone
+  std::int64_t spilled_bytes = 0;
   std::int64_t bytes_written = 0;
   std::int64_t bytes_read = 0;
   std::int64_t put_failures =
@@ -126,16 +128,19 @@ class LruTier : public KvTier {
 
 }  // namespace tier_detail
 
-// Objects in RAM, evicted least recently used first when a put needs room.
+// Objects in RAM, evicted least recently used first when a put needs room. spill_to (optional; it must
+// outlive this tier): an evicted object is put there instead of being dropped — a host tier over a disk tier
+// keeps what falls out of RAM. The put runs under this tier's lock, so spill chains must not loop back.
 class HostTier final : public tier_detail::LruTier {
  public:
-  explicit HostTier(std::int64_t capacity_bytes);
+  explicit HostTier(std::int64_t capacity_bytes, KvTier* spill_to = nullptr);
   bool put(std::string_view name, std::span<const std::byte> bytes) override;
   std::optional<std::vector<std::byte>> get(std::string_view name) override;
   bool remove(std::string_view name) override;
 
  private:
   std::unordered_map<std::string, std::vector<std::byte>> data_;
+  KvTier* spill_to_;
 };
 
 // Objects as files `<name>.rkt` in one directory: a 32-byte header (magic "RKTO", version, payload length,
@@ -499,7 +504,7 @@ std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& hot
   t.objects.insert(t.objects.end(), global.begin(), global.end());
   // A tier that made room for later objects by evicting earlier ones of this ticket: refused as a whole.
   const bool all_there = std::all_of(t.objects.begin(), t.objects.end(), [&](const SwapObject& o) {
-    return (o.cold ? cold : hot).contains(o.name);
+    return hot.contains(o.name) || cold.contains(o.name);  // a hot tier may spill to the cold one
   });
   if (!all_there) {
     discard_swap(t, hot, cold);
@@ -566,6 +571,7 @@ std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, Kv
     {
       const auto w0 = std::chrono::steady_clock::now();
       bytes = ahead.empty() ? (o.cold ? cold : hot).get(o.name) : ahead[i].get();
+      if (!bytes && &hot != &cold && !o.cold) bytes = cold.get(o.name);  // spilled from hot to cold
       st.wait_ns +=
           std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - w0).count();
     }

@@ -127,6 +127,11 @@ class BackendStore {
   virtual void splice(redknot::SeqId dst, int chunk, std::int32_t at, std::int32_t first_query,
                       bool relocate) = 0;
   virtual void drop_chunk(int chunk) = 0;
+  // Swaps sequence `id` out to tiers and back in (swap_out / swap_in of tiers.hpp); returns its new id.
+  virtual redknot::SeqId swap(redknot::SeqId id) {
+    (void)id;
+    throw std::logic_error("this backend cannot swap sequences");
+  }
   // What is wrong inside the store beyond its stats (tables against the pool's refcounts, ...); "" when
   // nothing is, or when the backend cannot be inspected.
   virtual std::string invariant_error() const { return {}; }

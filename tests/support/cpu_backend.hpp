@@ -4,6 +4,9 @@
 // against the pool's refcounts.
 #pragma once
 
+#include <stdlib.h>  // mkdtemp
+
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +16,7 @@
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/tiers.hpp"
 
 namespace rktest {
 
@@ -76,6 +80,24 @@ class CpuStore final : public BackendStore {
     else
       store_.splice(dst, key(chunk), at, first_query);
   }
+  // Alternates the two ways an engine swaps: local heads to a host tier and global heads to a disk tier,
+  // read back with a prefetcher; everything through one host tier, read one object at a time.
+  redknot::SeqId swap(redknot::SeqId id) override {
+    if (!tiers_) tiers_ = std::make_unique<Tiers>();
+    const std::string name = "seq" + std::to_string(swaps_);
+    const bool split = swaps_++ % 2 == 0;
+    redknot::KvTier& hot = tiers_->host;
+    redknot::KvTier& cold = split ? static_cast<redknot::KvTier&>(tiers_->disk) : tiers_->host;
+    const auto ticket = redknot::swap_out(store_, id, hot, cold, tiers_->model_fp, name);
+    if (!ticket) throw std::runtime_error("swap_out: a tier refused an object");
+    std::string why;
+    const auto back = redknot::swap_in(store_, *ticket, hot, cold,
+                                       redknot::SwapInOptions{split ? &tiers_->prefetcher : nullptr, &why});
+    if (!back) throw std::runtime_error(why);
+    if (tiers_->host.stats().objects != 0 || tiers_->disk.stats().objects != 0)
+      throw std::runtime_error("swap_in left objects in the tiers");
+    return *back;
+  }
   void drop_chunk(int chunk) override {
     if (!store_.drop_chunk(key(chunk))) throw std::runtime_error("drop_chunk: the chunk is not registered");
   }
@@ -84,7 +106,27 @@ class CpuStore final : public BackendStore {
  private:
   redknot::ChunkKey key(int chunk) const { return scenario_chunk_key(store_, chunk); }
 
+  // A host tier and a disk tier in a fresh temporary directory (removed with the store).
+  struct Tiers {
+    std::filesystem::path dir = make_dir();
+    redknot::HostTier host{std::int64_t{1} << 30};
+    redknot::DiskTier disk{dir, std::int64_t{1} << 30};
+    redknot::TierPrefetcher prefetcher{2};
+    std::uint64_t model_fp = redknot::model_fingerprint(kChunkModel);
+    ~Tiers() {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+    static std::filesystem::path make_dir() {
+      std::string t = (std::filesystem::temp_directory_path() / "rktest-swap-XXXXXX").string();
+      if (::mkdtemp(t.data()) == nullptr) throw std::runtime_error("mkdtemp failed for " + t);
+      return t;
+    }
+  };
+
   StoreSpec spec_;
+  std::unique_ptr<Tiers> tiers_;
+  int swaps_ = 0;
   redknot::KVHeadStore<T> store_;
   std::vector<redknot::AttentionPlan> plans_;  // one per layer
   redknot::AttentionParams params_;

@@ -153,6 +153,9 @@ class TypedRun final : public RunBase {
       case Op::Kind::kSplice:
         splice(op);
         break;
+      case Op::Kind::kSwap:
+        swap(op);
+        break;
     }
   }
 
@@ -217,6 +220,44 @@ class TypedRun final : public RunBase {
       shadow_.retire_queries(h.shadow, op.first_query < 0 ? op.at + n : op.first_query);
     }
     oracle_.splice(op.seq, op.chunk, op.at, sc_.rope ? &*sc_.rope : nullptr);
+  }
+
+  // The backend swaps out and in; the bookkeeping store restores the same runs swap_out exports (maximal
+  // runs of consecutive positions with consecutive rotations, per head) with zero rows, so that its page
+  // statistics follow the restore's packing. The oracle's sequence does not change.
+  void swap(const Op& op) {
+    Handle& h = handle(op.seq);
+    const redknot::ModelShape& sh = sc_.shape;
+    const std::size_t D = static_cast<std::size_t>(sh.head_dim);
+    std::vector<redknot::RestoreRun<T>> runs;
+    std::size_t longest = 0;
+    for (int l = 0; l < sh.num_layers; ++l)
+      for (int kh = 0; kh < sh.num_kv_heads; ++kh) {
+        const redknot::HeadTable& t = shadow_.table(h.shadow, l, kh);
+        for (std::size_t e = 0; e < t.size(); ++e) {
+          const redknot::PageEntry& pe = t[e];
+          redknot::RestoreRun<T>* last = runs.empty() ? nullptr : &runs.back();
+          if (last != nullptr && last->layer == l && last->kv_head == kh &&
+              last->pos0 + last->count == pe.pos0 && last->rope_pos0 + last->count == pe.rope_pos0)
+            last->count += pe.count;
+          else
+            runs.push_back(redknot::RestoreRun<T>{l, kh, pe.pos0, pe.count, pe.rope_pos0, {}, {}});
+          longest = std::max(longest, static_cast<std::size_t>(runs.back().count));
+        }
+      }
+    const std::vector<T> zeros(longest * D);
+    for (auto& r : runs) r.k = r.v = std::span<const T>(zeros).first(static_cast<std::size_t>(r.count) * D);
+    std::vector<std::int32_t> next_pos, floor;
+    for (int l = 0; l < sh.num_layers; ++l) {
+      next_pos.push_back(shadow_.next_position(h.shadow, l));
+      floor.push_back(shadow_.query_floor(h.shadow, l));
+    }
+    const redknot::SeqId id = store_->swap(h.id);
+    shadow_.free_sequence(h.shadow);
+    h.shadow = shadow_.restore_sequence(std::span<const redknot::RestoreRun<T>>(runs),
+                                        std::span<const std::int32_t>(next_pos),
+                                        std::span<const std::int32_t>(floor));
+    h.id = id;
   }
 
   void step(const std::vector<StepItem>& items) {
@@ -385,6 +426,8 @@ class ScenarioRun {
         return "register chunk";
       case Op::Kind::kSplice:
         return "splice";
+      case Op::Kind::kSwap:
+        return "swap";
       case Op::Kind::kStep:
         break;
     }

@@ -66,6 +66,16 @@ class Script {
 
   std::int32_t next(int seq) const { return seqs_.at(static_cast<std::size_t>(seq)).next; }
 
+  // `seq` is swapped out to tiers and back in: same positions, next positions and query floors.
+  void swap(int seq) {
+    const Seq& s = live(seq);
+    swaps_ = true;
+    // The restore copies pages the sequence shared (a fork's, a chunk's) into private ones: pool room as
+    // for an append of everything it holds.
+    if (s.next > 0) appended_.push_back(s.next);
+    ops_.push_back(Op{Op::Kind::kSwap, seq, -1, 0, -1, {}});
+  }
+
   // `seq`, which must hold positions 0..n-1 appended in one step (so that no head dropped a key), becomes
   // chunk `chunk`; the handle is no longer live.
   void register_chunk(int seq, int chunk) {
@@ -161,6 +171,7 @@ class Script {
     sc.max_queries = max_queries_;
     sc.max_tokens = max_tokens_;
     sc.num_chunks = static_cast<int>(chunk_len_.size());
+    sc.swaps = swaps_;
   }
 
  private:
@@ -184,6 +195,7 @@ class Script {
   std::vector<int> appended_;
   std::vector<std::int32_t> chunk_len_;
   int max_batch_ = 0, max_queries_ = 0, max_tokens_ = 0;
+  bool swaps_ = false;
 };
 
 // ---- scripts -------------------------------------------------------------------------------------------
@@ -314,6 +326,41 @@ void rag_reuse(Script& s) {
   s.free(r0);
   s.decode({r3, r2, r1});
   s.free(r1);
+}
+
+// Preemption at awkward moments, as an engine's scheduler swaps: a sequence with a spliced chunk (keys
+// rotated for other positions) swapped out mid-decode, a fork swapped while its parent keeps the shared pages
+// (and the parent swapped too), a sequence swapped right after retire_queries of one layer (per-layer query
+// floors), an empty sequence, a sequence swapped twice in a row and then forked, one swapped between two
+// chunks of its prefill; decode and prefill continue on every restored sequence.
+void swap_preempt(Script& s) {
+  const int d = s.create();
+  s.step({s.chunk(d, 41)});  // a document alone, from position 0
+  s.register_chunk(d, 0);
+  const int a = s.create(), b = s.create(), e = s.create();
+  s.step({s.chunk(a, 13), s.chunk(b, 60)});
+  s.splice(a, 0, s.next(a) + 3);
+  s.swap(e);  // nothing in it yet
+  s.step({s.chunk(a, 5), s.chunk(b, 21, 4), s.chunk(e, 7)});
+  s.decode({a, b}, 2);
+  s.swap(a);
+  s.decode({a, b, e});
+  const int c = s.fork(b);
+  s.decode({b, c}, 2);
+  s.swap(c);
+  s.swap(b);
+  s.decode({c, b, a}, 2);
+  s.retire(b, s.next(b), 1);  // layer 1 retired up to its next position: floors differ per layer
+  s.swap(b);
+  s.step({s.chunk(b, 9), Script::query_only(c)});
+  s.swap(e);
+  s.swap(e);
+  const int f = s.fork(e);
+  s.step({s.chunk(e, 30, 2), s.chunk(f, 3)});
+  s.swap(f);
+  s.step({s.chunk(f, 50, 5), s.chunk(a, 1)});
+  s.free(c);
+  s.decode({a, b, e, f});
 }
 
 // ---- head maps -----------------------------------------------------------------------------------------
@@ -448,6 +495,12 @@ std::vector<Scenario> build() {
   add("rag_splice", rag_reuse<false>, layer_mix_map(), {F16, F16, 64, 2, 1}, SizeClass::kSmall, llama3_rope);
   add("rag_splice", rag_reuse<false>, mixed_map(3, 2, 5), {BF16, BF16, 64, 8, 64}, SizeClass::kSmall,
       partial_yarn);
+  // Preemption through the tiers (host stores: the CPU core, the C ABI).
+  add("swap_preempt", swap_preempt, mixed_map(3, 2, 0), {F32, F32, 64, 2, 16}, SizeClass::kSmall, half_rope);
+  add("swap_preempt", swap_preempt, mixed_map(3, 2, 3), {BF16, BF16, 128, 4, 16}, SizeClass::kSmall,
+      llama3_rope);
+  add("swap_preempt", swap_preempt, layer_mix_map(), {F16, F16, 64, 2, 1}, SizeClass::kSmall, partial_yarn);
+  add("swap_preempt", swap_preempt, mixed_map(3, 2, 6), {F16, F32, 40, 8, 5}, SizeClass::kSmall, half_rope);
   // Large: skipped under REDKNOT_SCENARIO_SIZE=small.
   add("long_prefill", long_prefill, mixed_map(2, 2, 1), {F16, F16, 64, 2, 16}, SizeClass::kLarge);
   add("long_prefill", long_prefill, mixed_map(2, 2, 5), {BF16, F32, 128, 1, 64}, SizeClass::kLarge);
@@ -462,6 +515,7 @@ std::vector<Scenario> build() {
 }  // namespace
 
 bool Scenario::applies_to(BackendKind b) const {
+  if (swaps) return b == BackendKind::kCpu;  // the C ABI has no swap calls yet; device stores do not swap
   if (b != BackendKind::kCuda) return true;  // the host kernel and the C ABI take every shape and dtype
   const int g = shape.group_size();
   return shape.dtype != DType::kF32 && activation == shape.dtype &&

@@ -5,11 +5,12 @@
 // A scenario is a model shape (layers, query and kv heads, head_dim), a head map, a page size, a storage and
 // an activation dtype, an optional RoPE spec, and a script of operations on script-local sequence handles
 // 0, 1, 2, ...: create, fork, free, retire_queries, register a sequence as chunk c (chunk reuse), splice or
-// relocate chunk c into a sequence at a position, and steps. A step is a layer-by-layer forward over a batch:
-// in every layer each item appends its positions (possibly none), then the batch attends with every item's
-// queries (possibly none: a zero-query item). The script builder checks the store's contract (positions
-// increase, queries in [query_floor, next_position)) when the list is built, so every script is legal by
-// construction.
+// relocate chunk c into a sequence at a position, swap a sequence out to tiers and back in (preemption:
+// tiers.hpp; the sequence gets a new id and must attend exactly as before), and steps. A step is a
+// layer-by-layer forward over a batch: in every layer each item appends its positions (possibly none), then
+// the batch attends with every item's queries (possibly none: a zero-query item). The script builder checks
+// the store's contract (positions increase, queries in [query_floor, next_position)) when the list is built,
+// so every script is legal by construction.
 //
 // Each scenario says which backends it applies to (the CUDA kernels: f16/bf16 with activations in the
 // storage dtype, head_dim 64/128, GQA group 1/2/4/8) and its size class: REDKNOT_SCENARIO_SIZE=small (the
@@ -40,10 +41,10 @@ struct StepItem {
 };
 
 struct Op {
-  enum class Kind { kCreate, kFork, kFree, kRetire, kStep, kRegister, kSplice };
+  enum class Kind { kCreate, kFork, kFree, kRetire, kStep, kRegister, kSplice, kSwap };
   Kind kind = Kind::kStep;
-  int seq = -1;                     // create: the new handle; fork: the parent; free, retire: the sequence
-  int child = -1;                   // fork: the new handle
+  int seq = -1;    // create: the new handle; fork: the parent; free, retire, swap: the sequence
+  int child = -1;  // fork: the new handle
   std::int32_t next_query_pos = 0;  // retire
   int layer = -1;                   // retire: one layer, or -1 for all
   std::vector<StepItem> items;      // step
@@ -71,6 +72,7 @@ struct Scenario {
   int max_queries = 0;  // queries of the largest step
   int max_tokens = 0;   // tokens one layer of the largest step appends
   int num_chunks = 0;
+  bool swaps = false;  // the script swaps sequences out and back in (host stores only)
 
   bool applies_to(BackendKind b) const;
 };
