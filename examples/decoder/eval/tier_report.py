@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Summary and plot of redknot-tier-bench JSON results.
 
-    python3 tier_report.py tiers.json [--png docs/tiers_ttft.png]
+    python3 tier_report.py tiers.json [more.json ...] [--png docs/tiers_ttft.png]
+
+A later file's scenarios replace an earlier file's (e.g. scenario b rerun alone with --scenarios b).
 
 Prints the per-tier TTFT of scenario a (medians over repeats per request, then over requests), scenario b's
 TTFT by the slowest source of a request's documents and scenario c's swap times. With --png (needs
@@ -138,6 +140,13 @@ def main(argv):
         png = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     d = json.load(open(argv[1]))
+    for p in argv[2:]:
+        later = json.load(open(p))
+        for k in ("a", "b", "c"):
+            if k in later:
+                d[k] = later[k]
+                d.setdefault("runs", []).append(f"{k}: {later['date']}, load {later['load_start']} -> "
+                                                f"{later.get('load_end', '?')}")
     print(text(d))
     if png:
         plot(d, png)

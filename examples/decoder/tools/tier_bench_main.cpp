@@ -9,8 +9,9 @@
 //      every document (promotion), cold prefills, then prefill_rag. Promotion is bit-exact, so primary, host
 //      and disk must give identical logits and answers: mismatches are counted.
 //   b. Cycling: a store whose pool holds about a third of the documents (plus one request's room), a HostTier
-//      of another third and a DiskTier below; a sequence of requests where the engine calls make_room before
-//      each request and lookup for each document (a miss is prefilled alone). Hit rates per tier, bytes
+//      of another third spilling its evictions into a DiskTier below (--stack plain: evictions are lost); a
+//      sequence of requests where the engine pins the documents already in the store, calls make_room for
+//      the request and lookup for each other document (a miss is prefilled alone). Hit rates per tier, bytes
 //      moved, evictions, and TTFT split by the slowest place a request's documents came from.
 //   c. Preemption: K sequences decoding greedily round-robin in one store, each swapped out to a tier at a
 //      random step and back in two rounds later; tokens and logits compared with the uninterrupted run;
@@ -28,7 +29,6 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-#include <list>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -173,59 +173,6 @@ std::vector<int> unique_docs(const RagCase& rc) {
     if (std::find(out.begin(), out.end(), d) == out.end()) out.push_back(d);
   return out;
 }
-
-// Scenario b's stack: a HostTier in front of a DiskTier, where the host's least recently used objects move
-// down to the disk when a put needs room. A KvTier evicts to nowhere on its own, so TieredChunkCache over
-// {host, disk} only reaches the disk for objects the host refuses outright (larger than it): what the host
-// evicts is lost and comes back as a miss (--stack plain measures exactly that).
-class SpillTier final : public KvTier {
- public:
-  SpillTier(HostTier& front, DiskTier& back) : front_(front), back_(back) {}
-  bool put(std::string_view name, std::span<const std::byte> bytes) override {
-    const std::string key(name);
-    remove(key);
-    const auto size = static_cast<std::int64_t>(bytes.size());
-    while (!order_.empty() && front_.stats().bytes_held + size > front_.stats().capacity_bytes) {
-      const std::string victim = order_.front();
-      order_.pop_front();
-      const auto b = front_.get(victim);  // counted as a host read: spilled_bytes says how much was spills
-      if (b && back_.put(victim, *b)) ++spilled_, spilled_bytes_ += static_cast<std::int64_t>(b->size());
-      front_.remove(victim);
-    }
-    if (front_.put(name, bytes)) {
-      order_.push_back(key);
-      return true;
-    }
-    return back_.put(name, bytes);
-  }
-  std::optional<std::vector<std::byte>> get(std::string_view name) override {
-    if (front_.contains(name)) {
-      const std::string key(name);
-      order_.remove(key);
-      order_.push_back(key);
-      return front_.get(name);
-    }
-    return back_.get(name);
-  }
-  bool remove(std::string_view name) override {
-    order_.remove(std::string(name));
-    const bool a = front_.remove(name);
-    const bool b = back_.remove(name);
-    return a || b;
-  }
-  bool contains(std::string_view name) const override {
-    return front_.contains(name) || back_.contains(name);
-  }
-  TierStats stats() const override { return front_.stats(); }  // the parts' own stats are reported apart
-  std::int64_t spilled() const { return spilled_; }
-  std::int64_t spilled_bytes() const { return spilled_bytes_; }
-
- private:
-  HostTier& front_;
-  DiskTier& back_;
-  std::list<std::string> order_;  // the front's objects, least recently used first (as HostTier orders them)
-  std::int64_t spilled_ = 0, spilled_bytes_ = 0;
-};
 
 const std::vector<std::string> kModes = {"primary", "host", "disk", "disk_dropped", "cold"};
 // Where a request's documents came from in the cycling workload: the slowest source among them.
@@ -587,12 +534,11 @@ int main(int argc, char** argv) {
       const std::int64_t host_cap = doc_pages_total * page_bytes / 3;
       auto store = Session::make_store(model, map, page_size, pool_pages);
       DocumentCache cache(model, store, model_path, so);
-      HostTier host(host_cap);
+      // spill: the HostTier puts its least recently used objects into the DiskTier when it needs room;
+      // plain: they are gone (and come back as misses).
       DiskTier disk(dir / "b", std::int64_t{1} << 40, true, fsync);
-      SpillTier spill(host, disk);
-      TieredChunkCache<float> engine(
-          *store, model_fp,
-          stack == "spill" ? std::vector<KvTier*>{&spill} : std::vector<KvTier*>{&host, &disk});
+      HostTier host(host_cap, stack == "spill" ? &disk : nullptr);
+      TieredChunkCache<float> engine(*store, model_fp, {&host, &disk});
       std::mt19937 rng(bo.seed * 104729u + 17u);
       std::map<std::string, std::int64_t> hits;
       std::map<std::string, std::vector<double>> ttft_by;
@@ -696,6 +642,8 @@ int main(int argc, char** argv) {
                       {"misses", t.misses},
                       {"evictions", t.evictions},
                       {"evicted_bytes", t.evicted_bytes},
+                      {"spilled", t.spilled},
+                      {"spilled_bytes", t.spilled_bytes},
                       {"bytes_written", t.bytes_written},
                       {"bytes_read", t.bytes_read},
                       {"put_failures", t.put_failures},
@@ -703,8 +651,8 @@ int main(int argc, char** argv) {
                       {"get_s", static_cast<double>(t.get_ns) * 1e-9}};
         };
         out["b"] = {{"stack", stack},
-                    {"spilled_to_disk", spill.spilled()},
-                    {"spilled_bytes", spill.spilled_bytes()},
+                    {"spilled_to_disk", hs.spilled},
+                    {"spilled_bytes", hs.spilled_bytes},
                     {"pool_bytes", pool_pages * page_bytes},
                     {"documents_bytes", doc_pages_total * page_bytes},
                     {"request_room_bytes", request_room * page_bytes},
@@ -771,7 +719,9 @@ int main(int argc, char** argv) {
           static_cast<long long>(b["chunks"]["promote_failures"].get<std::int64_t>()),
           static_cast<long long>(b["chunks"]["rejected"].get<std::int64_t>()), stack.c_str(),
           static_cast<long long>(b["spilled_to_disk"].get<std::int64_t>()), mib(b["spilled_bytes"]),
-          static_cast<long long>(b["host"]["evictions"].get<std::int64_t>()), mib(b["host"]["evicted_bytes"]),
+          static_cast<long long>(b["host"]["evictions"].get<std::int64_t>() -
+                                 b["spilled_to_disk"].get<std::int64_t>()),
+          mib(b["host"]["evicted_bytes"].get<double>() - b["spilled_bytes"].get<double>()),
           static_cast<long long>(b["disk"]["evictions"].get<std::int64_t>()),
           static_cast<long long>(b["store_evictions"].get<std::int64_t>()), b["accuracy"].get<double>());
       md << tail;
