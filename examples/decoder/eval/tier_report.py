@@ -5,8 +5,9 @@
 
 A later file's scenarios replace an earlier file's (e.g. scenario b rerun alone with --scenarios b).
 
-Prints the per-tier TTFT of scenario a (medians over repeats per request, then over requests), scenario b's
-TTFT by the slowest source of a request's documents and scenario c's swap times. With --png (needs
+Prints markdown tables: the per-tier TTFT of scenario a (medians over repeats per request, then over
+requests), scenario b's hit rates and TTFT by the slowest source of a request's documents, scenario c's swap
+times. With --png (needs
 matplotlib): TTFT by tier (a: one point per request, the bar at the median, the promotion / cold-prefill part
 hatched) beside TTFT by source in the cycling workload (b) and swap-in times (c)."""
 import json
@@ -19,7 +20,7 @@ PLACEMENTS = ["host", "disk", "disk_dropped", "split", "split_dropped", "split_d
 
 
 def modes_of(d):
-    return [m for m in d["options"]["tiers"] if m in d["a"]["summary"]]
+    return [m for m in d.get("a_options", d["options"])["tiers"] if m in d["a"]["summary"]]
 
 
 def placements_of(d):
@@ -32,33 +33,68 @@ def per_request(d, mode, key):
 
 
 def text(d):
-    out = [f"{d['date']}  load {d['load_start']} -> {d.get('load_end', '?')}  spec {d['spec']}"]
+    """Markdown tables of every scenario present."""
+    mib = lambda b: b / 2**20
+    out = [f"Runs: {'; '.join(d.get('runs', [])) or d['date'] + ', load ' + d['load_start'] + ' -> ' + str(d.get('load_end'))}"
+           f"; spec {d['spec']}"]
     if "a" in d:
-        out.append("\na. TTFT by tier (median over requests of the median over repeats)")
+        o = d.get("a_options", d["options"])
+        out += ["", f"**a. TTFT by tier** ({len(d['a']['requests'])} requests of {o['length']} tokens, "
+                f"{o['repeats']} repeats each; per tier the median over requests of each request's median)", "",
+                "| documents in | TTFT median | TTFT min-max | promotion | of which reading | cold prefills "
+                "| moved up per request | answers differing from primary | logits differing from primary |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        n, reps = len(d["a"]["requests"]), o["repeats"]
         for mode in modes_of(d):
             s = d["a"]["summary"][mode]
-            out.append(f"  {mode:13s} TTFT {s['ttft_median_s']:6.2f} s  promotion {s['promote_median_s']:.3f} s "
-                       f"(reading {s['read_wait_median_s']:.3f} s)  cold prefills {s['cold_prefill_median_s']:.2f} s  "
-                       f"up {s['bytes_up_median'] / 2**20:.0f} MiB  answers differing {s['answer_mismatches']}  "
-                       f"logits differing {s['logit_mismatches']}")
+            ans = "reference" if mode == "primary" else f"{s['answer_mismatches']} / {n}"
+            out.append(f"| {mode} | {s['ttft_median_s']:.2f} s | {s['ttft_min_s']:.2f}-{s['ttft_max_s']:.2f} s "
+                       f"| {s['promote_median_s']:.3f} s | {s['read_wait_median_s']:.3f} s "
+                       f"| {s['cold_prefill_median_s']:.2f} s | {mib(s['bytes_up_median']):.0f} MiB | {ans} "
+                       f"| {s['logit_mismatches']} / {n * reps} |")
+        out += ["", "| documents in | system | splice | select (layer-1 K/V, deviation) | recompute | question |",
+                "|---|---|---|---|---|---|"]
+        for mode in modes_of(d):
+            s = d["a"]["summary"][mode]
+            out.append(f"| {mode} | {s['system_median_s']:.2f} s | {s['splice_median_s']:.3f} s "
+                       f"| {s['select_median_s']:.2f} s | {s['recompute_median_s']:.2f} s | {s['question_median_s']:.2f} s |")
     if "b" in d:
         b = d["b"]
-        out.append(f"\nb. cycling ({len(b['requests'])} requests, stack {b.get('stack', '?')})")
-        out.append("  lookups: " + ", ".join(f"{k} {b['hits'][k]['lookups']} ({100 * b['hits'][k]['rate']:.0f}%)"
-                                             for k in SOURCES))
+        out += ["", f"**b. Cycling workload** ({len(b['requests'])} requests; KV of all documents "
+                f"{mib(b['documents_bytes']):.0f} MiB; pool {mib(b['pool_bytes']):.0f} MiB of which one request's "
+                f"room {mib(b['request_room_bytes']):.0f} MiB; HostTier {mib(b['host']['capacity_bytes']):.0f} MiB; "
+                f"DiskTier unbounded; stack {b.get('stack', '?')})", "",
+                "| documents found in | lookups | share |", "|---|---|---|"]
+        for k in SOURCES:
+            out.append(f"| {k} | {b['hits'][k]['lookups']} | {100 * b['hits'][k]['rate']:.0f}% |")
+        out += ["", "| slowest source of a request's documents | requests | TTFT median | TTFT p90 | TTFT min-max |",
+                "|---|---|---|---|---|"]
         for k in SOURCES:
             v = b["ttft_by_worst_source"][k]
             if v["requests"]:
-                out.append(f"  worst source {k:5s}: {v['requests']:2d} requests, TTFT median {v['median_s']:.2f} s, "
-                           f"p90 {v['p90_s']:.2f} s")
+                out.append(f"| {k} | {v['requests']} | {v['median_s']:.2f} s | {v['p90_s']:.2f} s "
+                           f"| {v['min_s']:.2f}-{v['max_s']:.2f} s |")
+        c, h, k = b["chunks"], b["host"], b["disk"]
+        out += ["", f"Moved down {mib(c['bytes_down']):.0f} MiB ({c['demotions']} demotions, {c['dropped']} dropped "
+                f"without a copy), up {mib(c['bytes_up']):.0f} MiB ({c['promotions']} promotions, "
+                f"{c['promote_failures']} failed, {c['rejected']} rejected); HostTier: {h['evictions']} evictions "
+                f"({mib(h['evicted_bytes']):.0f} MiB), {h.get('spilled', 0)} of them spilled to the DiskTier; "
+                f"DiskTier: {k['evictions']} evictions, {mib(k['bytes_held']):.0f} MiB held at the end; chunks the "
+                f"store dropped itself: {b['store_evictions']}. Accuracy {b['accuracy']:.2f}."]
     if "c" in d:
-        out.append("\nc. preemption")
+        o = d.get("c_options", d["options"])
+        out += ["", f"**c. Preemption** ({o['preempt']} sequences of {o['preempt_length']} prompt tokens, "
+                f"{o['preempt_new']} new tokens each, {o['repeats']} repeats)", "",
+                "| placement | swap-out median | swap-in median | of which waiting on reads | bytes per sequence "
+                "| local heads' | global heads' | token mismatches | logit mismatches |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for k in placements_of(d):
             v = d["c"][k]
-            out.append(f"  {k:24s} swap-out {1e3 * v['swap_out_median_s']:7.1f} ms  swap-in "
-                       f"{1e3 * v['swap_in_median_s']:7.1f} ms  {v['bytes_median'] / 2**20:.1f} MiB "
-                       f"(local {v['local_bytes_median'] / 2**20:.1f}, global {v['global_bytes_median'] / 2**20:.1f})  "
-                       f"token mismatches {v['token_mismatches']}/{v['sequences_compared']}")
+            out.append(f"| {k} | {1e3 * v['swap_out_median_s']:.1f} ms | {1e3 * v['swap_in_median_s']:.1f} ms "
+                       f"| {1e3 * v['swap_in_wait_median_s']:.1f} ms | {mib(v['bytes_median']):.1f} MiB "
+                       f"| {mib(v['local_bytes_median']):.1f} MiB | {mib(v['global_bytes_median']):.1f} MiB "
+                       f"| {v['token_mismatches']} / {v['sequences_compared']} "
+                       f"| {v['logit_mismatches']} / {v['sequences_compared']} |")
     return "\n".join(out)
 
 
@@ -89,7 +125,7 @@ def plot(d, path):
             ax.set_xticks(range(len(modes)))
             ax.set_xticklabels(modes, rotation=20)
             ax.set_ylabel("TTFT (s)")
-            o = d["options"]
+            o = d.get("a_options", d["options"])
             ax.set_title(f"a. documents placed in one tier\n{o['requests']} requests x {o['repeats']} repeats, "
                          f"{o['length']} tokens", fontsize=9)
             ax.set_ylim(bottom=0)
@@ -117,11 +153,11 @@ def plot(d, path):
             ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
             ax.set_ylabel("ms (median)")
             mib = statistics.median(d["c"][k]["bytes_median"] for k in names) / 2**20
-            ax.set_title(f"c. preemption of a {d['options']['preempt_length']}-token sequence\n"
+            ax.set_title(f"c. preemption of a {d.get('c_options', d['options'])['preempt_length']}-token sequence\n"
                          f"({mib:.0f} MiB per sequence)", fontsize=9)
             ax.legend(fontsize=8)
-    fig.suptitle(f"redknot tiers, SmolLM2-135M, 2-core CPU, load {d['load_start'].split()[0]} -> "
-                 f"{d.get('load_end', '?').split()[0]} ({d['date']})", fontsize=9)
+    fig.suptitle(f"redknot tiers on SmolLM2-135M, 2-core shared CPU (loaded: see docs/tiers.md), {d['date'][:10]}",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
@@ -140,13 +176,16 @@ def main(argv):
         png = argv[i + 1]
         argv = argv[:i] + argv[i + 2:]
     d = json.load(open(argv[1]))
+    run_of = lambda f: f"{f['date']}, load {f['load_start']} -> {f.get('load_end', '?')}"
+    src = {k: run_of(d) for k in ("a", "b", "c") if k in d}
     for p in argv[2:]:
         later = json.load(open(p))
         for k in ("a", "b", "c"):
             if k in later:
                 d[k] = later[k]
-                d.setdefault("runs", []).append(f"{k}: {later['date']}, load {later['load_start']} -> "
-                                                f"{later.get('load_end', '?')}")
+                d[k + "_options"] = later["options"]
+                src[k] = run_of(later)
+    d["runs"] = [f"{k}: {v}" for k, v in sorted(src.items())]
     print(text(d))
     if png:
         plot(d, png)
