@@ -95,6 +95,7 @@ void Session::reset() {
   if (seq_ != 0 && store_->contains(seq_)) store_->free_sequence(seq_);
   seq_ = store_->create_sequence();
   pos_ = 0;
+  swapped_out_ = false;
 }
 
 SeqId Session::release() {
@@ -108,6 +109,29 @@ SeqId Session::release() {
 std::unique_ptr<Session> Session::fork() const {
   require(seq_ != 0, "session: no sequence to fork");
   return std::unique_ptr<Session>(new Session(model_, store_, opt_, store_->fork(seq_), pos_));
+}
+
+SwapTicket Session::swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name) {
+  require(seq_ != 0, "swap_out: no sequence (released or already swapped out)");
+  auto ticket = redknot::swap_out(*store_, seq_, hot, cold, model_fp, name);
+  require<Unavailable>(ticket.has_value(), "swap_out: the tier refused an object of sequence '", name,
+                       "' (larger than the tier, or an I/O error); the sequence stays in the store");
+  seq_ = 0;  // freed by swap_out: the destructor must not touch it
+  swapped_out_ = true;
+  return std::move(*ticket);
+}
+
+void Session::swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher,
+                      SwapInStats* stats) {
+  require(swapped_out_ && seq_ == 0, "swap_in: the session holds a sequence (swap_out first)");
+  std::string why;
+  const auto id = redknot::swap_in(*store_, ticket, hot, cold, SwapInOptions{prefetcher, &why}, stats);
+  require<Unavailable>(id.has_value(), why);
+  seq_ = *id;
+  swapped_out_ = false;
+  // The plans were built for the old sequence id: start each layer's afresh rather than rely on the update
+  // noticing the new id.
+  plans_.assign(plans_.size(), AttentionPlan{});
 }
 
 void Session::rope(float* x, int n_heads, std::size_t n) const {

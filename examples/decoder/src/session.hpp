@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string_view>
 #include <vector>
 
 #include "llama_model.hpp"
@@ -21,6 +22,7 @@
 #include "redknot/head_map.hpp"
 #include "redknot/kv_head_store.hpp"
 #include "redknot/rope.hpp"
+#include "redknot/tiers.hpp"
 
 namespace redknot::decoder {
 
@@ -95,6 +97,25 @@ class Session {
   // A session on the same store continuing a fork of this sequence (shares its pages).
   std::unique_ptr<Session> fork() const;
 
+  // ---- preemption (redknot::swap_out / swap_in, tiers.hpp)
+  // Writes the sequence as objects "<name>.l<layer>.{local,global}" and frees its pages: the session then
+  // holds no sequence (position() stays, so swap_in continues where it stopped). By head class: local heads'
+  // objects to `hot` (or `cold` when `hot` refuses them), global heads' to `cold`. model_fp:
+  // model_fingerprint of the model id. Unavailable when a tier refuses an object (the sequence stays).
+  SwapTicket swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name);
+  // Every object in one tier.
+  SwapTicket swap_out(KvTier& tier, std::uint64_t model_fp, std::string_view name) {
+    return swap_out(tier, tier, model_fp, name);
+  }
+  // Restores a sequence this session swapped out, bit for bit, under a new sequence id (each object from the
+  // tier swap_out put it in; prefetcher: read them ahead). Unavailable when an object is missing or fails
+  // its checks (the sequence is lost, the session stays empty); PoolExhausted when the pool lacks pages
+  // (nothing changed: make room and retry).
+  void swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher = nullptr,
+               SwapInStats* stats = nullptr);
+  void swap_in(const SwapTicket& ticket, KvTier& tier) { swap_in(ticket, tier, tier); }
+  bool swapped_out() const { return swapped_out_; }
+
   std::int32_t position() const { return pos_; }
   const Store& store() const { return *store_; }
   Store& store() { return *store_; }
@@ -124,6 +145,7 @@ class Session {
   std::vector<AttentionPlan> plans_;  // one per layer, so plan updates stay incremental
   SeqId seq_ = 0;
   std::int32_t pos_ = 0;
+  bool swapped_out_ = false;  // seq_ is 0 and pos_ is where the swapped-out sequence stopped
   // Activations, reused across calls.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
   // cos/sin of every (position, pair) of the current forward call [n][head_dim / 2]: formed once per call

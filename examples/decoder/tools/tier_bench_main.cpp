@@ -1,0 +1,920 @@
+// redknot-tier-bench: hot/cold tiers under the RAG engine of the decoder, measured on the real model.
+//
+// Three scenarios, all on the head-aware map and the default reuse spec (rag.hpp):
+//   a. TTFT by tier: before each request every document it uses is placed in one tier: registered in the
+//      store (primary), demoted to a HostTier (host), demoted to a DiskTier (disk: the file was just written,
+//      so it is read from the page cache), demoted to a DiskTier and then flushed and dropped from the page
+//      cache with posix_fadvise (disk_dropped: read from the device), or in no tier (cold: prefilled alone on
+//      demand). TTFT runs from the request's arrival to the first answer token: TieredChunkCache::lookup for
+//      every document (promotion), cold prefills, then prefill_rag. Promotion is bit-exact, so primary, host
+//      and disk must give identical logits and answers: mismatches are counted.
+//   b. Cycling: a store whose pool holds about a third of the documents (plus one request's room), a HostTier
+//      of another third spilling its evictions into a DiskTier below (--stack plain: evictions are lost); a
+//      sequence of requests where the engine pins the documents already in the store, calls make_room for
+//      the request and lookup for each other document (a miss is prefilled alone). Hit rates per tier, bytes
+//      moved, evictions, and TTFT split by the slowest place a request's documents came from.
+//   c. Preemption: K sequences decoding greedily round-robin in one store, each swapped out to a tier at a
+//      random step and back in two rounds later; tokens and logits compared with the uninterrupted run;
+//      swap-out / swap-in time and bytes (local heads' and global heads' objects apart).
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "cli_args.hpp"
+#include "corpus.hpp"
+#include "generate.hpp"
+#include "model_path.hpp"
+#include "rag.hpp"
+#include "rag_bench.hpp"
+#include "redknot/error.hpp"
+#include "redknot/kv_slice.hpp"
+#include "redknot/pool_sizing.hpp"
+#include "redknot/tiers.hpp"
+#include "session.hpp"
+#include "thread_env.hpp"
+
+using namespace redknot;
+using namespace redknot::decoder;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+void usage() {
+  std::fprintf(stderr,
+               "usage: redknot-tier-bench [--head-map examples/decoder/head_maps/smollm2-135m.json]\n"
+               "         [--model M.gguf] [--spec global_deviation_topk:0.05:16+tail:1024] [--length 4096]\n"
+               "         [--requests 12] [--tiers primary,host,disk,disk_dropped,cold] [--repeats 3]\n"
+               "         [--cycle-requests 30] [--preempt 4] [--preempt-length 1024] [--preempt-new 24]\n"
+               "         [--scenarios a,b,c] [--max-new 8] [--dir /tmp/redknot-tier-bench] [--fsync]\n"
+               "         [--fact-docs 8] [--plain-docs 20] [--doc-min 300] [--doc-max 1500] [--seed 1]\n"
+               "         [--chunk 256] [--threads N] [--json out.json] [--md out.md] [--quiet]\n");
+}
+
+const std::set<std::string> kValued = {
+    "head-map",       "model",      "spec",           "length",      "requests",  "tiers",   "repeats",
+    "cycle-requests", "preempt",    "preempt-length", "preempt-new", "scenarios", "max-new", "dir",
+    "fact-docs",      "plain-docs", "doc-min",        "doc-max",     "seed",      "chunk",   "threads",
+    "json",           "md",         "stack"};
+const std::set<std::string> kFlags = {"help", "quiet", "fsync"};
+
+// Refuses options the tool does not know (a typo would otherwise run the defaults silently).
+void check_options(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a.rfind("--", 0) != 0) continue;
+    a = a.substr(2, a.find('=') == std::string::npos ? std::string::npos : a.find('=') - 2);
+    require(kValued.count(a) || kFlags.count(a), "unknown option --", a, " (--help lists them)");
+    if (kValued.count(a) && std::string(argv[i]).find('=') == std::string::npos) ++i;
+  }
+}
+
+// An integer option in [lo, hi], or InvalidArgument naming it.
+int int_arg(const CliArgs& args, const std::string& name, int fallback, int lo, int hi = 1 << 30) {
+  if (!args.has(name)) return fallback;
+  const std::string v = args.get(name);
+  std::size_t used = 0;
+  long x = 0;
+  try {
+    x = std::stol(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  require(used == v.size() && !v.empty(), "--", name, ": '", v, "' is not an integer");
+  require(x >= lo && x <= hi, "--", name, "=", x, " must be in [", lo, ", ", hi, "]");
+  return static_cast<int>(x);
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Nearest-rank percentile (p in [0, 100]).
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const auto i = static_cast<std::size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  return v[std::min(v.size() - 1, i == 0 ? 0 : i - 1)];
+}
+
+std::string load_average() {
+  std::ifstream in("/proc/loadavg");
+  std::string a, b, c;
+  in >> a >> b >> c;
+  return a + " " + b + " " + c;
+}
+
+std::string now_utc() {
+  const std::time_t now = std::time(nullptr);
+  char b[64];
+  std::strftime(b, sizeof b, "%Y-%m-%d %H:%M:%S UTC", std::gmtime(&now));
+  return b;
+}
+
+// Flushes `file` to the device and asks the kernel to drop its pages from the page cache, so the next read
+// goes to the device (no root needed, unlike drop_caches: clean pages of a file may be dropped by anyone who
+// can open it). Returns the fraction of its pages still resident afterwards (mincore), -1 when unknown.
+double drop_from_page_cache(const fs::path& file) {
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct stat sb {};
+  double resident = -1;
+  if (::fdatasync(fd) == 0 && ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED) == 0 && ::fstat(fd, &sb) == 0 &&
+      sb.st_size > 0) {
+    const auto len = static_cast<std::size_t>(sb.st_size);
+    void* p = ::mmap(nullptr, len, PROT_READ, MAP_SHARED, fd, 0);
+    if (p != MAP_FAILED) {
+      const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+      std::vector<unsigned char> vec((len + page - 1) / page);
+      if (::mincore(p, len, vec.data()) == 0) {
+        std::size_t in = 0;
+        for (unsigned char b : vec) in += b & 1u;
+        resident = static_cast<double>(in) / static_cast<double>(vec.size());
+      }
+      ::munmap(p, len);
+    }
+  }
+  ::close(fd);
+  return resident;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// The documents of a case without repeats (a request could name one twice), in request order.
+std::vector<int> unique_docs(const RagCase& rc) {
+  std::vector<int> out;
+  for (int d : rc.doc_ids)
+    if (std::find(out.begin(), out.end(), d) == out.end()) out.push_back(d);
+  return out;
+}
+
+const std::vector<std::string> kModes = {"primary", "host", "disk", "disk_dropped", "cold"};
+// Where a request's documents came from in the cycling workload: the slowest source among them.
+const std::vector<std::string> kSources = {"store", "host", "disk", "miss"};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  settle_thread_env(argv);
+  try {
+    check_options(argc, argv);
+    const CliArgs args(argc, argv, kFlags);
+    if (args.has("help")) {
+      usage();
+      return 0;
+    }
+    const bool quiet = args.has("quiet");
+    const std::string model_path = args.has("model") ? args.get("model") : default_model_path();
+    const LoadedModel loaded = load_model(model_path);
+    const LlamaModel& model = loaded.model;
+    const Tokenizer& tok = loaded.tokenizer;
+    const LlamaConfig& c = model.config();
+// Progress on stderr unless --quiet (a macro: the format strings stay literals the compiler checks).
+#define LOG(...)                                   \
+  do {                                             \
+    if (!quiet) std::fprintf(stderr, __VA_ARGS__); \
+  } while (0)
+
+    const std::string map_path = args.get("head-map", "examples/decoder/head_maps/smollm2-135m.json");
+    require(fs::exists(map_path), "--head-map: ", map_path,
+            " does not exist (run from the repository root or pass the path)");
+    const HeadMap map = head_map_for("redknot", map_path, c);
+    const HeadMap dense = HeadMap::all_global(c.n_layers, c.n_kv_heads);
+    const RecomputeSpec spec = parse_recompute_spec(args.get("spec", kDefaultRecomputeSpec));
+    const int page_size = 16;
+    SessionOptions so;
+    so.chunk = int_arg(args, "chunk", 256, 1);
+    so.threads = int_arg(args, "threads", 0, 0, 1024);
+    so.page_size = page_size;
+    so.max_context = c.context_length > 0 ? c.context_length : 8192;
+    const int length = int_arg(args, "length", 4096, 256, so.max_context);
+    const int n_requests = int_arg(args, "requests", 12, 1);
+    const int repeats = int_arg(args, "repeats", 3, 1);
+    const int cycle_requests = int_arg(args, "cycle-requests", 30, 1);
+    const int n_preempt = int_arg(args, "preempt", 4, 1, 64);
+    const int preempt_length = int_arg(args, "preempt-length", 1024, 64, so.max_context);
+    const int preempt_new = int_arg(args, "preempt-new", 24, 4, 4096);
+    const int max_new = int_arg(args, "max-new", 8, 1, 4096);
+    require(length + max_new <= so.max_context, "--length=", length, " plus --max-new=", max_new,
+            " exceed the model's context ", so.max_context);
+    require(preempt_length + preempt_new <= so.max_context, "--preempt-length plus --preempt-new exceed ",
+            so.max_context);
+    std::vector<std::string> modes = split_list(args.get("tiers", "primary,host,disk,disk_dropped,cold"));
+    for (const auto& m : modes)
+      require(std::find(kModes.begin(), kModes.end(), m) != kModes.end(), "--tiers: '", m,
+              "' is not one of primary, host, disk, disk_dropped, cold");
+    require(!modes.empty() && modes[0] == "primary",
+            "--tiers must start with primary (the reference of the answer and logit checks)");
+    std::set<std::string> scenarios;
+    for (const auto& s : split_list(args.get("scenarios", "a,b,c"))) {
+      require(s == "a" || s == "b" || s == "c", "--scenarios: '", s, "' is not one of a, b, c");
+      scenarios.insert(s);
+    }
+    const bool fsync = args.has("fsync");
+    const std::string stack = args.get("stack", "spill");
+    require(stack == "spill" || stack == "plain", "--stack: '", stack, "' is not one of spill, plain");
+    const fs::path dir = args.get("dir", "/tmp/redknot-tier-bench");
+    {
+      std::error_code ec;
+      fs::remove_all(dir, ec);  // objects of an earlier run would be adopted by the DiskTiers
+      require<Unavailable>(!ec, "--dir: cannot clear ", dir.string(), ": ", ec.message());
+    }
+
+    RagBenchOptions bo;
+    bo.fact_docs = int_arg(args, "fact-docs", 8, 1);
+    bo.plain_docs = int_arg(args, "plain-docs", 20, 0);
+    bo.doc_min = int_arg(args, "doc-min", 300, 16);
+    bo.doc_max = int_arg(args, "doc-max", 1500, bo.doc_min);
+    bo.seed = static_cast<std::uint32_t>(int_arg(args, "seed", 1, 0));
+    const std::size_t text_chars = static_cast<std::size_t>(bo.fact_docs + bo.plain_docs) * bo.doc_max * 6;
+    const RagBench bench(tok, concat_files(evaluation_files(), 0, text_chars), bo);
+    const auto& docs = bench.documents();
+    std::int64_t doc_tokens_total = 0;
+    for (const auto& d : docs) doc_tokens_total += static_cast<std::int64_t>(d.tokens.size());
+
+    const std::uint64_t model_fp = model_fingerprint(model_path);
+    const std::int64_t heads = static_cast<std::int64_t>(c.n_layers) * c.n_kv_heads;
+    const auto is_end = [&](std::int32_t t) { return tok.is_end_of_generation(t); };
+    const auto text_of = [&](std::vector<std::int32_t> t) {
+      if (!t.empty() && tok.is_end_of_generation(t.back())) t.pop_back();
+      return tok.decode(t);
+    };
+    // The pages a request may take besides its spliced documents: copy-on-write copies of recomputed pages
+    // (up to every page of its documents) and its own tokens; the dense peak bounds both.
+    const std::int64_t request_room = peak_sequence_pages(dense, page_size, length + max_new, so.chunk);
+
+    json out;
+    out["model"] = model_path;
+    out["head_map"] = map_path;
+    out["spec"] = recompute_spec_name(spec);
+    out["date"] = now_utc();
+    out["load_start"] = load_average();
+    out["options"] = {{"length", length},
+                      {"requests", n_requests},
+                      {"repeats", repeats},
+                      {"tiers", modes},
+                      {"cycle_requests", cycle_requests},
+                      {"preempt", n_preempt},
+                      {"preempt_length", preempt_length},
+                      {"preempt_new", preempt_new},
+                      {"max_new", max_new},
+                      {"dir", dir.string()},
+                      {"fsync", fsync},
+                      {"stack", stack},
+                      {"chunk", so.chunk},
+                      {"threads", so.threads},
+                      {"fact_docs", bo.fact_docs},
+                      {"plain_docs", bo.plain_docs},
+                      {"doc_min", bo.doc_min},
+                      {"doc_max", bo.doc_max},
+                      {"seed", bo.seed}};
+    LOG("load average at start: %s\n", load_average().c_str());
+    const auto write_json = [&] {
+      if (args.has("json")) std::ofstream(args.get("json")) << out.dump(2) << "\n";
+    };
+
+    // ---- the documents, prefilled alone into a store that holds all of them (scenario a's; its page counts
+    // size scenario b)
+    const std::int64_t pages_a =
+        heads * (doc_tokens_total / page_size + static_cast<std::int64_t>(docs.size())) + 2 * request_room;
+    auto store_a = Session::make_store(model, map, page_size, pages_a);
+    DocumentCache cache_a(model, store_a, model_path, so);
+    const auto page_bytes = static_cast<std::int64_t>(store_a->pool().page_bytes());
+    LOG("prefilling %zu documents (%lld tokens) alone...\n", docs.size(),
+        static_cast<long long>(doc_tokens_total));
+    std::vector<std::int64_t> doc_pages;
+    std::vector<double> doc_prefill_s;
+    std::int64_t doc_pages_total = 0;
+    for (const auto& d : docs) {
+      doc_prefill_s.push_back(cache_a.add(d.tokens));
+      std::int64_t pages = 0;
+      const ChunkKey k = cache_a.key(d.tokens);
+      for (int l = 0; l < c.n_layers; ++l)
+        for (int h = 0; h < c.n_kv_heads; ++h) pages += store_a->chunk_table(k, l, h).num_pages();
+      doc_pages.push_back(pages);
+      doc_pages_total += pages;
+    }
+    double per_1k = 0;
+    for (std::size_t i = 0; i < docs.size(); ++i)
+      per_1k += doc_prefill_s[i] / static_cast<double>(docs[i].tokens.size()) * 1000.0;
+    out["documents"] = {{"count", docs.size()},
+                        {"tokens", doc_tokens_total},
+                        {"kv_bytes", doc_pages_total * page_bytes},
+                        {"prefill_s_total", std::accumulate(doc_prefill_s.begin(), doc_prefill_s.end(), 0.0)},
+                        {"prefill_s_per_1k_tokens_mean", per_1k / static_cast<double>(docs.size())}};
+    const auto doc_key = [&](int d) { return cache_a.key(docs[static_cast<std::size_t>(d)].tokens); };
+
+    // ---- a. TTFT by tier
+    std::ostringstream md;
+    md << "Machine load average at start: " << out["load_start"].get<std::string>() << "\n";
+    if (scenarios.count("a")) {
+      HostTier host(std::int64_t{1} << 40);  // holds whatever one request needs; capacity is b's concern
+      DiskTier disk(dir / "a", std::int64_t{1} << 40, true, fsync);
+      TieredChunkCache<float> engine(*store_a, model_fp, {&host, &disk});
+      TieredChunkCache<float> to_host(*store_a, model_fp, {&host});
+      TieredChunkCache<float> to_disk(*store_a, model_fp, {&disk});
+      std::mt19937 rng(bo.seed * 7919u + static_cast<std::uint32_t>(length));
+      struct Run {
+        double ttft = 0, promote = 0, cold = 0, system = 0, splice = 0, select = 0, recompute = 0,
+               question = 0;
+        std::int64_t bytes_up = 0;
+        double read_wait = 0;  // of promote: waiting for tier reads (the rest: checks, decode, import)
+        double resident = -1;  // disk_dropped: fraction of the objects' pages still cached before the read
+      };
+      std::map<std::string, std::vector<std::vector<Run>>> runs;  // mode -> request -> repeats
+      std::map<std::string, int> answer_mismatch, logit_mismatch;
+      json jreq = json::array();
+      for (int r = 0; r < n_requests; ++r) {
+        const RagCase rc = bench.make_case(length, max_new, r % bo.fact_docs, rng);
+        const std::vector<int> ids = unique_docs(rc);
+        std::vector<float> ref_logits;
+        std::vector<std::int32_t> ref_answer;
+        json jr = {{"tokens", rc.tokens()}, {"doc_tokens", rc.doc_tokens()}, {"docs", rc.doc_ids}};
+        for (const auto& m : modes) runs[m].emplace_back();
+        for (int rep = 0; rep < repeats; ++rep) {
+          for (const auto& mode : modes) {
+            // Place the documents (not timed): back in the store from wherever they are, then down.
+            Run run;
+            double resident_sum = 0;
+            int resident_n = 0;
+            for (int d : ids) {
+              const ChunkKey k = doc_key(d);
+              if (!store_a->has_chunk(k) && !engine.lookup(k))
+                cache_a.add(docs[static_cast<std::size_t>(d)].tokens);
+              if (mode == "host") {
+                require<Unavailable>(to_host.demote(k), "scenario a: the host tier refused a document");
+              } else if (mode == "disk" || mode == "disk_dropped") {
+                require<Unavailable>(to_disk.demote(k), "scenario a: the disk tier refused a document");
+                if (mode == "disk_dropped") {
+                  const double res =
+                      drop_from_page_cache(disk.path_of(TieredChunkCache<float>::object_name(k)));
+                  if (res >= 0) resident_sum += res, ++resident_n;
+                }
+              } else if (mode == "cold") {
+                store_a->drop_chunk(k);
+              }
+            }
+            if (resident_n > 0) run.resident = resident_sum / resident_n;
+            // The request arrives.
+            const ChunkTierStats st0 = engine.stats();
+            const auto t0 = Clock::now();
+            for (int d : ids) {
+              const auto t = Clock::now();
+              const bool found = engine.lookup(doc_key(d)).has_value();
+              run.promote += since(t);
+              if (!found) run.cold += cache_a.add(docs[static_cast<std::size_t>(d)].tokens);
+            }
+            Session s(model, store_a, so);
+            const RagResult rr = prefill_rag(s, cache_a, rc.request, spec);
+            run.ttft = since(t0);
+            run.bytes_up = engine.stats().bytes_up - st0.bytes_up;
+            run.read_wait = static_cast<double>(engine.stats().read_wait_ns - st0.read_wait_ns) * 1e-9;
+            run.system = rr.system_s;
+            run.splice = rr.splice_s;
+            run.select = rr.select_s;
+            run.recompute = rr.recompute_s;
+            run.question = rr.question_s;
+            if (rep == 0) {
+              const std::vector<std::int32_t> answer = greedy_answer(s, rr.logits, max_new, is_end);
+              if (mode == "primary") {
+                ref_logits = rr.logits;
+                ref_answer = answer;
+                jr["answer"] = text_of(answer);
+                jr["correct"] = text_of(answer).find(rc.code) != std::string::npos;
+              } else if (answer != ref_answer) {
+                ++answer_mismatch[mode];
+                std::fprintf(stderr, "ANSWER MISMATCH request %d, %s: '%s' vs primary '%s'\n", r,
+                             mode.c_str(), text_of(answer).c_str(), text_of(ref_answer).c_str());
+              }
+            }
+            if (!same_bits(rr.logits, ref_logits)) {
+              ++logit_mismatch[mode];
+              std::fprintf(stderr, "LOGITS DIFFER request %d repeat %d, %s vs primary\n", r, rep,
+                           mode.c_str());
+            }
+            jr["runs"][mode].push_back({{"ttft_s", run.ttft},
+                                        {"promote_s", run.promote},
+                                        {"read_wait_s", run.read_wait},
+                                        {"cold_prefill_s", run.cold},
+                                        {"bytes_up", run.bytes_up},
+                                        {"resident_fraction", run.resident}});
+            LOG("[a %d/%d rep %d] %-12s TTFT %6.2f s  promote %6.3f s  cold %5.2f s  up %6.1f MiB%s\n", r + 1,
+                n_requests, rep + 1, mode.c_str(), run.ttft, run.promote, run.cold, run.bytes_up / 1048576.0,
+                run.resident >= 0 ? (" resident " + std::to_string(run.resident)).c_str() : "");
+            runs[mode].back().push_back(run);
+          }
+        }
+        jreq.push_back(jr);
+        // The summary after every request, so that a run cut short still has one.
+        json js;
+        for (const auto& mode : modes) {
+          std::vector<double> ttft, promote, wait, cold, up, sys, splice, select, recompute, question,
+              resident;
+          for (const auto& per_req : runs[mode]) {
+            std::vector<double> t, p, w, cl, sy, sp, se, rc2, q;
+            for (const Run& x : per_req) {
+              t.push_back(x.ttft);
+              p.push_back(x.promote);
+              w.push_back(x.read_wait);
+              cl.push_back(x.cold);
+              sy.push_back(x.system);
+              sp.push_back(x.splice);
+              se.push_back(x.select);
+              rc2.push_back(x.recompute);
+              q.push_back(x.question);
+              if (x.resident >= 0) resident.push_back(x.resident);
+            }
+            ttft.push_back(median(t));
+            promote.push_back(median(p));
+            wait.push_back(median(w));
+            cold.push_back(median(cl));
+            sys.push_back(median(sy));
+            splice.push_back(median(sp));
+            select.push_back(median(se));
+            recompute.push_back(median(rc2));
+            question.push_back(median(q));
+            up.push_back(static_cast<double>(per_req.front().bytes_up));
+          }
+          js[mode] = {{"requests", ttft.size()},
+                      {"ttft_median_s", median(ttft)},
+                      {"ttft_min_s", *std::min_element(ttft.begin(), ttft.end())},
+                      {"ttft_max_s", *std::max_element(ttft.begin(), ttft.end())},
+                      {"ttft_per_request_s", ttft},
+                      {"promote_median_s", median(promote)},
+                      {"read_wait_median_s", median(wait)},
+                      {"cold_prefill_median_s", median(cold)},
+                      {"bytes_up_median", median(up)},
+                      {"bytes_up_total", std::accumulate(up.begin(), up.end(), 0.0)},
+                      {"system_median_s", median(sys)},
+                      {"splice_median_s", median(splice)},
+                      {"select_median_s", median(select)},
+                      {"recompute_median_s", median(recompute)},
+                      {"question_median_s", median(question)},
+                      {"answer_mismatches", answer_mismatch[mode]},
+                      {"logit_mismatches", logit_mismatch[mode]},
+                      {"resident_fraction_mean", resident.empty() ? -1.0 : median(resident)}};
+        }
+        out["a"] = {{"requests", jreq},
+                    {"summary", js},
+                    {"host", {{"get_ns", host.stats().get_ns}, {"bytes_read", host.stats().bytes_read}}},
+                    {"disk", {{"get_ns", disk.stats().get_ns}, {"bytes_read", disk.stats().bytes_read}}}};
+        write_json();
+      }
+      md << "\n**a. TTFT by tier** (" << n_requests << " requests of " << length << " tokens, " << repeats
+         << " repeats each, medians; spec " << recompute_spec_name(spec) << ")\n\n"
+         << "| documents in | TTFT (median) | TTFT (min-max) | promotion (median) | of which reading | cold "
+            "prefills (median) | moved up per request (median) | answers differing from primary | logits "
+            "differing from primary's first run |\n"
+         << "|---|---|---|---|---|---|---|---|---|\n";
+      for (const auto& mode : modes) {
+        const auto& s = out["a"]["summary"][mode];
+        char answers[32] = "reference";
+        if (mode != "primary")
+          std::snprintf(answers, sizeof answers, "%d / %d", s["answer_mismatches"].get<int>(), n_requests);
+        char b[512];
+        std::snprintf(b, sizeof b,
+                      "| %s | %.2f s | %.2f-%.2f s | %.3f s | %.3f s | %.2f s | %.1f MiB | %s | %d / %d |\n",
+                      mode.c_str(), s["ttft_median_s"].get<double>(), s["ttft_min_s"].get<double>(),
+                      s["ttft_max_s"].get<double>(), s["promote_median_s"].get<double>(),
+                      s["read_wait_median_s"].get<double>(), s["cold_prefill_median_s"].get<double>(),
+                      s["bytes_up_median"].get<double>() / 1048576.0, answers,
+                      s["logit_mismatches"].get<int>(), n_requests * repeats);
+        md << b;
+      }
+      md << "\nWhere the warm time goes (medians, s): ";
+      for (const auto& mode : modes) {
+        const auto& s = out["a"]["summary"][mode];
+        char b[256];
+        std::snprintf(b, sizeof b,
+                      "%s: system %.2f, splice %.3f, select %.2f, recompute %.2f, question %.2f; ",
+                      mode.c_str(), s["system_median_s"].get<double>(), s["splice_median_s"].get<double>(),
+                      s["select_median_s"].get<double>(), s["recompute_median_s"].get<double>(),
+                      s["question_median_s"].get<double>());
+        md << b;
+      }
+      md << "\n";
+      if (out["a"]["summary"].contains("disk_dropped"))
+        md << "\ndisk_dropped: objects' pages still in the page cache after fdatasync + POSIX_FADV_DONTNEED "
+              "(mincore, median): "
+           << out["a"]["summary"]["disk_dropped"]["resident_fraction_mean"].get<double>() << "\n";
+      // Scenario b starts from its own store: give a's pages back.
+      for (const ChunkKey& k : store_a->chunk_keys()) store_a->drop_chunk(k);
+    }
+    store_a.reset();
+
+    // ---- b. cycling workload larger than the pool
+    if (scenarios.count("b")) {
+      const std::int64_t pool_pages = doc_pages_total / 3 + request_room;
+      const std::int64_t host_cap = doc_pages_total * page_bytes / 3;
+      auto store = Session::make_store(model, map, page_size, pool_pages);
+      DocumentCache cache(model, store, model_path, so);
+      // spill: the HostTier puts its least recently used objects into the DiskTier when it needs room;
+      // plain: they are gone (and come back as misses).
+      DiskTier disk(dir / "b", std::int64_t{1} << 40, true, fsync);
+      HostTier host(host_cap, stack == "spill" ? &disk : nullptr);
+      TieredChunkCache<float> engine(*store, model_fp, {&host, &disk});
+      std::mt19937 rng(bo.seed * 104729u + 17u);
+      std::map<std::string, std::int64_t> hits;
+      std::map<std::string, std::vector<double>> ttft_by;
+      std::vector<double> ttft_all;
+      json jreq = json::array();
+      int correct = 0;
+      for (int r = 0; r < cycle_requests; ++r) {
+        const RagCase rc = bench.make_case(length, max_new, r % bo.fact_docs, rng);
+        const std::vector<int> ids = unique_docs(rc);
+        const auto t0 = Clock::now();
+        // The request's documents are pinned as they are found (spliced into a sequence of their own:
+        // make_room and the store's own eviction pass over chunks in use), so that making room for one of
+        // them never demotes another. First those already in the store, then room for the request's own
+        // pages and every document still missing, then the others, promoted or prefilled alone.
+        auto pin = std::make_unique<Session>(model, store, so);
+        std::vector<int> src(ids.size(), 0);
+        double promote_s = 0, cold_s = 0;
+        std::int64_t need = request_room;
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          const ChunkKey k = cache.key(docs[static_cast<std::size_t>(ids[i])].tokens);
+          if (store->has_chunk(k)) {
+            const auto t = Clock::now();
+            engine.lookup(k);
+            promote_s += since(t);
+            pin->splice(k);
+          } else {
+            need += doc_pages[static_cast<std::size_t>(ids[i])];
+            src[i] = -1;  // not yet looked up
+          }
+        }
+        const auto tm = Clock::now();
+        engine.make_room(need);
+        const double make_room_s = since(tm);
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+          if (src[i] == 0) continue;
+          const auto& toks = docs[static_cast<std::size_t>(ids[i])].tokens;
+          const ChunkKey k = cache.key(toks);
+          const std::string name = TieredChunkCache<float>::object_name(k);
+          src[i] = host.contains(name) ? 1 : disk.contains(name) ? 2 : 3;
+          const auto t = Clock::now();
+          const bool found = engine.lookup(k).has_value();
+          const double dt = since(t);
+          if (!found) {
+            src[i] = 3;  // a copy that failed to come back is a miss as well
+            cold_s += cache.add(toks);
+          } else {
+            promote_s += dt;
+          }
+          pin->splice(k);
+        }
+        int worst = 0;
+        json jsrc = json::array();
+        for (int x : src) {
+          ++hits[kSources[static_cast<std::size_t>(x)]];
+          worst = std::max(worst, x);
+          jsrc.push_back(kSources[static_cast<std::size_t>(x)]);
+        }
+        Session s(model, store, so);
+        const RagResult rr = prefill_rag(s, cache, rc.request, spec);
+        const double ttft = since(t0);
+        pin.reset();
+        const std::string answer = text_of(greedy_answer(s, rr.logits, max_new, is_end));
+        correct += answer.find(rc.code) != std::string::npos;
+        ttft_all.push_back(ttft);
+        ttft_by[kSources[static_cast<std::size_t>(worst)]].push_back(ttft);
+        jreq.push_back({{"docs", rc.doc_ids},
+                        {"sources", jsrc},
+                        {"worst", kSources[static_cast<std::size_t>(worst)]},
+                        {"ttft_s", ttft},
+                        {"make_room_s", make_room_s},
+                        {"promote_s", promote_s},
+                        {"cold_prefill_s", cold_s},
+                        {"answer", answer}});
+        LOG("[b %d/%d] worst source %-5s TTFT %6.2f s  make_room %.3f s  promote %.3f s  cold %.2f s\n",
+            r + 1, cycle_requests, kSources[static_cast<std::size_t>(worst)].c_str(), ttft, make_room_s,
+            promote_s, cold_s);
+        const ChunkTierStats cs = engine.stats();
+        const TierStats hs = host.stats(), ds = disk.stats();
+        const ChunkStats ss = store->chunk_stats();
+        std::int64_t lookups = 0;
+        for (const auto& [k, v] : hits) lookups += v;
+        json jh;
+        for (const auto& src : kSources)
+          jh[src] = {
+              {"lookups", hits[src]},
+              {"rate", lookups > 0 ? static_cast<double>(hits[src]) / static_cast<double>(lookups) : 0}};
+        json jt;
+        for (const auto& src : kSources) {
+          const auto& v = ttft_by[src];
+          jt[src] = {{"requests", v.size()},
+                     {"median_s", median(v)},
+                     {"p90_s", percentile(v, 90)},
+                     {"min_s", v.empty() ? 0 : *std::min_element(v.begin(), v.end())},
+                     {"max_s", v.empty() ? 0 : *std::max_element(v.begin(), v.end())}};
+        }
+        const auto tier_json = [](const TierStats& t) {
+          return json{{"capacity_bytes", t.capacity_bytes},
+                      {"bytes_held", t.bytes_held},
+                      {"objects", t.objects},
+                      {"hits", t.hits},
+                      {"misses", t.misses},
+                      {"evictions", t.evictions},
+                      {"evicted_bytes", t.evicted_bytes},
+                      {"spilled", t.spilled},
+                      {"spilled_bytes", t.spilled_bytes},
+                      {"bytes_written", t.bytes_written},
+                      {"bytes_read", t.bytes_read},
+                      {"put_failures", t.put_failures},
+                      {"corrupt", t.corrupt},
+                      {"get_s", static_cast<double>(t.get_ns) * 1e-9}};
+        };
+        out["b"] = {{"stack", stack},
+                    {"spilled_to_disk", hs.spilled},
+                    {"spilled_bytes", hs.spilled_bytes},
+                    {"pool_bytes", pool_pages * page_bytes},
+                    {"documents_bytes", doc_pages_total * page_bytes},
+                    {"request_room_bytes", request_room * page_bytes},
+                    {"requests", jreq},
+                    {"hits", jh},
+                    {"ttft_by_worst_source", jt},
+                    {"ttft_median_s", median(ttft_all)},
+                    {"accuracy", static_cast<double>(correct) / static_cast<double>(r + 1)},
+                    {"chunks",
+                     {{"demotions", cs.demotions},
+                      {"dropped", cs.dropped},
+                      {"write_failures", cs.write_failures},
+                      {"promotions", cs.promotions},
+                      {"promote_failures", cs.promote_failures},
+                      {"rejected", cs.rejected},
+                      {"misses", cs.misses},
+                      {"bytes_down", cs.bytes_down},
+                      {"bytes_up", cs.bytes_up}}},
+                    {"store_evictions", ss.evictions},  // chunks the store dropped itself (no copy below)
+                    {"host", tier_json(hs)},
+                    {"disk", tier_json(ds)}};
+        write_json();
+      }
+      const auto& b = out["b"];
+      const auto mib = [](const json& x) { return x.get<double>() / 1048576.0; };
+      char head[512];
+      std::snprintf(head, sizeof head,
+                    "\n**b. Cycling workload** (%d requests of %d tokens over %zu documents, %.0f MiB of KV; "
+                    "pool %.0f MiB = a third of them + one request's room; HostTier %.0f MiB; DiskTier "
+                    "unbounded)\n\n",
+                    cycle_requests, length, docs.size(), mib(b["documents_bytes"]), mib(b["pool_bytes"]),
+                    mib(b["host"]["capacity_bytes"]));
+      md << head << "| documents found in | lookups | share |\n|---|---|---|\n";
+      for (const auto& src : kSources) {
+        char row[128];
+        std::snprintf(row, sizeof row, "| %s | %lld | %.0f%% |\n", src.c_str(),
+                      static_cast<long long>(b["hits"][src]["lookups"].get<std::int64_t>()),
+                      100 * b["hits"][src]["rate"].get<double>());
+        md << row;
+      }
+      md << "\n| slowest source of the request's documents | requests | TTFT median | TTFT p90 | TTFT "
+            "min-max |\n"
+            "|---|---|---|---|---|\n";
+      for (const auto& src : kSources) {
+        const auto& t = b["ttft_by_worst_source"][src];
+        if (t["requests"].get<int>() == 0) continue;
+        char row[192];
+        std::snprintf(row, sizeof row, "| %s | %d | %.2f s | %.2f s | %.2f-%.2f s |\n", src.c_str(),
+                      t["requests"].get<int>(), t["median_s"].get<double>(), t["p90_s"].get<double>(),
+                      t["min_s"].get<double>(), t["max_s"].get<double>());
+        md << row;
+      }
+      char tail[768];
+      std::snprintf(
+          tail, sizeof tail,
+          "\nMoved down %.0f MiB (%lld demotions; %lld dropped without a copy), up %.0f MiB (%lld "
+          "promotions; %lld failed, %lld rejected); stack %s: %lld objects (%.0f MiB) spilled from the "
+          "HostTier to the DiskTier, HostTier evicted %lld objects (%.0f MiB) to nowhere, DiskTier %lld; "
+          "the store dropped %lld chunks itself. Accuracy (planted code in the answer) %.2f.\n",
+          mib(b["chunks"]["bytes_down"]),
+          static_cast<long long>(b["chunks"]["demotions"].get<std::int64_t>()),
+          static_cast<long long>(b["chunks"]["dropped"].get<std::int64_t>()), mib(b["chunks"]["bytes_up"]),
+          static_cast<long long>(b["chunks"]["promotions"].get<std::int64_t>()),
+          static_cast<long long>(b["chunks"]["promote_failures"].get<std::int64_t>()),
+          static_cast<long long>(b["chunks"]["rejected"].get<std::int64_t>()), stack.c_str(),
+          static_cast<long long>(b["spilled_to_disk"].get<std::int64_t>()), mib(b["spilled_bytes"]),
+          static_cast<long long>(b["host"]["evictions"].get<std::int64_t>() -
+                                 b["spilled_to_disk"].get<std::int64_t>()),
+          mib(b["host"]["evicted_bytes"].get<double>() - b["spilled_bytes"].get<double>()),
+          static_cast<long long>(b["disk"]["evictions"].get<std::int64_t>()),
+          static_cast<long long>(b["store_evictions"].get<std::int64_t>()), b["accuracy"].get<double>());
+      md << tail;
+    }
+
+    // ---- c. preemption
+    if (scenarios.count("c")) {
+      const std::int64_t per_seq =
+          peak_sequence_pages(map, page_size, preempt_length + preempt_new, so.chunk);
+      // The prompts are prefilled once; every run decodes forks of them (they share the prompt's pages), so
+      // runs differ only in the swaps. Room: the prompts, and each fork's own pages (bounded by a
+      // sequence's).
+      auto store = Session::make_store(model, map, page_size, (2 * n_preempt + 1) * per_seq);
+      std::mt19937 rng(bo.seed * 15485863u + 5u);
+      std::vector<std::unique_ptr<Session>> base;
+      std::vector<std::vector<float>> base_logits;
+      std::vector<int> swap_step;
+      for (int k = 0; k < n_preempt; ++k) {
+        // A plain prompt: the system turn and documents from the k-th on, cut at --preempt-length tokens.
+        std::vector<std::int32_t> p = bench.system();
+        for (std::size_t j = 0; static_cast<int>(p.size()) < preempt_length; ++j) {
+          const auto& d = docs[(static_cast<std::size_t>(k) * 7 + j) % docs.size()].tokens;
+          p.insert(p.end(), d.begin(), d.end());
+        }
+        p.resize(static_cast<std::size_t>(preempt_length));
+        base.push_back(std::make_unique<Session>(model, store, so));
+        base_logits.push_back(base.back()->prefill(p));
+        swap_step.push_back(std::uniform_int_distribution<int>(1, preempt_new - 2)(rng));
+      }
+      struct Trace {
+        std::vector<std::vector<std::int32_t>> tokens;
+        std::vector<std::vector<float>> logits;  // every step's, concatenated
+        std::vector<double> out_s, in_s, wait_s, resident;
+        std::vector<std::int64_t> bytes, local_bytes, global_bytes, cold_bytes;
+      };
+      // Where a swap puts the objects: local heads' to `hot`, global heads' to `cold`; drop: the DiskTier's
+      // objects are flushed and dropped from the page cache right after the swap-out (swap-in reads the
+      // device); prefetch: swap-in reads every object ahead on a TierPrefetcher.
+      struct Placement {
+        std::string name;
+        KvTier* hot;
+        KvTier* cold;
+        bool drop, prefetch;
+      };
+      TierPrefetcher prefetcher(2);
+      HostTier host(std::int64_t{1} << 40);
+      DiskTier disk(dir / "c", std::int64_t{1} << 40, true, fsync);
+      // Round-robin greedy decoding of every prompt; sequence k is swapped out before its step swap_step[k]
+      // and back in two rounds later (no placement: uninterrupted).
+      const auto decode_all = [&](const Placement* pl, const std::string& tag) {
+        Trace tr;
+        std::vector<std::unique_ptr<Session>> ss;
+        std::vector<std::vector<float>> logits;
+        for (std::size_t k = 0; k < base.size(); ++k) {
+          ss.push_back(base[k]->fork());
+          logits.push_back(base_logits[k]);
+        }
+        const std::size_t K = base.size();
+        tr.tokens.resize(K);
+        tr.logits.resize(K);
+        std::vector<int> back_at(K, -1);
+        std::vector<SwapTicket> tickets(K);
+        for (int round = 0;; ++round) {
+          bool busy = false;
+          for (std::size_t k = 0; k < K; ++k) {
+            auto& toks = tr.tokens[k];
+            if (static_cast<int>(toks.size()) >= preempt_new) continue;
+            busy = true;
+            if (ss[k]->swapped_out()) {
+              if (round < back_at[k]) continue;
+              SwapInStats st;
+              const auto t = Clock::now();
+              ss[k]->swap_in(tickets[k], *pl->hot, *pl->cold, pl->prefetch ? &prefetcher : nullptr, &st);
+              tr.in_s.push_back(since(t));
+              tr.wait_s.push_back(static_cast<double>(st.wait_ns) * 1e-9);
+            } else if (pl != nullptr && back_at[k] < 0 && static_cast<int>(toks.size()) == swap_step[k]) {
+              const auto t = Clock::now();
+              tickets[k] = ss[k]->swap_out(*pl->hot, *pl->cold, model_fp, tag + "-" + std::to_string(k));
+              tr.out_s.push_back(since(t));
+              std::int64_t local = 0, global = 0, on_cold = 0;
+              double res = 0;
+              int res_n = 0;
+              for (const SwapObject& o : tickets[k].objects) {
+                (o.local ? local : global) += o.bytes;
+                KvTier* where = o.cold ? pl->cold : pl->hot;
+                if (o.cold) on_cold += o.bytes;
+                if (pl->drop && where == &disk) {
+                  const double r = drop_from_page_cache(disk.path_of(o.name));
+                  if (r >= 0) res += r, ++res_n;
+                }
+              }
+              if (res_n > 0) tr.resident.push_back(res / res_n);
+              tr.bytes.push_back(local + global);
+              tr.local_bytes.push_back(local);
+              tr.global_bytes.push_back(global);
+              tr.cold_bytes.push_back(on_cold);
+              back_at[k] = round + 2;
+              continue;
+            }
+            tr.logits[k].insert(tr.logits[k].end(), logits[k].begin(), logits[k].end());
+            toks.push_back(argmax(logits[k]));
+            if (static_cast<int>(toks.size()) < preempt_new)
+              ss[k]->forward(std::span<const std::int32_t>(&toks.back(), 1), false, logits[k]);
+          }
+          if (!busy) break;
+        }
+        return tr;
+      };
+      LOG("preemption: %d sequences of %d tokens, %d new tokens each; reference run...\n", n_preempt,
+          preempt_length, preempt_new);
+      const Trace ref = decode_all(nullptr, "");
+      json jc;
+      md << "\n**c. Preemption** (" << n_preempt << " sequences of " << preempt_length
+         << " prompt tokens decoding " << preempt_new
+         << " tokens greedily round-robin; each swapped out at a random step and back two rounds later; "
+         << repeats << " repeats, medians)\n\n"
+         << "| placement | swap-out (median) | swap-in (median) | of which waiting on reads | bytes per "
+            "sequence (median) | local heads' | global heads' | token mismatches | logit mismatches |\n"
+            "|---|---|---|---|---|---|---|---|---|\n";
+      const std::vector<Placement> placements = {
+          {"host", &host, &host, false, false},         {"disk", &disk, &disk, false, false},
+          {"disk_dropped", &disk, &disk, true, false},  {"split", &host, &disk, false, false},
+          {"split_dropped", &host, &disk, true, false}, {"split_dropped_prefetch", &host, &disk, true, true}};
+      for (const Placement& pl : placements) {
+        const std::string& name = pl.name;
+        std::vector<double> out_s, in_s, wait_s, resident, bytes, local, global, on_cold;
+        int tok_mismatch = 0, logit_mismatch = 0;
+        for (int rep = 0; rep < repeats; ++rep) {
+          const Trace tr = decode_all(&pl, name + std::to_string(rep));
+          for (std::size_t k = 0; k < base.size(); ++k) {
+            if (tr.tokens[k] != ref.tokens[k]) {
+              ++tok_mismatch;
+              std::fprintf(stderr, "TOKENS DIFFER: sequence %zu via %s repeat %d\n", k, name.c_str(), rep);
+            }
+            if (!same_bits(tr.logits[k], ref.logits[k])) ++logit_mismatch;
+          }
+          out_s.insert(out_s.end(), tr.out_s.begin(), tr.out_s.end());
+          in_s.insert(in_s.end(), tr.in_s.begin(), tr.in_s.end());
+          wait_s.insert(wait_s.end(), tr.wait_s.begin(), tr.wait_s.end());
+          resident.insert(resident.end(), tr.resident.begin(), tr.resident.end());
+          for (std::size_t i = 0; i < tr.bytes.size(); ++i) {
+            on_cold.push_back(static_cast<double>(tr.cold_bytes[i]));
+            bytes.push_back(static_cast<double>(tr.bytes[i]));
+            local.push_back(static_cast<double>(tr.local_bytes[i]));
+            global.push_back(static_cast<double>(tr.global_bytes[i]));
+          }
+          LOG("[c %s rep %d] swap-out %.3f s, swap-in %.3f s (medians)\n", name.c_str(), rep + 1,
+              median(tr.out_s), median(tr.in_s));
+        }
+        jc[name] = {{"swaps", out_s.size()},
+                    {"swap_out_median_s", median(out_s)},
+                    {"swap_in_median_s", median(in_s)},
+                    {"swap_out_s", out_s},
+                    {"swap_in_s", in_s},
+                    {"swap_in_wait_median_s", median(wait_s)},
+                    {"hot", pl.hot == &host ? "host" : "disk"},
+                    {"cold", pl.cold == &host ? "host" : "disk"},
+                    {"dropped_from_page_cache", pl.drop},
+                    {"prefetch", pl.prefetch},
+                    {"resident_fraction_median", resident.empty() ? -1.0 : median(resident)},
+                    {"cold_tier_bytes_median", median(on_cold)},
+                    {"bytes_median", median(bytes)},
+                    {"local_bytes_median", median(local)},
+                    {"global_bytes_median", median(global)},
+                    {"token_mismatches", tok_mismatch},
+                    {"logit_mismatches", logit_mismatch},
+                    {"sequences_compared", n_preempt * repeats}};
+        char row[384];
+        std::snprintf(
+            row, sizeof row,
+            "| %s | %.1f ms | %.1f ms | %.1f ms | %.1f MiB | %.1f MiB | %.1f MiB | %d / %d | %d / %d |\n",
+            name.c_str(), 1e3 * median(out_s), 1e3 * median(in_s), 1e3 * median(wait_s),
+            median(bytes) / 1048576.0, median(local) / 1048576.0, median(global) / 1048576.0, tok_mismatch,
+            n_preempt * repeats, logit_mismatch, n_preempt * repeats);
+        md << row;
+        out["c"] = jc;
+        write_json();
+      }
+      jc["swap_steps"] = swap_step;
+      out["c"] = jc;
+    }
+
+    out["load_end"] = load_average();
+    md << "\nMachine load average at end: " << out["load_end"].get<std::string>() << "\n";
+    LOG("load average at end: %s\n", load_average().c_str());
+    write_json();
+    std::printf("%s", md.str().c_str());
+    if (args.has("md")) std::ofstream(args.get("md")) << md.str();
+    std::error_code ec;
+    fs::remove_all(dir, ec);
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "redknot-tier-bench: %s\n", e.what());
+    return 1;
+  }
+}
