@@ -907,6 +907,35 @@ TEST_CASE("TieredChunkCache::prefetch: the read starts early, the lookup promote
   check_accounting(store);
 }
 
+TEST_CASE("make_room and lookup leave the chunks an engine keeps alone", "[tiers]") {
+  auto store = make_store<float>();
+  std::vector<ChunkKey> keys;
+  for (unsigned i = 0; i < 3; ++i) keys.push_back(seeded_chunk(store, "tier-model", 8, 80 + i));
+  HostTier host(1 << 24);
+  TieredChunkCache<float> cache(store, kModel, {&host});
+  // keys[0] is the least recently used, but kept: keys[1] goes first, then keys[2]; keys[0] never.
+  const std::vector<ChunkKey> keep{keys[0]};
+  cache.make_room(store.pool().free_pages() + 1, keep);
+  CHECK(store.has_chunk(keys[0]));
+  CHECK_FALSE(store.has_chunk(keys[1]));
+  cache.make_room(store.pool().num_pages(),
+                  keep);  // more than can be freed: stops when only kept ones remain
+  CHECK(store.has_chunk(keys[0]));
+  CHECK_FALSE(store.has_chunk(keys[2]));
+  // A promotion that needs room takes it from the others, not from the kept chunk.
+  auto small = make_store<float>(2 * kLayers * kKvHeads * 2 + 2);  // two chunks of 8 tokens
+  const ChunkKey a = seeded_chunk(small, "tier-model", 8, 90), b = seeded_chunk(small, "tier-model", 8, 91);
+  TieredChunkCache<float> c2(small, kModel, {&host});
+  REQUIRE(c2.demote(b));
+  const ChunkKey c = seeded_chunk(small, "tier-model", 8, 92);  // the pool is full again
+  const std::vector<ChunkKey> keep_a{a};
+  CHECK(c2.lookup(b, keep_a) == 8);
+  CHECK(small.has_chunk(a));
+  CHECK(small.has_chunk(b));
+  CHECK_FALSE(small.has_chunk(c));
+  check_accounting(small);
+}
+
 // A real ENOSPC needs a small filesystem: run with REDKNOT_TIERS_FULL_DIR set to an empty directory on one
 // (e.g. a tmpfs mounted with size=64k); skipped otherwise. Hidden from the default run ([.full]).
 TEST_CASE("DiskTier on a full filesystem: puts fail cleanly, earlier objects stay", "[tiers][.full]") {

@@ -273,14 +273,18 @@ class TieredChunkCache {
 
   // Demotes unused chunks, least recently used first, until `pages` pages are free or no unused chunk is
   // left. Returns the number of pages that became free.
-  std::int64_t make_room(std::int64_t pages) {
+  // `keep`: chunks not to demote although unused — the documents of a request being assembled, found but not
+  // spliced yet.
+  std::int64_t make_room(std::int64_t pages, std::span<const ChunkKey> keep = {}) {
     const std::int64_t free0 = store_.pool().free_pages();
     while (store_.pool().free_pages() < pages) {
       std::optional<ChunkKey> victim;
       std::uint64_t oldest = 0;
       for (const ChunkKey& k : store_.chunk_keys()) {
         const ChunkInfo c = store_.chunk_info(k);
-        if (c.users == 0 && (!victim || c.last_used < oldest)) victim = k, oldest = c.last_used;
+        if (c.users == 0 && std::find(keep.begin(), keep.end(), k) == keep.end() &&
+            (!victim || c.last_used < oldest))
+          victim = k, oldest = c.last_used;
       }
       if (!victim) break;
       demote(*victim);
@@ -313,7 +317,8 @@ class TieredChunkCache {
 
   // Tokens of chunk `key`: from the store (a hit there), or promoted from the first tier holding a verified
   // copy. nullopt: a miss (found nowhere, or no copy verified or fitted).
-  std::optional<std::int32_t> lookup(const ChunkKey& key) {
+  // keep: as for make_room(), for the room a promotion makes.
+  std::optional<std::int32_t> lookup(const ChunkKey& key, std::span<const ChunkKey> keep = {}) {
     std::optional<Pending> ahead;
     if (const auto it = pending_.find(key); it != pending_.end()) {
       ahead = std::move(it->second);
@@ -325,8 +330,8 @@ class TieredChunkCache {
     }
     const auto t0 = std::chrono::steady_clock::now();
     bool found = false;
-    if (ahead) found = promote(*tiers_[ahead->tier], key, &ahead->read);
-    for (std::size_t i = 0; !found && i < tiers_.size(); ++i) found = promote(*tiers_[i], key, nullptr);
+    if (ahead) found = promote(*tiers_[ahead->tier], key, &ahead->read, keep);
+    for (std::size_t i = 0; !found && i < tiers_.size(); ++i) found = promote(*tiers_[i], key, nullptr, keep);
     if (found) {
       st_.promote_ns += elapsed_ns(t0);
       return store_.lookup_chunk(key);
@@ -370,7 +375,8 @@ class TieredChunkCache {
   }
 
   // From `tier`: the bytes `ahead` reads, or a read now.
-  bool promote(KvTier& tier, const ChunkKey& key, TierPrefetcher::Read* ahead) {
+  bool promote(KvTier& tier, const ChunkKey& key, TierPrefetcher::Read* ahead,
+               std::span<const ChunkKey> keep) {
     const std::string name = object_name(key);
     if (ahead == nullptr && !tier.contains(name)) return false;
     const auto w0 = std::chrono::steady_clock::now();
@@ -392,7 +398,7 @@ class TieredChunkCache {
     for (const DecodedSlice& s : slices) n = std::max(n, s.header.pos0 + s.header.count);
     const std::int64_t per_head =
         (static_cast<std::int64_t>(n) + store_.page_size() - 1) / store_.page_size();
-    make_room(per_head * store_.shape().num_layers * store_.shape().num_kv_heads);
+    make_room(per_head * store_.shape().num_layers * store_.shape().num_kv_heads, keep);
     try {
       import_chunk(store_, std::span<const DecodedSlice>(slices));
     } catch (const PoolExhausted&) {
