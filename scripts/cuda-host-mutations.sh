@@ -12,6 +12,7 @@ work="$scratch/src"
 git -C "$root" worktree add --detach "$work" HEAD >/dev/null
 trap 'git -C "$root" worktree remove --force "$work"; rm -rf "$scratch"' EXIT
 
+rm -f "$build/CMakeCache.txt"  # the scratch source tree differs from run to run
 cmake -S "$work" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DREDKNOT_ENABLE_CUDA=OFF \
   -DREDKNOT_BUILD_BENCHMARKS=OFF -DREDKNOT_BUILD_EXAMPLES=OFF -DREDKNOT_BUILD_PYTHON=OFF >/dev/null
 
