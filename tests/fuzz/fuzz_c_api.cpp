@@ -646,7 +646,7 @@ class Fuzzer {
           op_recreate();
         else if (e <= 3)
           op_append_batch();  // valid or with one defect
-        else if (e >= 30)
+        else if (e >= 28)
           op_tier();  // tiers: swap, chunks through tiers, corrupt files
         else
           op_plan_and_attend();
@@ -2197,6 +2197,13 @@ class Fuzzer {
     FZ_CHECK(rk_tier_host_create(caps[in_.u8() % 5], &hot_) == RK_OK);
     FZ_CHECK(rk_tier_disk_create(dir_.c_str(), caps[1 + in_.u8() % 4], 1, 0, &cold_) == RK_OK);
     if (in_.u8() % 2) FZ_CHECK(rk_prefetcher_create(1 + in_.u8() % 2, &pf_) == RK_OK);
+    const int b = in_.u8();
+    rk_tier* const both[2] = {hot_, cold_};
+    rk_tier* const disk_only[1] = {cold_};
+    const bool two = b % 2;
+    expect(rk_chunk_tiers_create(store_, "fuzz-model", two ? both : disk_only, two ? 2 : 1, (b >> 1) % 3,
+                                 (b & 8) ? pf_ : nullptr, &ct_),
+           RK_OK, "rk_chunk_tiers_create");
   }
 
   void destroy_tiers() {
@@ -2222,28 +2229,31 @@ class Fuzzer {
     }
   }
 
+  // One to four tier calls.
   void op_tier() {
     ensure_tiers();
-    const int sub = in_.u8() % 8;
-    switch (sub) {
-      case 0:
-      case 1:
-        op_swap_out();
-        break;
-      case 2:
-      case 3:
-        op_swap_in();
-        break;
-      case 4:
-      case 5:
-        op_chunk_tiers();
-        break;
-      case 6:
-        op_damage();
-        break;
-      default:
-        op_tier_bad_args();
-        break;
+    for (int n = 1 + in_.u8() % 4; n > 0; --n) {
+      switch (in_.u8() % 8) {
+        case 0:
+        case 1:
+          op_swap_out();
+          break;
+        case 2:
+        case 3:
+          op_swap_in();
+          break;
+        case 4:
+        case 5:
+          op_chunk_tiers();
+          break;
+        case 6:
+          op_damage();
+          break;
+        default:
+          op_tier_bad_args();
+          break;
+      }
+      check_model();
     }
   }
 
@@ -2289,7 +2299,11 @@ class Fuzzer {
 
   void op_swap_in() {
     if (tickets_.empty()) return;
-    TicketModel& m = tickets_[in_.u8() % tickets_.size()];
+    const int pick = in_.u8();
+    std::size_t i = static_cast<std::size_t>(pick) % tickets_.size();
+    if (pick % 4 != 0)  // mostly the first unused ticket from there
+      for (std::size_t j = 0; j < tickets_.size() && tickets_[i].used; ++j) i = (i + 1) % tickets_.size();
+    TicketModel& m = tickets_[i];
     const int b = in_.u8();
     // Other tiers than the ticket's (b % 8 == 7): an argument error that keeps the objects.
     const bool wrong_tiers = b % 8 == 7;
@@ -2362,27 +2376,18 @@ class Fuzzer {
 
   void op_chunk_tiers() {
     const int b = in_.u8();
-    if (!ct_) {
-      rk_tier* const both[2] = {hot_, cold_};
-      rk_tier* const disk_only[1] = {cold_};
-      const bool two = b % 2;
-      expect(rk_chunk_tiers_create(store_, "fuzz-model", two ? both : disk_only, two ? 2 : 1, (b >> 1) % 3,
-                                   (b & 8) ? pf_ : nullptr, &ct_),
-             RK_OK, "rk_chunk_tiers_create");
-      return;
-    }
     rk_chunk_tier_stats c0{};
     FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &c0) == RK_OK);
-    // A key: one of the store's chunks, a demoted one, or unknown.
+    // A key: a demoted chunk, one of the store's chunks, or unknown.
     rk_chunk_key key{0x1234, static_cast<std::uint64_t>(in_.u8())};
     const int kb = in_.u8();
-    if (kb % 3 == 0 && !chunks_.empty()) {
-      auto it = chunks_.begin();
-      std::advance(it, static_cast<long>(kb / 3 % chunks_.size()));
-      key = rk_chunk_key{it->first.first, it->first.second};
-    } else if (kb % 3 == 1 && !demoted_.empty()) {
+    if (kb % 2 == 0 && !demoted_.empty()) {
       auto it = demoted_.begin();
-      std::advance(it, static_cast<long>(kb / 3 % demoted_.size()));
+      std::advance(it, static_cast<long>(kb / 2 % demoted_.size()));
+      key = rk_chunk_key{it->first.first, it->first.second};
+    } else if (kb % 4 != 3 && !chunks_.empty()) {
+      auto it = chunks_.begin();
+      std::advance(it, static_cast<long>(kb / 4 % chunks_.size()));
       key = rk_chunk_key{it->first.first, it->first.second};
     }
     const KeyId kid = id_of(key);
