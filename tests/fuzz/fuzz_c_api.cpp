@@ -198,7 +198,8 @@ struct Reached {
             relocate_err = 0, drops = 0, drop_err = 0, evictions = 0, overwrites = 0, overwrite_err = 0,
             read_rows = 0, read_rows_nan = 0, recompute = 0, recompute_err = 0, relocated_rows = 0;
   long long swap_out = 0, swap_refused = 0, swap_in = 0, swap_miss = 0, swap_full = 0, demotions = 0,
-            promotions = 0, tier_misses = 0, corruptions = 0, tier_errors = 0;
+            promotions = 0, tier_misses = 0, corruptions = 0, tier_errors = 0, promote_failures = 0,
+            rejected = 0;
   ~Reached() {
     if (std::getenv("FUZZ_C_API_STATS")) {
       std::fprintf(
@@ -218,10 +219,10 @@ struct Reached {
       std::fprintf(
           stderr,
           "fuzz_c_api: tiers: swap out %lld (refused %lld), swap in %lld (miss %lld, pool full %lld), "
-          "demotions %lld, promotions %lld, chunk tier misses %lld, files corrupted %lld, "
-          "argument errors %lld\n",
-          swap_out, swap_refused, swap_in, swap_miss, swap_full, demotions, promotions, tier_misses,
-          corruptions, tier_errors);
+          "demotions %lld, promotions %lld (failed for room %lld, copies rejected %lld), chunk tier misses "
+          "%lld, files corrupted %lld, argument errors %lld\n",
+          swap_out, swap_refused, swap_in, swap_miss, swap_full, demotions, promotions, promote_failures,
+          rejected, tier_misses, corruptions, tier_errors);
     }
   }
 } g_reached;
@@ -2208,6 +2209,10 @@ class Fuzzer {
 
   void destroy_tiers() {
     if (ct_) {
+      rk_chunk_tier_stats cs{};
+      FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &cs) == RK_OK);
+      g_reached.promote_failures += cs.promote_failures;
+      g_reached.rejected += cs.rejected;
       expect(rk_tier_destroy(cold_), RK_ERR_INVALID_ARGUMENT, "rk_tier_destroy of a tier in use");
       expect(rk_store_destroy(store_), RK_ERR_INVALID_ARGUMENT, "rk_store_destroy of a store in use");
       FZ_CHECK(rk_chunk_tiers_destroy(ct_) == RK_OK);
@@ -2417,23 +2422,9 @@ class Fuzzer {
         break;
       }
       case 2:
-      case 3: {
-        std::int32_t n = -2;
-        expect(rk_chunk_tiers_lookup(ct_, key, &n), RK_OK, "rk_chunk_tiers_lookup");
-        if (chunks_.count(kid)) {
-          FZ_CHECK(n == chunks_.at(kid).n, "lookup of a chunk in the store");
-        } else if (n >= 0) {  // promoted: only a demoted chunk can come back, as it was
-          FZ_CHECK(demoted_.count(kid) != 0, "a chunk that was never demoted came back");
-          FZ_CHECK(n == demoted_.at(kid).n, "a promoted chunk's length differs");
-          chunks_[kid] = std::move(demoted_.at(kid));
-          demoted_.erase(kid);
-          ++g_reached.promotions;
-        } else {
-          FZ_CHECK(n == -1);
-          ++g_reached.tier_misses;
-        }
+      case 3:
+        tier_lookup(key);
         break;
-      }
       default: {
         std::int32_t started = -1, in = -1;
         expect(rk_chunk_tiers_prefetch(ct_, key, &started), RK_OK, "rk_chunk_tiers_prefetch");
@@ -2443,11 +2434,42 @@ class Fuzzer {
       }
     }
     reconcile_chunks(c0);
-    // Demoted chunks whose copy is gone (evicted, corrupt and removed) cannot come back.
+    forget_lost_copies();
+    if (b & 128 && !demoted_.empty()) {  // and often a demoted chunk comes back right away
+      FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &c0) == RK_OK);
+      auto it = demoted_.begin();
+      std::advance(it, static_cast<long>(kb % demoted_.size()));
+      tier_lookup(rk_chunk_key{it->first.first, it->first.second});
+      reconcile_chunks(c0);
+      forget_lost_copies();
+    }
+  }
+
+  // Demoted chunks whose copy is gone (evicted, corrupt and removed) cannot come back.
+  void forget_lost_copies() {
     for (auto it = demoted_.begin(); it != demoted_.end();) {
       std::int32_t in = 0;
       FZ_CHECK(rk_chunk_tiers_contains(ct_, rk_chunk_key{it->first.first, it->first.second}, &in) == RK_OK);
       it = in ? std::next(it) : demoted_.erase(it);
+    }
+  }
+
+  // rk_chunk_tiers_lookup: a chunk in the store, a demoted one that comes back as it was, or a miss.
+  void tier_lookup(rk_chunk_key key) {
+    const KeyId kid = id_of(key);
+    std::int32_t n = -2;
+    expect(rk_chunk_tiers_lookup(ct_, key, &n), RK_OK, "rk_chunk_tiers_lookup");
+    if (chunks_.count(kid)) {
+      FZ_CHECK(n == chunks_.at(kid).n, "lookup of a chunk in the store");
+    } else if (n >= 0) {
+      FZ_CHECK(demoted_.count(kid) != 0, "a chunk that was never demoted came back");
+      FZ_CHECK(n == demoted_.at(kid).n, "a promoted chunk's length differs");
+      chunks_[kid] = std::move(demoted_.at(kid));
+      demoted_.erase(kid);
+      ++g_reached.promotions;
+    } else {
+      FZ_CHECK(n == -1);
+      ++g_reached.tier_misses;
     }
   }
 
