@@ -221,7 +221,8 @@ class Store:
         return self._impl
 
     def close(self) -> None:
-        """Releases the pool now (otherwise it goes when the object is garbage collected)."""
+        """Releases the pool now (otherwise it goes when the object is garbage collected). A
+        ``TieredChunkCache`` made by ``chunk_tiers`` keeps the native store alive until the cache goes."""
         self._impl = None
 
     def __enter__(self) -> "Store":
