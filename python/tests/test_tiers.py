@@ -451,3 +451,30 @@ def test_cache_keeps_what_it_uses_alive(tmp_path):
     del cache
     gc.collect()
     assert live_stores() == stores0
+
+
+def test_swap_name_in_use_is_refused(tmp_path):
+    # A second sequence swapped out under a name still in use would replace the first one's objects and both
+    # would be lost: refused before anything is written.
+    st, s = prefilled()
+    other = st.create_sequence()
+    fill(st, other, range(6), seed=2)
+    hot, disk = tier_pair(tmp_path)
+    t1 = st.swap_out(s, hot, disk, model_id=MODEL, name="same")
+    before = (st.stats(), hot.stats()["objects"], disk.stats()["objects"])
+    with pytest.raises(redknot.InvalidArgument, match="already exists"):
+        st.swap_out(other, hot, disk, model_id=MODEL, name="same")
+    assert (st.stats(), hot.stats()["objects"], disk.stats()["objects"]) == before and other in st
+    back = st.swap_in(t1, hot, disk)
+    t2 = st.swap_out(other, hot, disk, model_id=MODEL, name="same")  # free again once swapped in
+    assert back in st and st.swap_in(t2, hot, disk) in st
+
+
+def test_swap_of_an_empty_sequence(tmp_path):
+    st = make_store()
+    s = st.create_sequence()
+    hot = redknot.HostTier(1 << 10)
+    t = st.swap_out(s, hot, model_id=MODEL, name="empty")
+    assert t.num_objects == 0 and t.bytes == 0
+    back = st.swap_in(t, hot)
+    assert back in st and all(st.next_position(back, l) == 0 for l in range(2))

@@ -583,3 +583,31 @@ TEST_CASE("tier calls with bad arguments: a status naming the argument, nothing 
   CHECK(std::string(rk_status_string(RK_ERR_TIER_REFUSED)) == "RK_ERR_TIER_REFUSED");
   CHECK(std::string(rk_status_string(RK_ERR_TIER_MISS)) == "RK_ERR_TIER_MISS");
 }
+
+TEST_CASE("a swap name in use is refused before anything is written", "[c_api][tiers]") {
+  {
+    Store st;
+    const int64_t a = st.create(), b = st.create();
+    st.append(a, 0, 7, 1);
+    st.append(b, 0, 7, 2);
+    rk_tier* hot = nullptr;
+    REQUIRE(rk_tier_host_create(1 << 20, &hot) == RK_OK);
+    rk_swap_ticket *ta = nullptr, *tb = nullptr;
+    REQUIRE(rk_swap_out(st.s, a, hot, nullptr, kModel, "same", &ta) == RK_OK);
+    const rk_store_stats before = st.stats();
+    const int64_t objects = tier_stats(hot).objects;
+    CHECK(rk_swap_out(st.s, b, hot, nullptr, kModel, "same", &tb) == RK_ERR_INVALID_ARGUMENT);
+    CHECK(message_has("already exists"));
+    CHECK(tb == nullptr);
+    CHECK(same_stats(st.stats(), before));
+    CHECK(tier_stats(hot).objects == objects);
+    int64_t back = -1;
+    REQUIRE(rk_swap_in(st.s, ta, hot, nullptr, nullptr, &back) == RK_OK);
+    REQUIRE(rk_swap_out(st.s, b, hot, nullptr, kModel, "same", &tb) == RK_OK);  // free again
+    REQUIRE(rk_swap_in(st.s, tb, hot, nullptr, nullptr, &back) == RK_OK);
+    REQUIRE(rk_swap_ticket_destroy(ta) == RK_OK);
+    REQUIRE(rk_swap_ticket_destroy(tb) == RK_OK);
+    REQUIRE(rk_tier_destroy(hot) == RK_OK);
+  }
+  check_no_tier_handles_leak();
+}
