@@ -57,7 +57,8 @@ function(_redknot_add_c_api_tests)
   include(Catch)
   add_executable(test_c_api "${PROJECT_SOURCE_DIR}/tests/c_api/test_c_api.cpp"
                             "${PROJECT_SOURCE_DIR}/tests/c_api/test_agreement.cpp"
-                            "${PROJECT_SOURCE_DIR}/tests/c_api/test_chunks.cpp")
+                            "${PROJECT_SOURCE_DIR}/tests/c_api/test_chunks.cpp"
+                            "${PROJECT_SOURCE_DIR}/tests/c_api/test_tiers_c.cpp")
   # redknot::core too: the tests compare with the C++ oracle (the C library hides its own copy of it) and run
   # the cases of tests/agreement_cases.json (read with nlohmann_json) through C++ and C alike.
   target_link_libraries(test_c_api PRIVATE Catch2::Catch2WithMain redknot::c redknot::core

@@ -34,9 +34,13 @@
 
 namespace redknot {
 
-class HeadMap;        // head_map.hpp
-struct PageEntry;     // head_table.hpp
-struct PageTableCsr;  // flashinfer_csr.hpp
+class HeadMap;         // head_map.hpp
+struct PageEntry;      // head_table.hpp
+struct PageTableCsr;   // flashinfer_csr.hpp
+class KvTier;          // tiers.hpp
+class TierPrefetcher;  // tiers.hpp
+struct SwapTicket;     // tiers.hpp
+class AnyChunkTiers;   // any_tiers.hpp
 
 class AnyStore {
  public:
@@ -111,6 +115,22 @@ class AnyStore {
   // = 1 per row). The view is valid for the store's lifetime; the shape array belongs to the store. Read it
   // only while no writer runs.
   virtual DLTensor kv_pool() const = 0;
+
+  // ---- tiers: swap and chunks below the pool (tiers.hpp; the bindings use them through any_tiers.hpp) ----
+  // swap_out() of tiers.hpp under the store's lock. false: a tier refused an object (the sequence stays live
+  // and nothing of it stays in the tiers); else `out` is the ticket and the sequence is freed.
+  virtual bool swap_out(SeqId seq, KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name,
+                        SwapTicket& out) = 0;
+  // swap_in() of tiers.hpp under the store's lock: the restored sequence, or nullopt with the reason in *why
+  // (an object missing or failing a check: the objects are removed, the store is unchanged). PoolExhausted
+  // leaves store and objects as they were. prefetcher may be nullptr.
+  virtual std::optional<SeqId> swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold,
+                                       TierPrefetcher* prefetcher, std::string* why) = 0;
+  // A TieredChunkCache over this store whose calls take the store's lock. The store, the tiers and the
+  // prefetcher (nullable) must outlive it: the bindings hold them.
+  virtual std::unique_ptr<AnyChunkTiers> make_chunk_tiers(std::uint64_t model_fp, std::vector<KvTier*> tiers,
+                                                          std::int64_t min_splices,
+                                                          TierPrefetcher* prefetcher) = 0;
 
   // Stores alive in this process (leak checks).
   static std::int64_t live_count();

@@ -63,7 +63,8 @@ extern "C" {
  * Handles: every rk_store / rk_head_map handle is checked against a registry of live handles. NULL, a
  * destroyed handle (use after destroy, double destroy) or a pointer this library never returned is
  * RK_ERR_INVALID_ARGUMENT ("store handle 0x... is not live (destroyed or never created)"); only the *_destroy
- * functions accept NULL (ignored). The check cannot catch a handle destroyed by another thread during the
+ * functions accept NULL (ignored). The same holds for the tier handles (rk_tier, rk_prefetcher,
+ * rk_swap_ticket, rk_chunk_tiers). The check cannot catch a handle destroyed by another thread during the
  * call, nor a dead address already reused by a newer handle of the same kind. */
 #define RK_MAX_NUM_THREADS 1024
 #define RK_MAX_LAYERS_X_KV_HEADS (1 << 20)
@@ -77,7 +78,11 @@ typedef enum rk_status {
   RK_ERR_NOT_FOUND = 2,      /* a sequence id that is not live */
   RK_ERR_POOL_EXHAUSTED = 3, /* the page pool (or host memory) is full; free sequences and retry */
   RK_ERR_UNAVAILABLE = 4,    /* the requested backend (e.g. CUDA) is not available */
-  RK_ERR_INTERNAL = 5        /* a bug in redknot; the message says what */
+  RK_ERR_INTERNAL = 5,       /* a bug in redknot; the message says what */
+  RK_ERR_TIER_REFUSED = 6,   /* a tier did not take an object (larger than the tier, full device, read-only
+                                directory): nothing moved (rk_swap_out: the sequence stays live) */
+  RK_ERR_TIER_MISS = 7       /* a tier object is missing (evicted, removed) or failed verification (corrupt,
+                                truncated, another model): what it held cannot come back from there */
 } rk_status;
 
 typedef enum rk_dtype { RK_DTYPE_F32 = 0, RK_DTYPE_F16 = 1, RK_DTYPE_BF16 = 2 } rk_dtype;
@@ -91,6 +96,10 @@ typedef enum rk_head_class {
 
 typedef struct rk_head_map rk_head_map;
 typedef struct rk_store rk_store;
+typedef struct rk_tier rk_tier;
+typedef struct rk_prefetcher rk_prefetcher;
+typedef struct rk_swap_ticket rk_swap_ticket;
+typedef struct rk_chunk_tiers rk_chunk_tiers;
 
 /* ---- library ------------------------------------------------------------------------------------------- */
 
@@ -374,6 +383,154 @@ RK_API int rk_read_rows(const rk_store* store, int64_t seq, int32_t layer, const
 RK_API int rk_select_recompute(const char* strategy, double ratio, int32_t first_k, int32_t n_tokens,
                                const float* deviation, int32_t num_kv_heads, const int32_t* head_is_local,
                                const float* query_attention, int32_t* out_tokens, int32_t* out_count);
+
+/* ---- tiers: KV below the page pool (tiers.hpp)
+ * ------------------------------------------------------------- A tier stores named byte objects: a host tier
+ * in RAM, a disk tier as one file <name>.rkt per object in a directory. Both have a byte capacity and evict
+ * the least recently used object when a put needs room (an evicted object is gone; the stats count it). What
+ * goes in is the verified slice format (kv_slice.hpp): whatever comes back is checked against the store that
+ * takes it, so a corrupt, truncated or foreign object is RK_ERR_TIER_MISS (or a lookup miss), never KV.
+ *
+ * Lifetimes: an rk_chunk_tiers holds its store, tiers and prefetcher: rk_store_destroy, rk_tier_destroy and
+ * rk_prefetcher_destroy refuse (RK_ERR_INVALID_ARGUMENT, naming how many caches use the handle) while a live
+ * rk_chunk_tiers uses them; destroy the cache first. An rk_swap_ticket holds nothing: it names the tiers its
+ * objects went to (rk_swap_in and rk_swap_discard check that they are passed the same ones) and is plain data
+ * otherwise; destroying it does not remove its objects (rk_swap_discard does). Calls on one tier are
+ * serialised by the tier; swap and chunk-tier calls take the store's lock. */
+
+typedef struct rk_tier_stats {
+  int64_t capacity_bytes;
+  int64_t bytes_held; /* what the objects take (disk: file sizes, headers included) */
+  int64_t objects;
+  int64_t hits;
+  int64_t misses; /* absent, unreadable or failed verification */
+  int64_t evictions;
+  int64_t evicted_bytes;
+  int64_t bytes_written;
+  int64_t bytes_read;
+  int64_t put_failures; /* puts refused: larger than the tier, or an I/O error */
+  int64_t corrupt;      /* objects that failed verification on read (removed) */
+  int64_t get_ns;       /* time spent reading */
+} rk_tier_stats;
+
+/* A tier in host memory holding at most capacity_bytes (>= 0) of objects. */
+RK_API int rk_tier_host_create(int64_t capacity_bytes, rk_tier** out);
+/* A tier in directory dir (NUL-terminated) holding at most capacity_bytes (>= 0) of files. A missing
+ * directory is created when create != 0, else RK_ERR_NOT_FOUND; one that cannot be created, or a path that is
+ * not a directory, is RK_ERR_UNAVAILABLE. Objects already in the directory are adopted (oldest first),
+ * leftover temporaries removed. fsync != 0: each object is flushed to the device before it replaces the old
+ * one. A directory that becomes unwritable later makes puts fail (RK_ERR_TIER_REFUSED from the calls that
+ * put). */
+RK_API int rk_tier_disk_create(const char* dir, int64_t capacity_bytes, int32_t create, int32_t fsync,
+                               rk_tier** out);
+/* NULL is accepted and ignored; a handle that is not live, or one a live rk_chunk_tiers uses, is
+ * RK_ERR_INVALID_ARGUMENT. A disk tier's files stay in its directory. */
+RK_API int rk_tier_destroy(rk_tier* tier);
+RK_API int rk_tier_get_stats(const rk_tier* tier, rk_tier_stats* out);
+/* *out = 1 if the tier holds an object named `name` ([A-Za-z0-9._-]{1,200}, not starting with '.'), else 0.
+ */
+RK_API int rk_tier_contains(const rk_tier* tier, const char* name, int32_t* out);
+/* *out_removed (optional) = 1 if an object was removed, 0 if there was none. */
+RK_API int rk_tier_remove(rk_tier* tier, const char* name, int32_t* out_removed);
+
+/* Reads tier objects ahead of their use on `threads` ([1, 64]) worker threads (rk_swap_in,
+ * rk_chunk_tiers_prefetch). */
+RK_API int rk_prefetcher_create(int32_t threads, rk_prefetcher** out);
+/* NULL is accepted and ignored; one a live rk_chunk_tiers uses is RK_ERR_INVALID_ARGUMENT. */
+RK_API int rk_prefetcher_destroy(rk_prefetcher* prefetcher);
+
+/* ---- sequence swap (preemption) ----
+ * rk_swap_out writes every row sequence `seq` holds as objects "<name>.l<layer>.local" (each layer's local
+ * heads: sink + window, small, needed first) to `hot` and "<name>.l<layer>.global" (global-like heads: the
+ * whole history) to `cold`, then frees the sequence (a spliced chunk keeps its pages). cold may be NULL: the
+ * same as hot. A local object the hot tier refuses goes to cold. name: [A-Za-z0-9._-], not starting with '.',
+ * short enough for the longest object name (200 characters). model_id (NUL-terminated) is the engine's model
+ * id: rk_swap_in accepts only slices of the same model.
+ *   RK_ERR_TIER_REFUSED: a tier refused an object (or evicted one of this ticket's objects for a later one):
+ *     what was written is removed again, the sequence stays live and unchanged. Free room and retry, or pick
+ *     another victim.
+ *   RK_ERR_NOT_FOUND: seq is not live. */
+RK_API int rk_swap_out(rk_store* store, int64_t seq, rk_tier* hot, rk_tier* cold, const char* model_id,
+                       const char* name, rk_swap_ticket** out_ticket);
+/* Restores the ticket's sequence into `store` (the one it left, or another store of the same num_layers,
+ * num_kv_heads, head_dim, dtype and head map) as a new sequence *out_seq: the same positions with the same
+ * rotations, next positions and query floors; attention over it equals the never-moved sequence bit for bit.
+ * hot and cold (NULL: hot) must be the tiers rk_swap_out was given. prefetcher (optional) reads the objects
+ * ahead. The objects are removed and the ticket is used up (rk_swap_ticket_destroy it).
+ *   RK_ERR_TIER_MISS: an object is missing or fails its digest / slice checks: the sequence cannot come back;
+ *     its objects are removed, the ticket is used up, the store is unchanged.
+ *   RK_ERR_POOL_EXHAUSTED: not enough free pages: store, ticket and objects unchanged (make room, retry).
+ *   RK_ERR_INVALID_ARGUMENT (nothing changed): a used ticket, a store of another layout, other tiers. */
+RK_API int rk_swap_in(rk_store* store, rk_swap_ticket* ticket, rk_tier* hot, rk_tier* cold,
+                      rk_prefetcher* prefetcher, int64_t* out_seq);
+/* Removes an unused ticket's objects from its tiers (a sequence the engine gives up on); the ticket is used
+ * up. A used ticket or other tiers are RK_ERR_INVALID_ARGUMENT. */
+RK_API int rk_swap_discard(rk_swap_ticket* ticket, rk_tier* hot, rk_tier* cold);
+
+typedef struct rk_swap_ticket_info {
+  int64_t bytes;        /* what the objects take (before a disk tier's file headers) */
+  int64_t objects;      /* number of objects */
+  int64_t cold_objects; /* of which in the cold tier */
+  int32_t num_layers;
+  int32_t used; /* 1 once swapped in, discarded or lost to RK_ERR_TIER_MISS */
+} rk_swap_ticket_info;
+
+RK_API int rk_swap_ticket_get_info(const rk_swap_ticket* ticket, rk_swap_ticket_info* out);
+/* Frees the ticket (NULL ignored; a handle that is not live is RK_ERR_INVALID_ARGUMENT). The objects of an
+ * unused ticket stay in the tiers until evicted: rk_swap_discard first to remove them. */
+RK_API int rk_swap_ticket_destroy(rk_swap_ticket* ticket);
+
+/* ---- chunks through tiers ----
+ * A tiered chunk cache keeps the store's chunk registry over a stack of tiers (fastest first): chunks the
+ * engine makes room from move down instead of being dropped, and a lookup promotes them back (read, verify
+ * every slice, import, register; the object is removed from the tier). The store's own eviction (an append
+ * that finds no free page drops unused chunks) is unchanged: call rk_chunk_tiers_make_room before appends. */
+
+typedef struct rk_chunk_tier_stats {
+  int64_t demotions;        /* chunks written down and dropped from the store */
+  int64_t dropped;          /* chunks dropped without a copy below (not admitted, or no tier took it) */
+  int64_t write_failures;   /* demotions every tier refused (counted in dropped too) */
+  int64_t promotions;       /* chunks read back, verified and registered again */
+  int64_t promote_failures; /* a verified copy that did not fit in the pool (it stays below) */
+  int64_t rejected;         /* objects that failed verification (removed) */
+  int64_t misses;           /* lookups found nowhere */
+  int64_t bytes_down;
+  int64_t bytes_up;
+  int64_t prefetches; /* reads started by rk_chunk_tiers_prefetch */
+  int64_t read_wait_ns;
+  int64_t promote_ns;
+} rk_chunk_tier_stats;
+
+/* A cache over `store` and tiers[0, n_tiers) (n_tiers >= 1, distinct, fastest first) for model model_id
+ * (NUL-terminated; what rk_chunk_key_make was given). min_splices (>= 0): only chunks spliced at least that
+ * many times are written down; others are dropped. prefetcher may be NULL (rk_chunk_tiers_prefetch then
+ * starts nothing). The cache holds the store, the tiers and the prefetcher (see "Lifetimes" above). */
+RK_API int rk_chunk_tiers_create(rk_store* store, const char* model_id, rk_tier* const* tiers,
+                                 int32_t n_tiers, int64_t min_splices, rk_prefetcher* prefetcher,
+                                 rk_chunk_tiers** out);
+/* NULL is accepted and ignored; a handle that is not live is RK_ERR_INVALID_ARGUMENT. */
+RK_API int rk_chunk_tiers_destroy(rk_chunk_tiers* cache);
+/* Demotes unused chunks, least recently used first, until `pages` pages are free or no unused chunk is left;
+ * *out_freed (optional): the pages that became free. */
+RK_API int rk_chunk_tiers_make_room(rk_chunk_tiers* cache, int64_t pages, int64_t* out_freed);
+/* Writes chunk `key` to the first tier that takes it (when admitted) and drops it from the store;
+ * *out_written (optional) = 1 when a copy landed below. RK_ERR_NOT_FOUND: not registered;
+ * RK_ERR_INVALID_ARGUMENT: a live sequence uses it. */
+RK_API int rk_chunk_tiers_demote(rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out_written);
+/* *out_n_tokens = the chunk's tokens, from the store or promoted from the first tier holding a verified
+ * copy; -1 for a miss (found nowhere, or no copy verified or fitted: not an error, the stats say which). */
+RK_API int rk_chunk_tiers_lookup(rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out_n_tokens);
+/* Starts reading chunk `key` from its tier on the prefetcher, so that a later lookup finds the bytes read.
+ * *out_started (optional) = 0 when nothing started (no prefetcher, in the store, in no tier, already read).
+ */
+RK_API int rk_chunk_tiers_prefetch(rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out_started);
+/* *out = 1 if a tier holds a copy of chunk `key`. */
+RK_API int rk_chunk_tiers_contains(const rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out);
+RK_API int rk_chunk_tiers_get_stats(const rk_chunk_tiers* cache, rk_chunk_tier_stats* out);
+
+/* Live tier handles in this process (leak checks). Any pointer may be NULL. */
+RK_API int rk_live_tier_handles(int64_t* num_tiers, int64_t* num_prefetchers, int64_t* num_tickets,
+                                int64_t* num_chunk_tiers);
 
 #ifdef __cplusplus
 }  // extern "C"

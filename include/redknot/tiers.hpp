@@ -463,13 +463,22 @@ inline void discard_swap(const SwapTicket& ticket, KvTier& tier) { discard_swap(
 // "<name>.l<layer>.global", then frees the sequence. Placement by head class: local heads' objects (small:
 // sink + window, and what a restore needs first) go to `hot`, or to `cold` when `hot` refuses them; global
 // heads' long histories go to `cold`. nullopt when a tier refuses an object: what was written is removed
-// again and the sequence stays as it was.
+// again and the sequence stays as it was. InvalidArgument (nothing written) when an object of that name is
+// already in either tier: each swapped-out sequence needs a name of its own.
 template <StorageType T>
 std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& hot, KvTier& cold,
                                    std::uint64_t model_fp, std::string_view name) {
   require<NotFound>(store.contains(seq), "swap_out: sequence id=", seq, " is not live");
   const ModelShape& sh = store.shape();
   check_object_name(detail::concat(name, ".l", sh.num_layers - 1, ".global"));  // the longest name it writes
+  // A name in use would replace another swapped-out sequence's objects: both would be lost (the other
+  // ticket's digests no longer match, and this one's miss would remove what the other wrote).
+  for (int l = 0; l < sh.num_layers; ++l)
+    for (const char* part : {".local", ".global"}) {
+      const std::string n = detail::concat(name, ".l", l, part);
+      require(!hot.contains(n) && !cold.contains(n), "swap_out: tier object '", n, "' already exists (name '",
+              name, "' is in use by another swapped-out sequence): pick a unique name");
+    }
   SwapTicket t;
   t.model_fp = model_fp;
   std::vector<SwapObject> global;

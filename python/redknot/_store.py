@@ -221,7 +221,8 @@ class Store:
         return self._impl
 
     def close(self) -> None:
-        """Releases the pool now (otherwise it goes when the object is garbage collected)."""
+        """Releases the pool now (otherwise it goes when the object is garbage collected). A
+        ``TieredChunkCache`` made by ``chunk_tiers`` keeps the native store alive until the cache goes."""
         self._impl = None
 
     def __enter__(self) -> "Store":
@@ -460,6 +461,48 @@ class Store:
         """Cached K and V rows as float32 ``[n, num_kv_heads, head_dim]``, keys rotated for their current
         positions; NaN rows where a head no longer holds the token."""
         return self._s.read_rows(seq, layer, _int_array(positions, np.int32, "read_rows: positions"))
+
+    # ---- tiers: sequence swap and chunks below the pool (tiers.hpp) ---------------------------------------
+
+    def swap_out(self, seq: int, hot: "_redknot.KvTier", cold: Optional["_redknot.KvTier"] = None, *,
+                 model_id: str, name: str) -> "_redknot.SwapTicket":
+        """Writes every row ``seq`` holds to tiers and frees the sequence (preemption).
+
+        Each layer's local heads (sink + window: small, needed first) go to ``hot`` as object
+        ``<name>.l<layer>.local``, its global-like heads (the whole history) to ``cold`` (``None``: ``hot``) as
+        ``<name>.l<layer>.global``; a local object ``hot`` refuses goes to ``cold``. ``model_id`` is the
+        engine's model id (``swap_in`` accepts only slices of the same model); ``name`` is
+        ``[A-Za-z0-9._-]``, not starting with ``.``. Returns the ``SwapTicket`` for ``swap_in``.
+
+        Raises ``TierRefused`` when a tier refuses an object (too small, full device, read-only directory):
+        what was written is removed again and the sequence stays live and unchanged.
+        """
+        return self._s.swap_out(seq, hot, cold, model_id, name)
+
+    def swap_in(self, ticket: "_redknot.SwapTicket", hot: "_redknot.KvTier",
+                cold: Optional["_redknot.KvTier"] = None, *,
+                prefetcher: Optional["_redknot.TierPrefetcher"] = None) -> int:
+        """Restores a swapped-out sequence into this store (the one it left, or another of the same layout
+        and head map) and returns its new id: the same positions, rotations, next positions and query floors,
+        so attention over it equals the never-moved sequence bit for bit. ``hot``/``cold`` must be the tiers
+        ``swap_out`` was given; ``prefetcher`` reads the objects ahead. The objects are removed and the ticket
+        is used up.
+
+        Raises ``TierMiss`` when an object is missing or fails a check (the sequence cannot come back: its
+        objects are removed, the ticket used up, the store unchanged), ``PoolExhausted`` when pages lack
+        (nothing changed: make room and retry), ``InvalidArgument`` for a used ticket, another store layout or
+        other tiers (nothing changed).
+        """
+        return self._s.swap_in(ticket, hot, cold, prefetcher)
+
+    def chunk_tiers(self, tiers: Sequence["_redknot.KvTier"], model_id: str, *, min_splices: int = 0,
+                    prefetcher: Optional["_redknot.TierPrefetcher"] = None) -> "_redknot.TieredChunkCache":
+        """A ``TieredChunkCache``: this store's chunks over ``tiers`` (fastest first) for ``model_id`` (what
+        ``chunk_key`` was given). ``make_room(pages)`` writes the least recently used unused chunks down
+        (only those spliced at least ``min_splices`` times; the others are dropped) and drops them from the
+        store; ``lookup(key)`` finds a chunk in the store or promotes a verified copy from a tier (``None``: a
+        miss). The cache keeps this store, the tiers and the prefetcher alive."""
+        return self._s.chunk_tiers(tiers, model_id, min_splices, prefetcher)
 
     # ---- accounting --------------------------------------------------------------------------------------
 

@@ -23,13 +23,16 @@
 #include "args.hpp"
 #include "dlpack_import.hpp"
 #include "redknot/any_store.hpp"
+#include "redknot/any_tiers.hpp"
 #include "redknot/error.hpp"
 #include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/head_table.hpp"
+#include "redknot/kv_slice.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/recompute.hpp"
 #include "redknot/rope.hpp"
+#include "redknot/tiers.hpp"
 #include "redknot/version.hpp"
 
 namespace py = pybind11;
@@ -300,6 +303,92 @@ py::capsule pool_capsule(const py::object& owner, const DLTensor& pool, bool ver
   return py::reinterpret_steal<py::capsule>(cap);
 }
 
+// A strict bool argument (bool or numpy.bool_): 0, 1, None and strings are mistakes, not flags.
+bool bool_arg(py::handle h, const char* fn, const char* name) {
+  if (h.ptr() != nullptr && PyBool_Check(h.ptr())) return h.ptr() == Py_True;
+  if (h.ptr() != nullptr && py::isinstance(h, py::module_::import("numpy").attr("bool_")))
+    return py::bool_(py::reinterpret_borrow<py::object>(h)).cast<bool>();
+  throw InvalidArgument(
+      detail::concat(fn, ": ", name, " must be a bool, got ", type_name(h), " ", py_bindings::safe_repr(h)));
+}
+
+// A tier argument (redknot.HostTier or redknot.DiskTier); nullptr for None when allowed.
+KvTier* tier_arg(const py::handle& h, const char* fn, const char* name, bool allow_none) {
+  if (allow_none && h.is_none()) return nullptr;
+  if (!py::isinstance<KvTier>(h))
+    throw InvalidArgument(detail::concat(fn, ": ", name, " must be a redknot.HostTier or redknot.DiskTier",
+                                         allow_none ? " (or None)" : "", ", got ", type_name(h), " ",
+                                         py_bindings::safe_repr(h)));
+  return &h.cast<KvTier&>();
+}
+
+TierPrefetcher* prefetcher_arg(const py::handle& h, const char* fn) {
+  if (h.is_none()) return nullptr;
+  if (!py::isinstance<TierPrefetcher>(h))
+    throw InvalidArgument(detail::concat(fn, ": prefetcher must be a redknot.TierPrefetcher or None, got ",
+                                         type_name(h), " ", py_bindings::safe_repr(h)));
+  return &h.cast<TierPrefetcher&>();
+}
+
+// A bytes-like object's bytes (bytes, bytearray, memoryview, a C-contiguous numpy array), copied.
+std::vector<std::byte> bytes_arg(const py::handle& h, const char* fn, const char* name) {
+  Py_buffer view;
+  if (h.ptr() == nullptr || PyUnicode_Check(h.ptr()) ||
+      PyObject_GetBuffer(h.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
+    PyErr_Clear();
+    throw InvalidArgument(detail::concat(fn, ": ", name,
+                                         " must be bytes-like (bytes, bytearray, memoryview), got ",
+                                         type_name(h), " ", py_bindings::safe_repr(h)));
+  }
+  const auto* p = static_cast<const std::byte*>(view.buf);
+  std::vector<std::byte> out(p, p + view.len);
+  PyBuffer_Release(&view);
+  return out;
+}
+
+py::dict to_dict(const TierStats& s) {
+  py::dict d;
+  d["capacity_bytes"] = s.capacity_bytes;
+  d["bytes_held"] = s.bytes_held;
+  d["objects"] = s.objects;
+  d["hits"] = s.hits;
+  d["misses"] = s.misses;
+  d["evictions"] = s.evictions;
+  d["evicted_bytes"] = s.evicted_bytes;
+  d["bytes_written"] = s.bytes_written;
+  d["bytes_read"] = s.bytes_read;
+  d["put_failures"] = s.put_failures;
+  d["corrupt"] = s.corrupt;
+  d["get_ns"] = s.get_ns;
+  return d;
+}
+
+py::dict to_dict(const ChunkTierStats& s) {
+  py::dict d;
+  d["demotions"] = s.demotions;
+  d["dropped"] = s.dropped;
+  d["write_failures"] = s.write_failures;
+  d["promotions"] = s.promotions;
+  d["promote_failures"] = s.promote_failures;
+  d["rejected"] = s.rejected;
+  d["misses"] = s.misses;
+  d["bytes_down"] = s.bytes_down;
+  d["bytes_up"] = s.bytes_up;
+  d["prefetches"] = s.prefetches;
+  d["read_wait_ns"] = s.read_wait_ns;
+  d["promote_ns"] = s.promote_ns;
+  return d;
+}
+
+// A TieredChunkCache with the Python objects it uses: they stay alive as long as it does. impl is declared
+// last so that it goes first (its destructor waits for reads in flight on the tiers and the prefetcher).
+struct PyChunkTiers {
+  py::object store;
+  std::vector<py::object> tiers;
+  py::object prefetcher;
+  std::unique_ptr<AnyChunkTiers> impl;
+};
+
 }  // namespace
 
 PYBIND11_MODULE(_redknot, m) {
@@ -332,6 +421,17 @@ PYBIND11_MODULE(_redknot, m) {
                      "An unexpected failure inside redknot (a C++ exception that is none of the above); "
                      "please report it with the message.")
           .release();
+  static py::handle tier_refused =
+      make_exception(m, "TierRefused", base, PyExc_RuntimeError,
+                     "A tier did not take an object (larger than the tier, a full device, a read-only "
+                     "directory): nothing moved; Store.swap_out leaves the sequence live.")
+          .release();
+  static py::handle tier_miss =
+      make_exception(
+          m, "TierMiss", base, PyExc_LookupError,
+          "A tier object is missing (evicted, removed) or failed verification (corrupt, truncated, "
+          "another model): what it held cannot come back from there.")
+          .release();
   // Every C++ exception leaves as a RedknotError subclass. pybind11's own exceptions (a Python error raised
   // in a callback, cast errors, ...) are rethrown for pybind11's translator, which restores them as they
   // were.
@@ -350,6 +450,10 @@ PYBIND11_MODULE(_redknot, m) {
       raise_translated(exhausted, e.what());
     } catch (const Unavailable& e) {
       raise_translated(unavailable, e.what());
+    } catch (const TierRefused& e) {
+      raise_translated(tier_refused, e.what());
+    } catch (const TierMiss& e) {
+      raise_translated(tier_miss, e.what());
     } catch (const std::bad_alloc&) {
       raise_translated(exhausted, "out of host memory (std::bad_alloc): nothing was changed");
     } catch (const std::length_error& e) {  // a container asked for more than max_size(): as in the C ABI
@@ -724,6 +828,71 @@ PYBIND11_MODULE(_redknot, m) {
             return py::make_tuple(k, v);
           },
           py::arg("seq"), py::arg("layer"), py::arg("positions"))
+      // ---- tiers (tiers.hpp): sequence swap and chunks below the pool ----
+      .def(
+          "swap_out",
+          [](AnyStore& s, const py::object& seq, const py::object& hot, const py::object& cold,
+             const py::object& model_id, const py::object& name) {
+            constexpr const char* fn = "swap_out";
+            const SeqId id = seq_arg(seq, fn, "seq");
+            KvTier* h = tier_arg(hot, fn, "hot", false);
+            KvTier* c = tier_arg(cold, fn, "cold", true);
+            const std::string model = str_arg(model_id, fn, "model_id");
+            const std::string n = str_arg(name, fn, "name");
+            py::gil_scoped_release nogil;
+            return any_swap_out(s, id, *h, c, model, n);
+          },
+          py::arg("seq"), py::arg("hot"), py::arg("cold"), py::arg("model_id"), py::arg("name"))
+      .def(
+          "swap_in",
+          [](AnyStore& s, const py::object& ticket, const py::object& hot, const py::object& cold,
+             const py::object& prefetcher) {
+            constexpr const char* fn = "swap_in";
+            if (!py::isinstance<AnySwapTicket>(ticket))
+              throw InvalidArgument(
+                  detail::concat(fn, ": ticket must be the redknot.SwapTicket swap_out returned, got ",
+                                 type_name(ticket), " ", py_bindings::safe_repr(ticket)));
+            AnySwapTicket& t = ticket.cast<AnySwapTicket&>();
+            KvTier* h = tier_arg(hot, fn, "hot", false);
+            KvTier* c = tier_arg(cold, fn, "cold", true);
+            TierPrefetcher* p = prefetcher_arg(prefetcher, fn);
+            py::gil_scoped_release nogil;
+            return any_swap_in(s, t, *h, c, p);
+          },
+          py::arg("ticket"), py::arg("hot"), py::arg("cold"), py::arg("prefetcher"))
+      .def(
+          "chunk_tiers",
+          [](const py::object& self, const py::object& tiers, const py::object& model_id,
+             const py::object& min_splices, const py::object& prefetcher) {
+            constexpr const char* fn = "chunk_tiers";
+            AnyStore& s = self.cast<AnyStore&>();
+            if (!py::isinstance<py::list>(tiers) && !py::isinstance<py::tuple>(tiers))
+              throw InvalidArgument(
+                  detail::concat(fn, ": tiers must be a list of redknot.HostTier / redknot.DiskTier, got ",
+                                 type_name(tiers), " ", py_bindings::safe_repr(tiers)));
+            auto out = std::make_unique<PyChunkTiers>();
+            std::vector<KvTier*> ptrs;
+            const py::sequence seq = py::reinterpret_borrow<py::sequence>(tiers);
+            for (std::size_t i = 0; i < seq.size(); ++i) {
+              const py::object t = seq[i];
+              const std::string name = detail::concat("tiers[", i, "]");
+              KvTier* k = tier_arg(t, fn, name.c_str(), false);
+              for (std::size_t j = 0; j < ptrs.size(); ++j)
+                if (ptrs[j] == k)
+                  throw InvalidArgument(
+                      detail::concat(fn, ": tiers[", j, "] and tiers[", i, "] are the same tier"));
+              ptrs.push_back(k);
+              out->tiers.push_back(t);
+            }
+            const std::string model = str_arg(model_id, fn, "model_id");
+            const auto min = int_arg<std::int64_t>(min_splices, fn, "min_splices");
+            TierPrefetcher* p = prefetcher_arg(prefetcher, fn);
+            out->store = self;
+            out->prefetcher = prefetcher;
+            out->impl = s.make_chunk_tiers(model_fingerprint(model), std::move(ptrs), min, p);
+            return out;
+          },
+          py::arg("tiers"), py::arg("model_id"), py::arg("min_splices"), py::arg("prefetcher"))
       .def("stats", [](const AnyStore& s) { return to_dict(s.stats()); })
       .def(
           "sequence_stats",
@@ -753,6 +922,165 @@ PYBIND11_MODULE(_redknot, m) {
                                   to_numpy(csr.page_pos0));
           },
           py::arg("layer"), py::arg("seq_ids"));
+
+  // ---- tiers ------------------------------------------------------------------------------------------
+  py::class_<KvTier>(m, "KvTier", "A tier of named byte objects; use redknot.HostTier or redknot.DiskTier.")
+      .def(
+          "put",
+          [](KvTier& t, const py::object& name, const py::object& data) {
+            const std::string n = str_arg(name, "KvTier.put", "name");
+            const std::vector<std::byte> b = bytes_arg(data, "KvTier.put", "data");
+            py::gil_scoped_release nogil;
+            return t.put(n, b);
+          },
+          py::arg("name"), py::arg("data"))
+      .def(
+          "get",
+          [](KvTier& t, const py::object& name) -> py::object {
+            const std::string n = str_arg(name, "KvTier.get", "name");
+            std::optional<std::vector<std::byte>> b;
+            {
+              py::gil_scoped_release nogil;
+              b = t.get(n);
+            }
+            if (!b) return py::none();
+            return py::bytes(reinterpret_cast<const char*>(b->data()), b->size());
+          },
+          py::arg("name"))
+      .def(
+          "remove",
+          [](KvTier& t, const py::object& name) { return t.remove(str_arg(name, "KvTier.remove", "name")); },
+          py::arg("name"))
+      .def(
+          "contains",
+          [](const KvTier& t, const py::object& name) {
+            return t.contains(str_arg(name, "KvTier.contains", "name"));
+          },
+          py::arg("name"))
+      .def("stats", [](const KvTier& t) { return to_dict(t.stats()); });
+
+  py::class_<HostTier, KvTier>(m, "HostTier", "Objects in RAM, least recently used evicted first.")
+      .def(py::init([](const py::object& capacity) {
+             return std::make_unique<HostTier>(int_arg<std::int64_t>(capacity, "HostTier", "capacity_bytes"));
+           }),
+           py::arg("capacity_bytes"))
+      .def("__repr__", [](const HostTier& t) {
+        const TierStats s = t.stats();
+        return detail::concat("HostTier(capacity_bytes=", s.capacity_bytes, ", objects=", s.objects,
+                              ", bytes_held=", s.bytes_held, ")");
+      });
+
+  py::class_<DiskTier, KvTier>(m, "DiskTier", "Objects as files <name>.rkt in one directory.")
+      .def(py::init([](const py::object& path, const py::object& capacity, const py::object& create,
+                       const py::object& fsync) {
+             constexpr const char* fn = "DiskTier";
+             const std::string dir = path_arg(path, fn, "path");
+             require(!dir.empty(), fn, ": path is empty");
+             const auto cap = int_arg<std::int64_t>(capacity, fn, "capacity_bytes");
+             return std::make_unique<DiskTier>(dir, cap, bool_arg(create, fn, "create"),
+                                               bool_arg(fsync, fn, "fsync"));
+           }),
+           py::arg("path"), py::arg("capacity_bytes"), py::arg("create") = true, py::arg("fsync") = false)
+      .def_property_readonly("path", [](const DiskTier& t) { return t.dir().string(); })
+      .def(
+          "path_of",
+          [](const DiskTier& t, const py::object& name) {
+            const std::string n = str_arg(name, "DiskTier.path_of", "name");
+            check_object_name(n);
+            return t.path_of(n).string();
+          },
+          py::arg("name"))
+      .def("__repr__", [](const DiskTier& t) {
+        const TierStats s = t.stats();
+        return detail::concat("DiskTier(path='", t.dir().string(), "', capacity_bytes=", s.capacity_bytes,
+                              ", objects=", s.objects, ", bytes_held=", s.bytes_held, ")");
+      });
+
+  py::class_<TierPrefetcher>(m, "TierPrefetcher", "Reads tier objects ahead on worker threads.")
+      .def(py::init([](const py::object& threads) {
+             return std::make_unique<TierPrefetcher>(int_arg<int>(threads, "TierPrefetcher", "threads"));
+           }),
+           py::arg("threads") = 2)
+      .def_property_readonly("threads", &TierPrefetcher::threads);
+
+  py::class_<AnySwapTicket>(m, "SwapTicket", "What Store.swap_in needs to restore a swapped-out sequence.")
+      .def_property_readonly("bytes", &AnySwapTicket::bytes)
+      .def_property_readonly("num_objects", &AnySwapTicket::num_objects)
+      .def_property_readonly("num_cold_objects", &AnySwapTicket::num_cold_objects)
+      .def_property_readonly("num_layers", &AnySwapTicket::num_layers)
+      .def_property_readonly("used", &AnySwapTicket::used)
+      .def_property_readonly("objects",
+                             [](const AnySwapTicket& t) {
+                               py::list out;
+                               for (const SwapObject& o : t.ticket().objects) {
+                                 py::dict d;
+                                 d["name"] = o.name;
+                                 d["layer"] = o.layer;
+                                 d["local"] = o.local;
+                                 d["cold"] = o.cold;
+                                 d["bytes"] = o.bytes;
+                                 out.append(d);
+                               }
+                               return out;
+                             })
+      .def(
+          "discard",
+          [](AnySwapTicket& t, const py::object& hot, const py::object& cold) {
+            any_discard_swap(t, *tier_arg(hot, "SwapTicket.discard", "hot", false),
+                             tier_arg(cold, "SwapTicket.discard", "cold", true));
+          },
+          py::arg("hot"), py::arg("cold") = py::none())
+      .def("__repr__", [](const AnySwapTicket& t) {
+        return detail::concat("SwapTicket(objects=", t.num_objects(), ", cold_objects=", t.num_cold_objects(),
+                              ", bytes=", t.bytes(), ", used=", t.used() ? "True" : "False", ")");
+      });
+
+  py::class_<PyChunkTiers>(m, "TieredChunkCache",
+                           "A store's chunk registry over a stack of tiers; made by Store.chunk_tiers.")
+      .def(
+          "make_room",
+          [](PyChunkTiers& c, const py::object& pages) {
+            const auto n = int_arg<std::int64_t>(pages, "TieredChunkCache.make_room", "pages");
+            py::gil_scoped_release nogil;
+            return c.impl->make_room(n);
+          },
+          py::arg("pages"))
+      .def(
+          "demote",
+          [](PyChunkTiers& c, const py::object& key) {
+            const ChunkKey k = key_arg(key, "TieredChunkCache.demote");
+            py::gil_scoped_release nogil;
+            return c.impl->demote(k);
+          },
+          py::arg("key"))
+      .def(
+          "lookup",
+          [](PyChunkTiers& c, const py::object& key) -> py::object {
+            const ChunkKey k = key_arg(key, "TieredChunkCache.lookup");
+            std::int32_t n = -1;
+            {
+              py::gil_scoped_release nogil;
+              n = c.impl->lookup(k);
+            }
+            if (n < 0) return py::none();
+            return py::int_(n);
+          },
+          py::arg("key"))
+      .def(
+          "prefetch",
+          [](PyChunkTiers& c, const py::object& key) {
+            return c.impl->prefetch(key_arg(key, "TieredChunkCache.prefetch"));
+          },
+          py::arg("key"))
+      .def(
+          "in_tiers",
+          [](const PyChunkTiers& c, const py::object& key) {
+            return c.impl->in_tiers(key_arg(key, "TieredChunkCache.in_tiers"));
+          },
+          py::arg("key"))
+      .def("stats", [](const PyChunkTiers& c) { return to_dict(c.impl->stats()); })
+      .def_property_readonly("tiers", [](const PyChunkTiers& c) { return c.tiers; })
+      .def_property_readonly("store", [](const PyChunkTiers& c) { return c.store; });
 
   m.def(
       "select_recompute",

@@ -519,3 +519,112 @@ def test_vllm_shim_forward_bad_input(kv):
     out = impl.forward(0, q, k, k, st, meta)
     assert out.shape == q.shape and np.isfinite(out).all()
     assert isinstance(meta, RedknotAttentionMetadata) and not math.isnan(float(out.sum()))
+
+
+# ---- tiers: every new entry point, fed arguments of the wrong type or value ----------------------------------
+
+
+@pytest.fixture
+def tiered(store, tmp_path):
+    """The store fixture plus two tiers, a swap ticket of a second sequence and a tiered chunk cache."""
+    store.hot = redknot.HostTier(1 << 20)
+    store.disk = redknot.DiskTier(tmp_path / "cold", 1 << 22)
+    victim = store.create_sequence()
+    for layer in range(2):
+        store.append(victim, layer, K3, K3, [0, 1, 2])
+    store.ticket = store.swap_out(victim, store.hot, store.disk, model_id="m", name="victim")
+    store.cache = store.chunk_tiers([store.hot, store.disk], "m")
+    return store
+
+
+def tier_snapshot(st):
+    return (store_snapshot(st), st.hot.stats()["objects"], st.disk.stats()["objects"], st.ticket.used,
+            st.cache.stats())
+
+
+TIER_INT_ARGS = [
+    ("HostTier capacity_bytes", "int64", lambda st, v: redknot.HostTier(v)),
+    ("DiskTier capacity_bytes", "int64", lambda st, v: redknot.DiskTier(st.disk.path, v)),
+    ("TierPrefetcher threads", "int32", lambda st, v: redknot.TierPrefetcher(v)),
+    ("swap_out seq", "int64", lambda st, v: st.swap_out(v, st.hot, st.disk, model_id="m", name="n")),
+    ("chunk_tiers min_splices", "int64", lambda st, v: st.chunk_tiers([st.hot], "m", min_splices=v)),
+    ("make_room pages", "int64", lambda st, v: st.cache.make_room(v)),
+]
+TIER_INT_CASES = [(name, call, v) for name, ctype, call in TIER_INT_ARGS for v in BAD_INTS
+                  if _applies(name, ctype, v)]
+TIER_INT_IDS = [f"{name}={vid}" for name, ctype, call in TIER_INT_ARGS for v, vid in zip(BAD_INTS, BAD_INT_IDS)
+                if _applies(name, ctype, v)]
+
+
+@pytest.mark.parametrize("name,call,value", TIER_INT_CASES, ids=TIER_INT_IDS)
+def test_tier_int_arguments(tiered, name, call, value):
+    before = tier_snapshot(tiered)
+    with pytest.raises(redknot.InvalidArgument) as info:
+        call(tiered, value)
+    msg = str(info.value)
+    assert name.split()[-1] in msg, msg
+    assert value_text(value) in msg, msg
+    assert tier_snapshot(tiered) == before
+    still_usable(tiered)
+
+
+NOT_A_TIER = [None, "tier", 3, [1], np.ones(2)]
+NOT_A_TIER_IDS = ["None", "str", "int", "list", "array"]
+BAD_NAMES = [None, 3, b"x", "", ".hidden", "../x", "a/b", "a b", "a\0b", "\udc80", "x" * 300]
+BAD_NAME_IDS = ["None", "int", "bytes", "empty", "dot", "dotdot", "slash", "space", "nul", "surrogate", "long"]
+
+TIER_OTHER_CASES = [
+    # (id, call(st, v), values, match)
+    ("HostTier capacity_bytes<0", lambda st, v: redknot.HostTier(v), [-1, -2**63], "capacity_bytes"),
+    ("DiskTier capacity_bytes<0", lambda st, v: redknot.DiskTier(st.disk.path, v), [-1], "capacity_bytes"),
+    ("DiskTier path", lambda st, v: redknot.DiskTier(v, 100), [None, 3, 1.5, ["a"], "a\0b", ""], "path"),
+    ("DiskTier create", lambda st, v: redknot.DiskTier(st.disk.path, 100, create=v), [None, 1, "yes"], "create"),
+    ("DiskTier fsync", lambda st, v: redknot.DiskTier(st.disk.path, 100, fsync=v), [None, 0, "no"], "fsync"),
+    ("TierPrefetcher threads range", lambda st, v: redknot.TierPrefetcher(v), [0, -1, 65], "threads"),
+    ("swap_out hot", lambda st, v: st.swap_out(st.seq, v, st.disk, model_id="m", name="n"), NOT_A_TIER, "hot"),
+    ("swap_out cold", lambda st, v: st.swap_out(st.seq, st.hot, v, model_id="m", name="n"), NOT_A_TIER[1:],
+     "cold"),
+    ("swap_out model_id", lambda st, v: st.swap_out(st.seq, st.hot, model_id=v, name="n"), [None, 3, b"m"],
+     "model_id"),
+    ("swap_out name", lambda st, v: st.swap_out(st.seq, st.hot, st.disk, model_id="m", name=v), BAD_NAMES,
+     "name"),
+    ("swap_in ticket", lambda st, v: st.swap_in(v, st.hot, st.disk), [None, "t", 3, object()],
+     "ticket"),
+    ("swap_in hot", lambda st, v: st.swap_in(st.ticket, v, st.disk), NOT_A_TIER, "hot"),
+    ("swap_in cold", lambda st, v: st.swap_in(st.ticket, st.hot, v), NOT_A_TIER[1:], "cold"),
+    ("swap_in prefetcher", lambda st, v: st.swap_in(st.ticket, st.hot, st.disk, prefetcher=v), ["p", 3, [1]],
+     "prefetcher"),
+    ("discard hot", lambda st, v: st.ticket.discard(v, st.disk), NOT_A_TIER, "hot"),
+    ("chunk_tiers tiers", lambda st, v: st.chunk_tiers(v, "m"), [None, "tiers", 3, [], [None], ["x"]], "tier"),
+    ("chunk_tiers model_id", lambda st, v: st.chunk_tiers([st.hot], v), [None, 3], "model_id"),
+    ("chunk_tiers min_splices<0", lambda st, v: st.chunk_tiers([st.hot], "m", min_splices=v), [-1], "min_splices"),
+    ("chunk_tiers prefetcher", lambda st, v: st.chunk_tiers([st.hot], "m", prefetcher=v), ["p", 3], "prefetcher"),
+    ("cache demote key", lambda st, v: st.cache.demote(v), [None, "k", b"short", 3], "key"),
+    ("cache lookup key", lambda st, v: st.cache.lookup(v), [None, "k", b"short", 3], "key"),
+    ("cache prefetch key", lambda st, v: st.cache.prefetch(v), [None, "k", b"x" * 17], "key"),
+    ("cache in_tiers key", lambda st, v: st.cache.in_tiers(v), [None, b""], "key"),
+    ("tier put name", lambda st, v: st.hot.put(v, b"data"), BAD_NAMES, "name"),
+    ("tier put data", lambda st, v: st.hot.put("ok", v), [None, "str", 3, [1, 2]], "data"),
+    ("tier get name", lambda st, v: st.disk.get(v), BAD_NAMES, "name"),
+    ("tier remove name", lambda st, v: st.disk.remove(v), BAD_NAMES, "name"),
+    ("tier contains name", lambda st, v: st.hot.contains(v), BAD_NAMES, "name"),
+    ("path_of name", lambda st, v: st.disk.path_of(v), BAD_NAMES, "name"),
+]
+TIER_OTHER = [(call, v, match) for _, call, values, match in TIER_OTHER_CASES for v in values]
+TIER_OTHER_IDS = [f"{name}[{i}]" for name, _, values, _ in TIER_OTHER_CASES for i in range(len(values))]
+
+
+@pytest.mark.parametrize("call,value,match", TIER_OTHER, ids=TIER_OTHER_IDS)
+def test_tier_other_arguments(tiered, call, value, match):
+    before = tier_snapshot(tiered)
+    with pytest.raises(redknot.InvalidArgument, match=match):
+        call(tiered, value)
+    assert tier_snapshot(tiered) == before
+    still_usable(tiered)
+
+
+def test_tier_calls_on_a_closed_store(tiered):
+    tiered.close()
+    with pytest.raises(redknot.InvalidArgument, match="closed"):
+        tiered.swap_in(tiered.ticket, tiered.hot, tiered.disk)
+    assert tiered.cache.lookup(tiered.key) == 2  # the cache holds the native store

@@ -9,13 +9,16 @@
 #include <stdexcept>
 #include <string>
 
+#include "redknot/any_tiers.hpp"
 #include "redknot/attention_plan.hpp"
 #include "redknot/cpu_attention.hpp"
 #include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/head_table.hpp"
 #include "redknot/kv_head_store.hpp"
+#include "redknot/kv_slice.hpp"
 #include "redknot/query_batch.hpp"
+#include "redknot/tiers.hpp"
 #include "tensor_view.hpp"
 
 namespace redknot {
@@ -79,6 +82,44 @@ std::string dl_dtype_name(DLDataType t) {
 namespace {
 
 using detail::ElemType;
+
+// TieredChunkCache<T> on a StoreImpl's store, each call under the store's mutex.
+template <StorageType T>
+class ChunkTiersImpl final : public AnyChunkTiers {
+ public:
+  ChunkTiersImpl(KVHeadStore<T, HostAllocator>& store, std::mutex& mu, std::uint64_t model_fp,
+                 std::vector<KvTier*> tiers, std::int64_t min_splices, TierPrefetcher* prefetcher)
+      : mu_(mu), cache_(store, model_fp, std::move(tiers), ChunkTierPolicy{min_splices}, prefetcher) {}
+
+  std::int64_t make_room(std::int64_t pages) override {
+    std::lock_guard lk(mu_);
+    return cache_.make_room(pages);
+  }
+  bool demote(const ChunkKey& key) override {
+    std::lock_guard lk(mu_);
+    return cache_.demote(key);
+  }
+  std::int32_t lookup(const ChunkKey& key) override {
+    std::lock_guard lk(mu_);
+    return cache_.lookup(key).value_or(-1);
+  }
+  bool prefetch(const ChunkKey& key) override {
+    std::lock_guard lk(mu_);
+    return cache_.prefetch(key);
+  }
+  bool in_tiers(const ChunkKey& key) const override {
+    std::lock_guard lk(mu_);
+    return cache_.in_tiers(key);
+  }
+  ChunkTierStats stats() const override {
+    std::lock_guard lk(mu_);
+    return cache_.stats();
+  }
+
+ private:
+  std::mutex& mu_;
+  TieredChunkCache<T> cache_;
+};
 
 template <StorageType T>
 class StoreImpl final : public AnyStore {
@@ -300,6 +341,26 @@ class StoreImpl final : public AnyStore {
     store_.read_rows(id, layer, positions, k, v);
   }
 
+  bool swap_out(SeqId seq, KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name,
+                SwapTicket& out) override {
+    std::lock_guard lk(mu_);
+    auto t = redknot::swap_out(store_, seq, hot, cold, model_fp, name);
+    if (!t) return false;
+    out = std::move(*t);
+    return true;
+  }
+  std::optional<SeqId> swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold,
+                               TierPrefetcher* prefetcher, std::string* why) override {
+    std::lock_guard lk(mu_);
+    return redknot::swap_in(store_, ticket, hot, cold, SwapInOptions{prefetcher, why});
+  }
+  std::unique_ptr<AnyChunkTiers> make_chunk_tiers(std::uint64_t model_fp, std::vector<KvTier*> tiers,
+                                                  std::int64_t min_splices,
+                                                  TierPrefetcher* prefetcher) override {
+    return std::make_unique<ChunkTiersImpl<T>>(store_, mu_, model_fp, std::move(tiers), min_splices,
+                                               prefetcher);
+  }
+
  private:
   void check_kv(const DLTensor& t, const char* name, std::int64_t n) const {
     const ModelShape& sh = store_.shape();
@@ -409,6 +470,75 @@ std::unique_ptr<AnyStore> make_store(const ModelShape& shape, HeadMap map, Store
   }
   throw InvalidArgument(
       detail::concat("dtype code ", static_cast<int>(shape.dtype), " is not f32, f16 or bf16"));
+}
+
+// ---- tiers for bindings (any_tiers.hpp)
+// --------------------------------------------------------------------
+
+std::int64_t AnySwapTicket::num_cold_objects() const {
+  std::int64_t n = 0;
+  for (const SwapObject& o : ticket_.objects) n += o.cold ? 1 : 0;
+  return n;
+}
+
+void AnySwapTicket::check_usable(const char* fn, const KvTier& hot, const KvTier& cold) const {
+  require(!used_, fn, ": the swap ticket was already used (swapped in, discarded or lost to a miss)");
+  require(&hot == hot_, fn, ": hot tier ", static_cast<const void*>(&hot),
+          " is not the tier the ticket's objects were written to (", static_cast<const void*>(hot_), ")");
+  require(&cold == cold_, fn, ": cold tier ", static_cast<const void*>(&cold),
+          " is not the tier the ticket's objects were written to (", static_cast<const void*>(cold_),
+          cold_ == hot_ ? ", the hot tier: pass it, or none" : "", ")");
+}
+
+std::unique_ptr<AnySwapTicket> any_swap_out(AnyStore& store, SeqId seq, KvTier& hot, KvTier* cold,
+                                            std::string_view model_id, std::string_view name) {
+  KvTier& c = cold != nullptr ? *cold : hot;
+  auto t = std::make_unique<AnySwapTicket>();
+  if (!store.swap_out(seq, hot, c, model_fingerprint(model_id), name, t->ticket_)) {
+    const TierStats hs = hot.stats(), cs = c.stats();
+    throw TierRefused(detail::concat(
+        "swap_out: a tier refused an object of sequence id=", seq, " (hot tier: ", hs.bytes_held, " of ",
+        hs.capacity_bytes, " bytes held",
+        &c == &hot ? ""
+                   : detail::concat("; cold tier: ", cs.bytes_held, " of ", cs.capacity_bytes, " bytes held"),
+        "); the sequence stays live and nothing of it stays in the tiers"));
+  }
+  t->shape_ = store.shape();
+  t->map_fp_ = head_map_fingerprint(store.head_map());
+  t->hot_ = &hot;
+  t->cold_ = &c;
+  return t;
+}
+
+SeqId any_swap_in(AnyStore& store, AnySwapTicket& ticket, KvTier& hot, KvTier* cold,
+                  TierPrefetcher* prefetcher) {
+  KvTier& c = cold != nullptr ? *cold : hot;
+  ticket.check_usable("swap_in", hot, c);
+  const ModelShape& a = ticket.shape_;
+  const ModelShape& b = store.shape();
+  require(a.num_layers == b.num_layers && a.num_kv_heads == b.num_kv_heads && a.head_dim == b.head_dim &&
+              a.dtype == b.dtype,
+          "swap_in: the ticket is of a store with num_layers=", a.num_layers,
+          ", num_kv_heads=", a.num_kv_heads, ", head_dim=", a.head_dim, ", dtype=", dtype_name(a.dtype),
+          "; this store has num_layers=", b.num_layers, ", num_kv_heads=", b.num_kv_heads,
+          ", head_dim=", b.head_dim, ", dtype=", dtype_name(b.dtype));
+  require(ticket.map_fp_ == head_map_fingerprint(store.head_map()),
+          "swap_in: the ticket is of a store with another head map (its sequence cannot come back here)");
+  std::string why;
+  const std::optional<SeqId> id = store.swap_in(ticket.ticket_, hot, c, prefetcher, &why);
+  if (!id) {
+    ticket.used_ = true;  // swap_in removed the objects
+    throw TierMiss(why + "; the sequence cannot come back (the ticket is used up)");
+  }
+  ticket.used_ = true;
+  return *id;
+}
+
+void any_discard_swap(AnySwapTicket& ticket, KvTier& hot, KvTier* cold) {
+  KvTier& c = cold != nullptr ? *cold : hot;
+  ticket.check_usable("discard_swap", hot, c);
+  discard_swap(ticket.ticket_, hot, c);
+  ticket.used_ = true;
 }
 
 }  // namespace redknot

@@ -20,22 +20,48 @@
 #include <stdexcept>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include "redknot/any_store.hpp"
+#include "redknot/any_tiers.hpp"
 #include "redknot/error.hpp"
 #include "redknot/flashinfer_csr.hpp"
 #include "redknot/head_map.hpp"
 #include "redknot/limits.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/recompute.hpp"
+#include "redknot/tiers.hpp"
 #include "redknot/version.hpp"
 
 struct rk_head_map {
   redknot::HeadMap map;
 };
 
+// users: live rk_chunk_tiers holding the handle (guarded by the registry's mutex); destroy refuses while > 0.
 struct rk_store {
   std::unique_ptr<redknot::AnyStore> impl;
+  std::int64_t users = 0;
+};
+
+struct rk_tier {
+  std::unique_ptr<redknot::KvTier> impl;
+  std::int64_t users = 0;
+};
+
+struct rk_prefetcher {
+  std::unique_ptr<redknot::TierPrefetcher> impl;
+  std::int64_t users = 0;
+};
+
+struct rk_swap_ticket {
+  std::unique_ptr<redknot::AnySwapTicket> impl;
+};
+
+struct rk_chunk_tiers {
+  rk_store* store;
+  std::vector<rk_tier*> tiers;
+  rk_prefetcher* prefetcher;
+  std::unique_ptr<redknot::AnyChunkTiers> impl;
 };
 
 static_assert(RK_MAX_NUM_THREADS == redknot::kMaxAttentionThreads);
@@ -75,6 +101,10 @@ int guard(F&& f) noexcept {
     return fail(RK_ERR_POOL_EXHAUSTED, e.what());
   } catch (const redknot::Unavailable& e) {
     return fail(RK_ERR_UNAVAILABLE, e.what());
+  } catch (const redknot::TierRefused& e) {
+    return fail(RK_ERR_TIER_REFUSED, e.what());
+  } catch (const redknot::TierMiss& e) {
+    return fail(RK_ERR_TIER_MISS, e.what());
   } catch (const std::invalid_argument& e) {
     return fail(RK_ERR_INVALID_ARGUMENT, e.what());
   } catch (const std::bad_alloc&) {
@@ -108,6 +138,10 @@ struct Registry {
   std::mutex mu;
   std::unordered_set<const void*> stores;
   std::unordered_set<const void*> maps;
+  std::unordered_set<const void*> tiers;
+  std::unordered_set<const void*> prefetchers;
+  std::unordered_set<const void*> tickets;
+  std::unordered_set<const void*> chunk_tiers;
 };
 
 Registry& registry() {
@@ -138,6 +172,54 @@ redknot::AnyStore& store_of(const rk_store* s, const char* fn) {
 void unregister(std::unordered_set<const void*>& set, const void* p, const char* fn, const char* what) {
   std::lock_guard lk(registry().mu);
   require(set.erase(p) == 1, fn, ": ", what, " ", p, " is not live (destroyed or never created)");
+}
+
+// As unregister, for a handle an rk_chunk_tiers may hold: throws (nothing removed) while one does.
+template <class H>
+void unregister_unused(std::unordered_set<const void*>& set, const H* p, const char* fn, const char* what) {
+  std::lock_guard lk(registry().mu);
+  require(set.count(p) == 1, fn, ": ", what, " ", static_cast<const void*>(p),
+          " is not live (destroyed or never created)");
+  require(p->users == 0, fn, ": ", what, " ", static_cast<const void*>(p), " is used by ", p->users,
+          " live rk_chunk_tiers cache(s): destroy them first");
+  set.erase(p);
+}
+
+template <class H>
+H* register_handle(std::unordered_set<const void*>& set, std::unique_ptr<H> h) {
+  std::lock_guard lk(registry().mu);
+  set.insert(h.get());
+  return h.release();
+}
+
+// A live handle of a tier-layer kind; `name` names the argument.
+template <class H>
+H& live(const std::unordered_set<const void*>& set, H* h, const char* fn, const char* name) {
+  require(h != nullptr, fn, ": ", name, " is NULL");
+  require(is_live(set, h), fn, ": ", name, " ", static_cast<const void*>(h),
+          " is not live (destroyed or never created)");
+  return *h;
+}
+
+redknot::KvTier& tier_of(const rk_tier* t, const char* fn, const char* name = "tier handle") {
+  return *live(registry().tiers, t, fn, name).impl;
+}
+
+// An optional tier (NULL: none).
+redknot::KvTier* opt_tier(const rk_tier* t, const char* fn, const char* name) {
+  return t == nullptr ? nullptr : &tier_of(t, fn, name);
+}
+
+redknot::TierPrefetcher* opt_prefetcher(const rk_prefetcher* p, const char* fn) {
+  return p == nullptr ? nullptr : live(registry().prefetchers, p, fn, "prefetcher handle").impl.get();
+}
+
+redknot::AnySwapTicket& ticket_of(const rk_swap_ticket* t, const char* fn) {
+  return *live(registry().tickets, t, fn, "swap ticket handle").impl;
+}
+
+redknot::AnyChunkTiers& chunk_tiers_of(const rk_chunk_tiers* c, const char* fn) {
+  return *live(registry().chunk_tiers, c, fn, "chunk tiers handle").impl;
 }
 
 // A host array of n elements: NULL only when n == 0.
@@ -230,6 +312,10 @@ const char* rk_status_string(int status) {
       return "RK_ERR_UNAVAILABLE";
     case RK_ERR_INTERNAL:
       return "RK_ERR_INTERNAL";
+    case RK_ERR_TIER_REFUSED:
+      return "RK_ERR_TIER_REFUSED";
+    case RK_ERR_TIER_MISS:
+      return "RK_ERR_TIER_MISS";
     default:
       return "RK_ERR_UNKNOWN_STATUS";
   }
@@ -383,7 +469,7 @@ int rk_store_create(const rk_store_config* cfg, const rk_head_map* map, rk_store
 int rk_store_destroy(rk_store* store) {
   return guard([&] {
     if (!store) return;
-    unregister(registry().stores, store, "rk_store_destroy", "store handle");
+    unregister_unused(registry().stores, store, "rk_store_destroy", "store handle");
     delete store;
   });
 }
@@ -700,5 +786,259 @@ int rk_select_recompute(const char* strategy, double ratio, int32_t first_k, int
     require(out_tokens != nullptr || picked.empty(), fn, ": out_tokens is NULL");
     std::copy(picked.begin(), picked.end(), out_tokens);
     *out_count = static_cast<int32_t>(picked.size());
+  });
+}
+
+// ---- tiers
+// -------------------------------------------------------------------------------------------------
+
+int rk_tier_host_create(int64_t capacity_bytes, rk_tier** out) {
+  return guard([&] {
+    require_out(out, "rk_tier_host_create", "out");
+    auto h = std::make_unique<rk_tier>(rk_tier{std::make_unique<redknot::HostTier>(capacity_bytes)});
+    *out = register_handle(registry().tiers, std::move(h));
+  });
+}
+
+int rk_tier_disk_create(const char* dir, int64_t capacity_bytes, int32_t create, int32_t fsync,
+                        rk_tier** out) {
+  return guard([&] {
+    require(dir != nullptr, "rk_tier_disk_create: dir is NULL");
+    require(*dir != '\0', "rk_tier_disk_create: dir is empty");
+    require_out(out, "rk_tier_disk_create", "out");
+    auto h = std::make_unique<rk_tier>(
+        rk_tier{std::make_unique<redknot::DiskTier>(dir, capacity_bytes, create != 0, fsync != 0)});
+    *out = register_handle(registry().tiers, std::move(h));
+  });
+}
+
+int rk_tier_destroy(rk_tier* tier) {
+  return guard([&] {
+    if (!tier) return;
+    unregister_unused(registry().tiers, tier, "rk_tier_destroy", "tier handle");
+    delete tier;
+  });
+}
+
+int rk_tier_get_stats(const rk_tier* tier, rk_tier_stats* out) {
+  return guard([&] {
+    const redknot::KvTier& t = tier_of(tier, "rk_tier_get_stats");
+    require_out(out, "rk_tier_get_stats", "out");
+    const redknot::TierStats s = t.stats();
+    *out =
+        rk_tier_stats{s.capacity_bytes, s.bytes_held,    s.objects,    s.hits,         s.misses,  s.evictions,
+                      s.evicted_bytes,  s.bytes_written, s.bytes_read, s.put_failures, s.corrupt, s.get_ns};
+  });
+}
+
+int rk_tier_contains(const rk_tier* tier, const char* name, int32_t* out) {
+  return guard([&] {
+    const redknot::KvTier& t = tier_of(tier, "rk_tier_contains");
+    require(name != nullptr, "rk_tier_contains: name is NULL");
+    require_out(out, "rk_tier_contains", "out");
+    *out = t.contains(name) ? 1 : 0;
+  });
+}
+
+int rk_tier_remove(rk_tier* tier, const char* name, int32_t* out_removed) {
+  return guard([&] {
+    redknot::KvTier& t = tier_of(tier, "rk_tier_remove");
+    require(name != nullptr, "rk_tier_remove: name is NULL");
+    const bool removed = t.remove(name);
+    if (out_removed) *out_removed = removed ? 1 : 0;
+  });
+}
+
+int rk_prefetcher_create(int32_t threads, rk_prefetcher** out) {
+  return guard([&] {
+    require_out(out, "rk_prefetcher_create", "out");
+    auto h =
+        std::make_unique<rk_prefetcher>(rk_prefetcher{std::make_unique<redknot::TierPrefetcher>(threads)});
+    *out = register_handle(registry().prefetchers, std::move(h));
+  });
+}
+
+int rk_prefetcher_destroy(rk_prefetcher* prefetcher) {
+  return guard([&] {
+    if (!prefetcher) return;
+    unregister_unused(registry().prefetchers, prefetcher, "rk_prefetcher_destroy", "prefetcher handle");
+    delete prefetcher;
+  });
+}
+
+// ---- swap
+// --------------------------------------------------------------------------------------------------
+
+int rk_swap_out(rk_store* store, int64_t seq, rk_tier* hot, rk_tier* cold, const char* model_id,
+                const char* name, rk_swap_ticket** out_ticket) {
+  return guard([&] {
+    constexpr const char* fn = "rk_swap_out";
+    redknot::AnyStore& s = store_of(store, fn);
+    redknot::KvTier& h = tier_of(hot, fn, "hot tier handle");
+    redknot::KvTier* c = opt_tier(cold, fn, "cold tier handle");
+    require(model_id != nullptr, fn, ": model_id is NULL");
+    require(name != nullptr, fn, ": name is NULL");
+    require_out(out_ticket, fn, "out_ticket");
+    auto t =
+        std::make_unique<rk_swap_ticket>(rk_swap_ticket{redknot::any_swap_out(s, seq, h, c, model_id, name)});
+    *out_ticket = register_handle(registry().tickets, std::move(t));
+  });
+}
+
+int rk_swap_in(rk_store* store, rk_swap_ticket* ticket, rk_tier* hot, rk_tier* cold,
+               rk_prefetcher* prefetcher, int64_t* out_seq) {
+  return guard([&] {
+    constexpr const char* fn = "rk_swap_in";
+    redknot::AnyStore& s = store_of(store, fn);
+    redknot::AnySwapTicket& t = ticket_of(ticket, fn);
+    redknot::KvTier& h = tier_of(hot, fn, "hot tier handle");
+    redknot::KvTier* c = opt_tier(cold, fn, "cold tier handle");
+    redknot::TierPrefetcher* p = opt_prefetcher(prefetcher, fn);
+    require_out(out_seq, fn, "out_seq");
+    *out_seq = redknot::any_swap_in(s, t, h, c, p);
+  });
+}
+
+int rk_swap_discard(rk_swap_ticket* ticket, rk_tier* hot, rk_tier* cold) {
+  return guard([&] {
+    constexpr const char* fn = "rk_swap_discard";
+    redknot::AnySwapTicket& t = ticket_of(ticket, fn);
+    redknot::any_discard_swap(t, tier_of(hot, fn, "hot tier handle"), opt_tier(cold, fn, "cold tier handle"));
+  });
+}
+
+int rk_swap_ticket_get_info(const rk_swap_ticket* ticket, rk_swap_ticket_info* out) {
+  return guard([&] {
+    const redknot::AnySwapTicket& t = ticket_of(ticket, "rk_swap_ticket_get_info");
+    require_out(out, "rk_swap_ticket_get_info", "out");
+    *out = rk_swap_ticket_info{t.bytes(), t.num_objects(), t.num_cold_objects(), t.num_layers(),
+                               t.used() ? 1 : 0};
+  });
+}
+
+int rk_swap_ticket_destroy(rk_swap_ticket* ticket) {
+  return guard([&] {
+    if (!ticket) return;
+    unregister(registry().tickets, ticket, "rk_swap_ticket_destroy", "swap ticket handle");
+    delete ticket;
+  });
+}
+
+// ---- chunks through tiers
+// ----------------------------------------------------------------------------------
+
+int rk_chunk_tiers_create(rk_store* store, const char* model_id, rk_tier* const* tiers, int32_t n_tiers,
+                          int64_t min_splices, rk_prefetcher* prefetcher, rk_chunk_tiers** out) {
+  return guard([&] {
+    constexpr const char* fn = "rk_chunk_tiers_create";
+    redknot::AnyStore& s = store_of(store, fn);
+    require(model_id != nullptr, fn, ": model_id is NULL");
+    require(n_tiers >= 1, fn, ": n_tiers=", n_tiers, " must be >= 1");
+    require(tiers != nullptr, fn, ": tiers is NULL but n_tiers is ", n_tiers);
+    require_out(out, fn, "out");
+    std::vector<rk_tier*> handles(tiers, tiers + n_tiers);
+    std::vector<redknot::KvTier*> impls;
+    for (std::size_t i = 0; i < handles.size(); ++i) {
+      const std::string name = "tiers[" + std::to_string(i) + "]";
+      impls.push_back(&tier_of(handles[i], fn, name.c_str()));
+      for (std::size_t j = 0; j < i; ++j)
+        require(handles[j] != handles[i], fn, ": tiers[", j, "] and tiers[", i, "] are the same tier ",
+                static_cast<const void*>(handles[i]));
+    }
+    redknot::TierPrefetcher* p = opt_prefetcher(prefetcher, fn);
+    auto h = std::make_unique<rk_chunk_tiers>(rk_chunk_tiers{
+        store, handles, prefetcher,
+        s.make_chunk_tiers(redknot::model_fingerprint(model_id), std::move(impls), min_splices, p)});
+    // What the cache holds must still be live when it is counted (another thread may have destroyed a handle
+    // since it was checked): count under the registry's lock.
+    std::lock_guard lk(registry().mu);
+    Registry& r = registry();
+    require(r.stores.count(store) == 1, fn, ": store handle was destroyed during the call");
+    for (rk_tier* t : handles)
+      require(r.tiers.count(t) == 1, fn, ": a tier handle was destroyed during the call");
+    require(!prefetcher || r.prefetchers.count(prefetcher) == 1, fn,
+            ": the prefetcher handle was destroyed during the call");
+    ++store->users;
+    for (rk_tier* t : handles) ++t->users;
+    if (prefetcher) ++prefetcher->users;
+    r.chunk_tiers.insert(h.get());
+    *out = h.release();
+  });
+}
+
+int rk_chunk_tiers_destroy(rk_chunk_tiers* cache) {
+  return guard([&] {
+    if (!cache) return;
+    {
+      std::lock_guard lk(registry().mu);
+      require(registry().chunk_tiers.erase(cache) == 1, "rk_chunk_tiers_destroy: chunk tiers handle ",
+              static_cast<const void*>(cache), " is not live (destroyed or never created)");
+    }
+    cache->impl.reset();  // waits for its reads in flight, which use the tiers and the prefetcher
+    std::lock_guard lk(registry().mu);
+    --cache->store->users;
+    for (rk_tier* t : cache->tiers) --t->users;
+    if (cache->prefetcher) --cache->prefetcher->users;
+    delete cache;
+  });
+}
+
+int rk_chunk_tiers_make_room(rk_chunk_tiers* cache, int64_t pages, int64_t* out_freed) {
+  return guard([&] {
+    const std::int64_t freed = chunk_tiers_of(cache, "rk_chunk_tiers_make_room").make_room(pages);
+    if (out_freed) *out_freed = freed;
+  });
+}
+
+int rk_chunk_tiers_demote(rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out_written) {
+  return guard([&] {
+    const bool written = chunk_tiers_of(cache, "rk_chunk_tiers_demote").demote(key_of(key));
+    if (out_written) *out_written = written ? 1 : 0;
+  });
+}
+
+int rk_chunk_tiers_lookup(rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out_n_tokens) {
+  return guard([&] {
+    redknot::AnyChunkTiers& c = chunk_tiers_of(cache, "rk_chunk_tiers_lookup");
+    require_out(out_n_tokens, "rk_chunk_tiers_lookup", "out_n_tokens");
+    *out_n_tokens = c.lookup(key_of(key));
+  });
+}
+
+int rk_chunk_tiers_prefetch(rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out_started) {
+  return guard([&] {
+    const bool started = chunk_tiers_of(cache, "rk_chunk_tiers_prefetch").prefetch(key_of(key));
+    if (out_started) *out_started = started ? 1 : 0;
+  });
+}
+
+int rk_chunk_tiers_contains(const rk_chunk_tiers* cache, rk_chunk_key key, int32_t* out) {
+  return guard([&] {
+    const redknot::AnyChunkTiers& c = chunk_tiers_of(cache, "rk_chunk_tiers_contains");
+    require_out(out, "rk_chunk_tiers_contains", "out");
+    *out = c.in_tiers(key_of(key)) ? 1 : 0;
+  });
+}
+
+int rk_chunk_tiers_get_stats(const rk_chunk_tiers* cache, rk_chunk_tier_stats* out) {
+  return guard([&] {
+    const redknot::AnyChunkTiers& c = chunk_tiers_of(cache, "rk_chunk_tiers_get_stats");
+    require_out(out, "rk_chunk_tiers_get_stats", "out");
+    const redknot::ChunkTierStats s = c.stats();
+    *out = rk_chunk_tier_stats{s.demotions,        s.dropped,    s.write_failures, s.promotions,
+                               s.promote_failures, s.rejected,   s.misses,         s.bytes_down,
+                               s.bytes_up,         s.prefetches, s.read_wait_ns,   s.promote_ns};
+  });
+}
+
+int rk_live_tier_handles(int64_t* num_tiers, int64_t* num_prefetchers, int64_t* num_tickets,
+                         int64_t* num_chunk_tiers) {
+  return guard([&] {
+    std::lock_guard lk(registry().mu);
+    const Registry& r = registry();
+    if (num_tiers) *num_tiers = static_cast<int64_t>(r.tiers.size());
+    if (num_prefetchers) *num_prefetchers = static_cast<int64_t>(r.prefetchers.size());
+    if (num_tickets) *num_tickets = static_cast<int64_t>(r.tickets.size());
+    if (num_chunk_tiers) *num_chunk_tiers = static_cast<int64_t>(r.chunk_tiers.size());
   });
 }

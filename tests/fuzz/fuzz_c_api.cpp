@@ -47,6 +47,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <limits>
 #include <map>
@@ -57,6 +59,8 @@
 #include "redknot/dtype.hpp"
 #include "redknot/rope.hpp"
 #include "redknot/visibility.hpp"
+
+#include <unistd.h>
 
 namespace {
 
@@ -193,6 +197,9 @@ struct Reached {
   long long registers = 0, register_err = 0, lookups = 0, splices = 0, splice_err = 0, relocates = 0,
             relocate_err = 0, drops = 0, drop_err = 0, evictions = 0, overwrites = 0, overwrite_err = 0,
             read_rows = 0, read_rows_nan = 0, recompute = 0, recompute_err = 0, relocated_rows = 0;
+  long long swap_out = 0, swap_refused = 0, swap_in = 0, swap_miss = 0, swap_full = 0, demotions = 0,
+            promotions = 0, tier_misses = 0, corruptions = 0, tier_errors = 0, promote_failures = 0,
+            rejected = 0;
   ~Reached() {
     if (std::getenv("FUZZ_C_API_STATS")) {
       std::fprintf(
@@ -209,6 +216,13 @@ struct Reached {
                    registers, register_err, lookups, splices, splice_err, relocates, relocate_err, drops,
                    drop_err, evictions, overwrites, overwrite_err, read_rows, read_rows_nan, recompute,
                    recompute_err, relocated_rows);
+      std::fprintf(
+          stderr,
+          "fuzz_c_api: tiers: swap out %lld (refused %lld), swap in %lld (miss %lld, pool full %lld), "
+          "demotions %lld, promotions %lld (failed for room %lld, copies rejected %lld), chunk tier misses "
+          "%lld, files corrupted %lld, argument errors %lld\n",
+          swap_out, swap_refused, swap_in, swap_miss, swap_full, demotions, promotions, promote_failures,
+          rejected, tier_misses, corruptions, tier_errors);
     }
   }
 } g_reached;
@@ -239,6 +253,9 @@ class Fuzzer {
     std::int64_t stores = -1, maps = -1;
     FZ_CHECK(rk_live_handles(&stores, &maps) == RK_OK);
     FZ_CHECK(stores == 0 && maps == 0, "handles leaked");
+    std::int64_t tiers = -1, pfs = -1, tickets = -1, caches = -1;
+    FZ_CHECK(rk_live_tier_handles(&tiers, &pfs, &tickets, &caches) == RK_OK);
+    FZ_CHECK(tiers == 0 && pfs == 0 && tickets == 0 && caches == 0, "tier handles leaked");
   }
 
  private:
@@ -548,6 +565,7 @@ class Fuzzer {
 
   void destroy_store() {
     if (!store_) return;
+    destroy_tiers();
     FZ_CHECK(rk_store_destroy(store_) == RK_OK);
     rk_store_stats st{};
     expect(rk_store_get_stats(store_, &st), RK_ERR_INVALID_ARGUMENT, "rk_store_get_stats after destroy");
@@ -629,6 +647,8 @@ class Fuzzer {
           op_recreate();
         else if (e <= 3)
           op_append_batch();  // valid or with one defect
+        else if (e >= 28)
+          op_tier();  // tiers: swap, chunks through tiers, corrupt files
         else
           op_plan_and_attend();
         break;
@@ -2143,6 +2163,421 @@ class Fuzzer {
     FZ_CHECK(a.hi == 1 && a.lo == 2, "out written on failure");
   }
 
+  // ---- tiers: swap, chunks through tiers, corrupt files (op bytes of the engine step's sub-choice 30, 31)
+  // ----------------------------------------------------------------------------------------------------------
+
+  struct TicketModel {
+    rk_swap_ticket* t = nullptr;
+    SeqModel seq;  // what swap_in restores (no chunk spliced: a restored sequence shares no page)
+    std::string name;
+    bool used = false;
+    bool separate_cold = false;  // written with cold = the disk tier (else everything in hot)
+    bool damaged = false;        // a file may be corrupt or an object gone: a swap_in may miss
+    std::int64_t evictions = 0;  // both tiers' evictions when written: more since, a swap_in may miss
+  };
+
+  std::int64_t tier_evictions() {
+    std::int64_t n = 0;
+    for (rk_tier* t : {hot_, cold_}) {
+      rk_tier_stats st{};
+      FZ_CHECK(rk_tier_get_stats(t, &st) == RK_OK);
+      FZ_CHECK(st.bytes_held >= 0 && st.objects >= 0 && st.bytes_held <= st.capacity_bytes + (1 << 22));
+      n += st.evictions + st.corrupt;
+    }
+    return n;
+  }
+
+  // The tiers of this store, made on first use: capacities from the input (0 up to a few MB), the disk tier
+  // in a fresh directory of this process.
+  void ensure_tiers() {
+    if (hot_) return;
+    static const std::int64_t caps[] = {0, 300, 4096, 1 << 16, 1 << 22};
+    dir_ = std::filesystem::temp_directory_path() / ("redknot-fuzz-tiers-" + std::to_string(::getpid()));
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+    FZ_CHECK(rk_tier_host_create(caps[in_.u8() % 5], &hot_) == RK_OK);
+    FZ_CHECK(rk_tier_disk_create(dir_.c_str(), caps[1 + in_.u8() % 4], 1, 0, &cold_) == RK_OK);
+    if (in_.u8() % 2) FZ_CHECK(rk_prefetcher_create(1 + in_.u8() % 2, &pf_) == RK_OK);
+    const int b = in_.u8();
+    rk_tier* const both[2] = {hot_, cold_};
+    rk_tier* const disk_only[1] = {cold_};
+    const bool two = b % 2;
+    expect(rk_chunk_tiers_create(store_, "fuzz-model", two ? both : disk_only, two ? 2 : 1, (b >> 1) % 3,
+                                 (b & 8) ? pf_ : nullptr, &ct_),
+           RK_OK, "rk_chunk_tiers_create");
+  }
+
+  void destroy_tiers() {
+    if (ct_) {
+      rk_chunk_tier_stats cs{};
+      FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &cs) == RK_OK);
+      g_reached.promote_failures += cs.promote_failures;
+      g_reached.rejected += cs.rejected;
+      expect(rk_tier_destroy(cold_), RK_ERR_INVALID_ARGUMENT, "rk_tier_destroy of a tier in use");
+      expect(rk_store_destroy(store_), RK_ERR_INVALID_ARGUMENT, "rk_store_destroy of a store in use");
+      FZ_CHECK(rk_chunk_tiers_destroy(ct_) == RK_OK);
+      expect(rk_chunk_tiers_destroy(ct_), RK_ERR_INVALID_ARGUMENT, "double rk_chunk_tiers_destroy");
+      ct_ = nullptr;
+    }
+    for (TicketModel& t : tickets_) FZ_CHECK(rk_swap_ticket_destroy(t.t) == RK_OK);
+    tickets_.clear();
+    demoted_.clear();
+    FZ_CHECK(rk_prefetcher_destroy(pf_) == RK_OK);
+    FZ_CHECK(rk_tier_destroy(hot_) == RK_OK);
+    FZ_CHECK(rk_tier_destroy(cold_) == RK_OK);
+    if (hot_) expect(rk_tier_destroy(hot_), RK_ERR_INVALID_ARGUMENT, "double rk_tier_destroy");
+    pf_ = nullptr;
+    hot_ = cold_ = nullptr;
+    if (!dir_.empty()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir_, ec);
+    }
+  }
+
+  // One to four tier calls.
+  void op_tier() {
+    ensure_tiers();
+    for (int n = 1 + in_.u8() % 4; n > 0; --n) {
+      switch (in_.u8() % 8) {
+        case 0:
+        case 1:
+          op_swap_out();
+          break;
+        case 2:
+        case 3:
+          op_swap_in();
+          break;
+        case 4:
+        case 5:
+          op_chunk_tiers();
+          break;
+        case 6:
+          op_damage();
+          break;
+        default:
+          op_tier_bad_args();
+          break;
+      }
+      check_model();
+    }
+  }
+
+  void op_swap_out() {
+    bool live = false;
+    const std::int64_t id = pick_seq(&live);
+    const int b = in_.u8();
+    const bool separate = b % 3 != 0;
+    const bool bad_name = b % 16 == 15;
+    const std::string name = bad_name ? (b & 16 ? "../x" : "") : "s" + std::to_string(name_counter_++);
+    rk_swap_ticket* t = nullptr;
+    const Snap before = snap();
+    const int st = rk_swap_out(store_, id, hot_, separate ? cold_ : nullptr, "fuzz-model", name.c_str(), &t);
+    if (!live) {
+      expect(st, RK_ERR_NOT_FOUND, "rk_swap_out of a dead sequence");
+    } else if (bad_name) {
+      expect(st, RK_ERR_INVALID_ARGUMENT, "rk_swap_out with a bad name");
+    } else if (st == RK_ERR_TIER_REFUSED) {
+      ++g_reached.swap_refused;
+    } else {
+      expect(st, RK_OK, "rk_swap_out");
+    }
+    if (st != RK_OK) {
+      FZ_CHECK(t == nullptr, "out written on failure");
+      same(before, snap());
+      return;
+    }
+    ++g_reached.swap_out;
+    rk_swap_ticket_info info{};
+    FZ_CHECK(rk_swap_ticket_get_info(t, &info) == RK_OK);
+    FZ_CHECK(info.num_layers == L_ && info.used == 0 && info.objects <= 2 * L_ && info.bytes >= 0);
+    TicketModel m;
+    m.t = t;
+    m.seq = seqs_.at(id);
+    m.seq.chunks.clear();
+    m.name = name;
+    m.separate_cold = separate;
+    m.evictions = tier_evictions();
+    tickets_.push_back(std::move(m));
+    seqs_.erase(id);
+    dead_.push_back(id);
+  }
+
+  void op_swap_in() {
+    if (tickets_.empty()) return;
+    const int pick = in_.u8();
+    std::size_t i = static_cast<std::size_t>(pick) % tickets_.size();
+    if (pick % 4 != 0)  // mostly the first unused ticket from there
+      for (std::size_t j = 0; j < tickets_.size() && tickets_[i].used; ++j) i = (i + 1) % tickets_.size();
+    TicketModel& m = tickets_[i];
+    const int b = in_.u8();
+    // Other tiers than the ticket's (b % 8 == 7): an argument error that keeps the objects.
+    const bool wrong_tiers = b % 8 == 7;
+    rk_tier* cold = m.separate_cold ? cold_ : nullptr;
+    rk_tier* hot = hot_;
+    if (wrong_tiers) {
+      if (b & 8)
+        cold = m.separate_cold ? nullptr : cold_;
+      else
+        hot = cold_;
+    }
+    std::int64_t id = -7;
+    const Snap before = snap();
+    const bool may_miss = m.damaged || tier_evictions() != m.evictions;
+    const int st = rk_swap_in(store_, m.t, hot, cold, b & 16 ? pf_ : nullptr, &id);
+    if (m.used || wrong_tiers) {
+      expect(st, RK_ERR_INVALID_ARGUMENT, "rk_swap_in of a used ticket or with other tiers");
+      ++g_reached.tier_errors;
+    } else if (st == RK_ERR_POOL_EXHAUSTED) {
+      ++g_reached.swap_full;
+    } else if (st == RK_ERR_TIER_MISS && may_miss) {
+      ++g_reached.swap_miss;
+      m.used = true;
+    } else {
+      expect(st, RK_OK, "rk_swap_in");
+    }
+    rk_swap_ticket_info info{};
+    FZ_CHECK(rk_swap_ticket_get_info(m.t, &info) == RK_OK);
+    if (st != RK_OK) {
+      FZ_CHECK(id == -7, "out written on failure");
+      FZ_CHECK(info.used == (m.used ? 1 : 0), "ticket use differs from the model");
+      same(before, snap());
+      return;
+    }
+    ++g_reached.swap_in;
+    FZ_CHECK(info.used == 1);
+    m.used = true;
+    FZ_CHECK(seqs_.count(id) == 0, "restored sequence id reused");
+    seqs_[id] = m.seq;
+  }
+
+  // Chunks in the model the store no longer holds after a cache call: demoted (a copy in a tier), dropped by
+  // the cache, or evicted by the store; the counts must add up.
+  void reconcile_chunks(const rk_chunk_tier_stats& c0) {
+    rk_chunk_tier_stats c1{};
+    FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &c1) == RK_OK);
+    rk_chunk_stats cs{};
+    FZ_CHECK(rk_chunk_get_stats(store_, &cs) == RK_OK);
+    std::int64_t gone = 0;
+    for (auto it = chunks_.begin(); it != chunks_.end();) {
+      std::int32_t n = -2;
+      FZ_CHECK(rk_chunk_lookup(store_, rk_chunk_key{it->first.first, it->first.second}, &n) == RK_OK);
+      if (n != -1) {
+        ++it;
+        continue;
+      }
+      FZ_CHECK(users(it->first) == 0, "a chunk in use left the store");
+      std::int32_t in = 0;
+      FZ_CHECK(rk_chunk_tiers_contains(ct_, rk_chunk_key{it->first.first, it->first.second}, &in) == RK_OK);
+      if (in) demoted_[it->first] = std::move(it->second);
+      it = chunks_.erase(it);
+      ++gone;
+    }
+    const std::int64_t removed = (c1.demotions - c0.demotions) + (c1.dropped - c0.dropped);
+    FZ_CHECKV(gone == removed + (cs.evictions - evictions_), "chunks gone differ from demotions + evictions",
+              gone, removed);
+    g_reached.demotions += c1.demotions - c0.demotions;
+    evictions_ = cs.evictions;
+  }
+
+  void op_chunk_tiers() {
+    const int b = in_.u8();
+    rk_chunk_tier_stats c0{};
+    FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &c0) == RK_OK);
+    // A key: a demoted chunk, one of the store's chunks, or unknown.
+    rk_chunk_key key{0x1234, static_cast<std::uint64_t>(in_.u8())};
+    const int kb = in_.u8();
+    if (kb % 2 == 0 && !demoted_.empty()) {
+      auto it = demoted_.begin();
+      std::advance(it, static_cast<long>(kb / 2 % demoted_.size()));
+      key = rk_chunk_key{it->first.first, it->first.second};
+    } else if (kb % 4 != 3 && !chunks_.empty()) {
+      auto it = chunks_.begin();
+      std::advance(it, static_cast<long>(kb / 4 % chunks_.size()));
+      key = rk_chunk_key{it->first.first, it->first.second};
+    }
+    const KeyId kid = id_of(key);
+    const Snap before = snap();
+    switch ((b >> 1) % 5) {
+      case 0: {  // make room for some pages (or more than the pool has)
+        std::int64_t freed = -1;
+        const std::int64_t pages = b & 64 ? num_pages_ : in_.u8() % 16;
+        expect(rk_chunk_tiers_make_room(ct_, pages, &freed), RK_OK, "rk_chunk_tiers_make_room");
+        FZ_CHECK(freed >= 0);
+        break;
+      }
+      case 1: {
+        std::int32_t written = -1;
+        const int st = rk_chunk_tiers_demote(ct_, key, &written);
+        const bool known = chunks_.count(kid) != 0;
+        expect(st,
+               !known           ? RK_ERR_NOT_FOUND
+               : users(kid) > 0 ? RK_ERR_INVALID_ARGUMENT
+                                : RK_OK,
+               "rk_chunk_tiers_demote");
+        if (st != RK_OK) {
+          FZ_CHECK(written == -1, "out written on failure");
+          same(before, snap());
+          return;
+        }
+        break;
+      }
+      case 2:
+      case 3:
+        tier_lookup(key);
+        break;
+      default: {
+        std::int32_t started = -1, in = -1;
+        expect(rk_chunk_tiers_prefetch(ct_, key, &started), RK_OK, "rk_chunk_tiers_prefetch");
+        expect(rk_chunk_tiers_contains(ct_, key, &in), RK_OK, "rk_chunk_tiers_contains");
+        FZ_CHECK(!started || (pf_ != nullptr && in == 1), "a prefetch started for nothing");
+        break;
+      }
+    }
+    reconcile_chunks(c0);
+    forget_lost_copies();
+    if (b & 128 && !demoted_.empty()) {  // and often a demoted chunk comes back right away
+      FZ_CHECK(rk_chunk_tiers_get_stats(ct_, &c0) == RK_OK);
+      auto it = demoted_.begin();
+      std::advance(it, static_cast<long>(kb % demoted_.size()));
+      tier_lookup(rk_chunk_key{it->first.first, it->first.second});
+      reconcile_chunks(c0);
+      forget_lost_copies();
+    }
+  }
+
+  // Demoted chunks whose copy is gone (evicted, corrupt and removed) cannot come back.
+  void forget_lost_copies() {
+    for (auto it = demoted_.begin(); it != demoted_.end();) {
+      std::int32_t in = 0;
+      FZ_CHECK(rk_chunk_tiers_contains(ct_, rk_chunk_key{it->first.first, it->first.second}, &in) == RK_OK);
+      it = in ? std::next(it) : demoted_.erase(it);
+    }
+  }
+
+  // rk_chunk_tiers_lookup: a chunk in the store, a demoted one that comes back as it was, or a miss.
+  void tier_lookup(rk_chunk_key key) {
+    const KeyId kid = id_of(key);
+    std::int32_t n = -2;
+    expect(rk_chunk_tiers_lookup(ct_, key, &n), RK_OK, "rk_chunk_tiers_lookup");
+    if (chunks_.count(kid)) {
+      FZ_CHECK(n == chunks_.at(kid).n, "lookup of a chunk in the store");
+    } else if (n >= 0) {
+      FZ_CHECK(demoted_.count(kid) != 0, "a chunk that was never demoted came back");
+      FZ_CHECK(n == demoted_.at(kid).n, "a promoted chunk's length differs");
+      chunks_[kid] = std::move(demoted_.at(kid));
+      demoted_.erase(kid);
+      ++g_reached.promotions;
+    } else {
+      FZ_CHECK(n == -1);
+      ++g_reached.tier_misses;
+    }
+  }
+
+  // Flips a byte of (or truncates) a file of the disk tier: whatever it held becomes a miss.
+  void op_damage() {
+    std::vector<std::filesystem::path> files;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) files.push_back(e.path());
+    if (files.empty()) return;
+    std::sort(files.begin(), files.end());
+    const std::filesystem::path& f = files[in_.u8() % files.size()];
+    const auto size = std::filesystem::file_size(f, ec);
+    if (ec || size == 0) return;
+    const int b = in_.u8();
+    if (b % 4 == 0) {
+      std::filesystem::resize_file(f, size * static_cast<unsigned>(b % 3) / 3, ec);
+    } else {
+      std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+      const auto at = static_cast<std::streamoff>((static_cast<std::uint64_t>(in_.u16()) * 7919u) % size);
+      io.seekg(at);
+      char c = 0;
+      io.get(c);
+      io.seekp(at);
+      io.put(static_cast<char>(c ^ (1 << (b % 8))));
+    }
+    ++g_reached.corruptions;
+    const std::string file = f.filename().string();
+    for (TicketModel& t : tickets_)
+      if (file.rfind(t.name + ".l", 0) == 0) t.damaged = true;
+  }
+
+  // Argument errors of the tier calls: a status, nothing changed.
+  void op_tier_bad_args() {
+    ++g_reached.tier_errors;
+    const Snap before = snap();
+    rk_tier* dead = nullptr;
+    FZ_CHECK(rk_tier_host_create(1, &dead) == RK_OK);
+    FZ_CHECK(rk_tier_destroy(dead) == RK_OK);
+    rk_swap_ticket* t = nullptr;
+    std::int64_t id = -7;
+    std::int32_t flag = -7;
+    bool live = false;
+    const std::int64_t seq = pick_seq(&live);
+    switch (in_.u8() % 12) {
+      case 0:
+        expect(rk_swap_out(store_, seq, nullptr, cold_, "m", "n", &t), RK_ERR_INVALID_ARGUMENT, "hot NULL");
+        break;
+      case 1:
+        expect(rk_swap_out(store_, seq, dead, cold_, "m", "n", &t), RK_ERR_INVALID_ARGUMENT, "hot dead");
+        break;
+      case 2:
+        expect(rk_swap_out(store_, seq, hot_, cold_, nullptr, "n", &t), RK_ERR_INVALID_ARGUMENT,
+               "model NULL");
+        break;
+      case 3:
+        expect(rk_swap_out(store_, seq, hot_, cold_, "m", "n", nullptr), RK_ERR_INVALID_ARGUMENT, "out NULL");
+        break;
+      case 4:
+        expect(rk_swap_in(store_, nullptr, hot_, cold_, nullptr, &id), RK_ERR_INVALID_ARGUMENT,
+               "ticket NULL");
+        break;
+      case 5:
+        expect(rk_swap_in(store_, reinterpret_cast<rk_swap_ticket*>(hot_), hot_, cold_, nullptr, &id),
+               RK_ERR_INVALID_ARGUMENT, "a tier as a ticket");
+        break;
+      case 6:
+        expect(rk_tier_contains(hot_, in_.u8() % 2 ? "../x" : ".x", &flag), RK_ERR_INVALID_ARGUMENT,
+               "bad object name");
+        break;
+      case 7: {
+        rk_tier* const dup[2] = {cold_, cold_};
+        rk_chunk_tiers* c = nullptr;
+        expect(rk_chunk_tiers_create(store_, "m", dup, 2, 0, nullptr, &c), RK_ERR_INVALID_ARGUMENT,
+               "dup tiers");
+        FZ_CHECK(c == nullptr);
+        break;
+      }
+      case 8: {
+        rk_chunk_tiers* c = nullptr;
+        expect(rk_chunk_tiers_create(store_, "m", &dead, 1, 0, nullptr, &c), RK_ERR_INVALID_ARGUMENT,
+               "dead tier");
+        expect(rk_chunk_tiers_create(store_, "m", &hot_, 1, -1 - in_.u8(), nullptr, &c),
+               RK_ERR_INVALID_ARGUMENT, "min_splices < 0");
+        FZ_CHECK(c == nullptr);
+        break;
+      }
+      case 9:
+        expect(rk_tier_host_create(-1 - in_.u8(), &dead), RK_ERR_INVALID_ARGUMENT, "capacity < 0");
+        expect(rk_prefetcher_create(in_.u8() % 2 ? 0 : 65, nullptr), RK_ERR_INVALID_ARGUMENT, "threads");
+        break;
+      case 10:
+        if (!tickets_.empty()) {
+          TicketModel& m = tickets_[in_.u8() % tickets_.size()];
+          const int st = rk_swap_discard(m.t, hot_, m.separate_cold ? cold_ : nullptr);
+          expect(st, m.used ? RK_ERR_INVALID_ARGUMENT : RK_OK, "rk_swap_discard");
+          m.used = true;
+          same(before, snap());
+          return;
+        }
+        break;
+      default:
+        if (ct_) expect(rk_tier_destroy(cold_), RK_ERR_INVALID_ARGUMENT, "destroy of a tier in use");
+        break;
+    }
+    FZ_CHECK(t == nullptr && id == -7 && flag == -7, "out written on failure");
+    same(before, snap());
+  }
+
   // Destroy the store (checking the dead handle) and build another from the following bytes.
   void op_recreate() {
     destroy_store();
@@ -2171,6 +2606,15 @@ class Fuzzer {
   std::vector<std::int64_t> plan_ids_;
   std::vector<std::int32_t> plan_lens_;
   std::vector<std::int32_t> plan_pos_;
+  // Tiers (made on the first tier op of a store, destroyed with it).
+  rk_tier* hot_ = nullptr;
+  rk_tier* cold_ = nullptr;
+  rk_prefetcher* pf_ = nullptr;
+  rk_chunk_tiers* ct_ = nullptr;
+  std::filesystem::path dir_;
+  std::vector<TicketModel> tickets_;
+  std::map<KeyId, ChunkModel> demoted_;  // chunks with a copy in a tier (may still be evicted or corrupt)
+  int name_counter_ = 0;
 };
 
 }  // namespace
