@@ -360,6 +360,8 @@ py::dict to_dict(const TierStats& s) {
   d["put_failures"] = s.put_failures;
   d["corrupt"] = s.corrupt;
   d["get_ns"] = s.get_ns;
+  d["spilled"] = s.spilled;
+  d["spilled_bytes"] = s.spilled_bytes;
   return d;
 }
 

@@ -825,9 +825,9 @@ int rk_tier_get_stats(const rk_tier* tier, rk_tier_stats* out) {
     const redknot::KvTier& t = tier_of(tier, "rk_tier_get_stats");
     require_out(out, "rk_tier_get_stats", "out");
     const redknot::TierStats s = t.stats();
-    *out =
-        rk_tier_stats{s.capacity_bytes, s.bytes_held,    s.objects,    s.hits,         s.misses,  s.evictions,
-                      s.evicted_bytes,  s.bytes_written, s.bytes_read, s.put_failures, s.corrupt, s.get_ns};
+    *out = rk_tier_stats{s.capacity_bytes, s.bytes_held,    s.objects,       s.hits,         s.misses,
+                         s.evictions,      s.evicted_bytes, s.bytes_written, s.bytes_read,   s.put_failures,
+                         s.corrupt,        s.get_ns,        s.spilled,       s.spilled_bytes};
   });
 }
 
