@@ -45,12 +45,12 @@ alive() {  # the node's pid file names a live redis-server
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
 }
 
-cluster_ok() {  # every node answers and the cluster says ok
-  local p
+cluster_ok() {  # every node answers, and every node sees the cluster ok with all slots served
+  local p info
   for p in "${ports[@]}"; do
-    [[ "$(cli "$p" ping)" == "PONG" ]] || return 1
+    info="$(cli "$p" cluster info | tr -d '\r')" || return 1
+    grep -q '^cluster_state:ok$' <<<"$info" && grep -q '^cluster_slots_ok:16384$' <<<"$info" || return 1
   done
-  cli "${ports[0]}" cluster info | tr -d '\r' | grep -q '^cluster_state:ok$'
 }
 
 start_node() {
