@@ -40,9 +40,9 @@ cli() { timeout 5 redis-cli -h 127.0.0.1 -p "$1" "${@:2}" 2>/dev/null; }
 
 pid_of() { cat "$dir/node-$1.pid" 2>/dev/null || true; }
 
-alive() {  # the node's pid file names a live redis-server
+alive() {  # the node's pid file names a live redis-server of that port (not a zombie, not a reused pid)
   local pid; pid="$(pid_of "$1")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
+  [[ -n "$pid" ]] && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q "redis-server.*:$1"
 }
 
 cluster_ok() {  # every node answers, and every node sees the cluster ok with all slots served
@@ -98,11 +98,8 @@ all_ping() {
 do_down() {
   local p pid i
   for p in "${ports[@]}"; do
-    pid="$(pid_of "$p")"
-    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
-      # Only a redis-server of ours: the pid file could be stale and the pid reused.
-      if grep -q "redis-server" "/proc/$pid/cmdline" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
-    fi
+    # Only a redis-server of ours: the pid file could be stale and the pid reused.
+    if alive "$p"; then kill -9 "$(pid_of "$p")" 2>/dev/null || true; fi
   done
   for ((i = 0; i < 50; i++)); do
     local any=0
@@ -133,7 +130,17 @@ do_up() {
       log "redis-cli --cluster create failed:" >&2; tail -20 "$dir/create.log" >&2; exit 1; }
     touch "$dir/created"
   fi
-  wait_for 60 "cluster_state:ok" cluster_ok
+  if ! wait_for 60 "cluster_state:ok on every node" cluster_ok; then
+    # Nodes restarted from an old directory (e.g. after a reboot) that do not make a cluster again: start over,
+    # once.
+    if [[ $created -eq 1 && "${REDIS_CLUSTER_RETRY:-0}" == "0" ]]; then
+      log "the old cluster did not come back: recreating it"
+      do_down >/dev/null
+      REDIS_CLUSTER_RETRY=1 do_up
+      return
+    fi
+    exit 1
+  fi
   log "up: 127.0.0.1:${ports[0]}..${ports[5]} (dir $dir)"
 }
 
