@@ -4,7 +4,8 @@
 #   scripts/bench-redis.sh [build dir (default build)] [sizes (default 65536,262144,1048576,4194304)]
 #
 # Starts the cluster (scripts/redis-cluster.sh up on REDKNOT_REDIS_BASE_PORT, default 7100) unless it is up,
-# runs <build>/benchmarks/redknot_redis_throughput (median MB/s over 5 passes of get() and of get_many()), then
+# runs <build>/benchmarks/redknot_redis_throughput (median MB/s over 5 passes of get(), of get_many() and of get()
+# of one object repeated), then
 # for each size `redis-benchmark --cluster -t set,get -d SIZE -c C` three times (the SET pass stores the value
 # the GET pass reads) with C = 1 (one connection, as the tier's client) and C = 8, and prints the median GET
 # requests/s times the size as MB/s. The cluster is stopped at the end if this script started it.
@@ -37,9 +38,9 @@ bench_get_rps() {  # bench_get_rps <size> <clients> <requests>: GET requests/s (
 }
 
 echo
-echo "| value size | RedisTier get() MB/s | RedisTier get_many() MB/s | redis-benchmark GET -c 1 MB/s | redis-benchmark GET -c 8 MB/s | wrong | misses |"
-echo "| --- | --- | --- | --- | --- | --- | --- |"
-while IFS=, read -r size objects passes one many wrong misses; do
+echo "| value size | objects | RedisTier get() MB/s | get_many() MB/s | get() of one object MB/s | redis-benchmark GET -c 1 MB/s | redis-benchmark GET -c 8 MB/s | wrong | misses |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+while IFS=, read -r size objects passes one many same wrong misses; do
   [[ "$size" == size_bytes ]] && continue
   n=$(( 268435456 / size )); (( n < 200 )) && n=200; (( n > 20000 )) && n=20000
   r1=(); r8=()
@@ -50,7 +51,7 @@ while IFS=, read -r size objects passes one many wrong misses; do
   m1="$(median3 "${r1[@]}")"; m8="$(median3 "${r8[@]}")"
   mb1="$(awk -v r="$m1" -v s="$size" 'BEGIN { printf "%.1f", r * s / 1e6 }')"
   mb8="$(awk -v r="$m8" -v s="$size" 'BEGIN { printf "%.1f", r * s / 1e6 }')"
-  printf '| %d KiB | %s | %s | %s | %s | %s | %s |\n' $((size / 1024)) "$one" "$many" "$mb1" "$mb8" "$wrong" "$misses"
+  printf '| %d KiB | %s | %s | %s | %s | %s | %s | %s | %s |\n' $((size / 1024)) "$objects" "$one" "$many" "$same" "$mb1" "$mb8" "$wrong" "$misses"
 done <<<"$tier_csv"
 echo
 echo "(redis-benchmark: -n N requests with N = 256 MiB / size clamped to [200, 20000], --cluster, median of 3 runs)"
