@@ -293,7 +293,8 @@ std::vector<RedisReply> RedisClusterClient::run(const std::vector<std::vector<st
         if (o >= 0) node = nodes_[static_cast<std::size_t>(o)];
       }
       if (node.empty()) {
-        out[i] = failed("no node serves the key's slot (cluster unreachable or not formed)");
+        out[i] = failed(have_map_ ? "no node serves the key's slot"
+                                  : "no slot map: no known node answered CLUSTER SLOTS");
         next.push_back(i);
         need_refresh = back_off = true;
       } else {
@@ -434,6 +435,9 @@ constexpr std::uint32_t kIndexMagic = 0x49524B52u;   // "RKRI"
 constexpr std::uint32_t kVersion = 1;
 constexpr std::size_t kObjectHeader = 32;  // magic, version, payload length, payload hash, name hash
 constexpr std::size_t kIndexBytes = 48;    // magic, version, nonce, length, payload hash, name hash, own hash
+
+constexpr const char* kDelIfEqual =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 struct Index {
   std::uint64_t nonce = 0, length = 0, payload_hash = 0, name_hash = 0;
@@ -600,14 +604,20 @@ std::vector<std::optional<std::vector<std::byte>>> RedisTier::get_many(std::span
   // Second round: the payloads the readable indexes name.
   std::vector<std::size_t> which;
   std::vector<std::vector<std::string>> payload_gets;
-  std::vector<std::vector<std::string>> drop;  // keys of bad objects, deleted (best effort)
+  // Keys of bad objects, deleted (best effort). An index goes only if it still holds the bytes read: a writer
+  // may have replaced the object meanwhile (deleting the payload this index named), and its new index must
+  // stay. Compare-and-delete is one EVAL (the key is argument 3).
+  std::vector<std::vector<std::string>> drop, drop_index;
+  const auto drop_index_if = [&](std::size_t i) {
+    drop_index.push_back({"EVAL", kDelIfEqual, "1", index_key(names[i]), indexes[i].str});
+  };
   std::int64_t corrupt = 0, bytes_read = 0;
   for (std::size_t i = 0; i < names.size(); ++i) {
     if (indexes[i].type != RedisReply::Type::kString) continue;  // absent, or no answer
     const auto ix = decode_index(indexes[i].str, xxh64(names[i].data(), names[i].size()));
     if (!ix) {
       ++corrupt;
-      drop.push_back({"DEL", index_key(names[i])});
+      drop_index_if(i);
       continue;
     }
     which.push_back(i);
@@ -624,11 +634,12 @@ std::vector<std::optional<std::vector<std::byte>>> RedisTier::get_many(std::span
     } else if (bad || payloads[k].type == RedisReply::Type::kNil) {
       // Corrupt, truncated or foreign; or an index whose payload is gone (evicted first): never readable.
       corrupt += bad ? 1 : 0;
-      drop.push_back({"DEL", index_key(names[i])});
+      drop_index_if(i);
       drop.push_back({"DEL", payload_gets[k][1]});
     }
   }
   if (!drop.empty()) client_.run(drop);
+  if (!drop_index.empty()) client_.run(drop_index, 3);
   const std::lock_guard lock(mu_);
   for (const auto& o : out) ++(o ? st_.hits : st_.misses);
   st_.corrupt += corrupt;
