@@ -12,6 +12,8 @@
 #   scripts/test.sh --sanitize    phase 2 only
 #   scripts/test.sh --fuzz        phase 3 only
 #
+# Phases 1 and 2 start a Redis Cluster on loopback first (scripts/redis-cluster.sh, ports from
+# REDKNOT_REDIS_BASE_PORT, default 7100) for test_redis_tier, and stop it on exit.
 # See scripts/common.sh for knobs; REDKNOT_TEST_GPU=1 also runs CTest tests labelled "gpu" (by default they
 # run only when nvidia-smi sees a GPU).
 set -euo pipefail
