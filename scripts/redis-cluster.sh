@@ -45,11 +45,15 @@ alive() {  # the node's pid file names a live redis-server of that port (not a z
   [[ -n "$pid" ]] && { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -q "redis-server.*:$1"
 }
 
-cluster_ok() {  # every node answers, and every node sees the cluster ok with all slots served
-  local p info
+cluster_ok() {  # every node sees the cluster ok with all slots served, and every replica is in sync
+  local p info repl
   for p in "${ports[@]}"; do
     info="$(cli "$p" cluster info | tr -d '\r')" || return 1
     grep -q '^cluster_state:ok$' <<<"$info" && grep -q '^cluster_slots_ok:16384$' <<<"$info" || return 1
+    repl="$(cli "$p" info replication | tr -d '\r')" || return 1
+    if grep -q '^role:slave$' <<<"$repl"; then
+      grep -q '^master_link_status:up$' <<<"$repl" && grep -q '^master_sync_in_progress:0$' <<<"$repl" || return 1
+    fi
   done
 }
 

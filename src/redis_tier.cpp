@@ -302,6 +302,14 @@ std::vector<RedisReply> RedisClusterClient::run(const std::vector<std::vector<st
       }
     }
     for (auto& [node, idx] : by_node) {
+      // Past the deadline no further node is contacted: a call waits for at most one node beyond it.
+      if (Clock::now() >= deadline) {
+        for (const std::size_t i : idx) {
+          out[i] = failed("deadline passed before " + node + " was asked");
+          next.push_back(i);
+        }
+        continue;
+      }
       redisContext* c = conn(node);
       if (c == nullptr) {
         for (const std::size_t i : idx) {

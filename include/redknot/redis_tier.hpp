@@ -6,7 +6,8 @@
 // commands per node, follows MOVED (map updated, then refreshed) and ASK (ASKING + retry) redirects, and on a
 // connection error drops the connection, refreshes the slot map from any node it knows and retries — within
 // a bounded number of rounds and a deadline per call. Every connect and every socket read/write has a
-// timeout, so no call hangs beyond roughly its deadline plus one command timeout.
+// timeout, and past the deadline no further node is asked, so a call returns within about its deadline plus
+// one connect and one command timeout (the exchange in flight when the deadline passes).
 //
 // RedisTier is a KvTier over such a client. An object is two keys sharing the slot of the object's name
 // (the name is the hash tag): a payload key, written first, holding a 32-byte envelope (magic "RKTO",
