@@ -23,8 +23,11 @@ fi
 # Debian packages (catch2 v3 comes from bookworm-backports, see below).
 # clang + libclang-rt-14-dev: the libFuzzer targets (scripts/fuzz.sh); llvm-14: llvm-symbolizer for sanitizer
 # stack traces. GCC's own libasan/libubsan (the --sanitize build) come with g++.
+# redis-server + redis-tools + libhiredis-dev: the remote tier (redknot::redis) and its tests, which run against
+# a loopback Redis Cluster that scripts/redis-cluster.sh starts on its own ports.
 APT_PACKAGES=(cmake g++ ninja-build ccache nlohmann-json3-dev pybind11-dev
-              libbenchmark-dev libopenblas-dev zlib1g-dev libxxhash-dev clang libclang-rt-14-dev llvm-14)
+              libbenchmark-dev libopenblas-dev zlib1g-dev libxxhash-dev clang libclang-rt-14-dev llvm-14
+              redis-server redis-tools libhiredis-dev)
 CATCH2_PACKAGES=(catch2 libcatch2-dev)   # on bookworm-backports catch2 3.x pulls libcatch2-dev
 
 codename=""
@@ -108,6 +111,17 @@ if [[ ${#missing[@]} -gt 0 || ${#missing_catch2[@]} -gt 0 ]]; then
   apt_update
   if [[ ${#missing[@]} -gt 0 ]]; then
     apt_install "${missing[@]}"
+  fi
+  if printf '%s\n' "${missing[@]}" | grep -qx redis-server; then
+    # Debian's package enables and starts a redis-server on port 6379; the tests use their own cluster
+    # (scripts/redis-cluster.sh), so the system service is stopped and disabled.
+    log "stopping and disabling the redis-server system service (the project's cluster uses its own ports)"
+    if [[ -d /run/systemd/system ]]; then
+      "${SUDO[@]}" systemctl disable --now redis-server >/dev/null 2>&1 || true
+    else
+      "${SUDO[@]}" service redis-server stop >/dev/null 2>&1 || true
+      "${SUDO[@]}" update-rc.d redis-server disable >/dev/null 2>&1 || true
+    fi
   fi
   if [[ ${#missing_catch2[@]} -gt 0 ]]; then
     if [[ "$codename" == "bookworm" ]]; then

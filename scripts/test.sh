@@ -12,6 +12,8 @@
 #   scripts/test.sh --sanitize    phase 2 only
 #   scripts/test.sh --fuzz        phase 3 only
 #
+# Phases 1 and 2 start a Redis Cluster on loopback first (scripts/redis-cluster.sh, ports from
+# REDKNOT_REDIS_BASE_PORT, default 7100) for test_redis_tier, and stop it on exit.
 # See scripts/common.sh for knobs; REDKNOT_TEST_GPU=1 also runs CTest tests labelled "gpu" (by default they
 # run only when nvidia-smi sees a GPU).
 set -euo pipefail
@@ -38,6 +40,29 @@ fi
 status=0
 total_passed=0; total_failed=0; total_skipped=0
 summaries=()
+
+# The remote tier's tests (test_redis_tier) run against a Redis Cluster on loopback: 3 masters + 3 replicas on
+# ports REDKNOT_REDIS_BASE_PORT.. (default 7100), started before each CTest phase and stopped on exit. With
+# REDKNOT_REDIS_CLUSTER exported the tests fail (rather than skip) when the cluster does not answer.
+REDIS_BASE_PORT="${REDKNOT_REDIS_BASE_PORT:-7100}"
+redis_up() {
+  section "redis cluster (127.0.0.1:$REDIS_BASE_PORT..)"
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "(redis-server not installed: test_redis_tier will skip)"
+    return 0
+  fi
+  export REDKNOT_REDIS_CLUSTER="127.0.0.1:$REDIS_BASE_PORT"
+  bash "$REDKNOT_ROOT/scripts/redis-cluster.sh" up --base-port "$REDIS_BASE_PORT" ||
+    echo "!! the Redis Cluster did not start: test_redis_tier will fail"
+}
+redis_down() {
+  if command -v redis-server >/dev/null 2>&1; then
+    bash "$REDKNOT_ROOT/scripts/redis-cluster.sh" down --base-port "$REDIS_BASE_PORT" || true
+  fi
+}
+if [[ " ${phases[*]} " == *" normal "* || " ${phases[*]} " == *" sanitize "* ]]; then
+  trap redis_down EXIT
+fi
 
 # run_ctest <build dir> <name> [label regex to exclude]
 run_ctest() {
@@ -112,6 +137,7 @@ has_pytests() {
 if [[ " ${phases[*]} " == *" normal "* ]]; then
   configure
   build ""
+  redis_up
   run_ctest "$BUILD_DIR" "release"
   if has_pytests; then run_pytest "$BUILD_DIR" "release"; fi
 fi
@@ -137,6 +163,7 @@ if [[ " ${phases[*]} " == *" sanitize "* ]]; then
     # The sanitized build is 5-10x slower: the shared attention scenarios run their small size class only
     # (test_backends reports the large ones as skipped).
     export REDKNOT_SCENARIO_SIZE="${REDKNOT_SCENARIO_SIZE:-small}"
+    redis_up
     run_ctest "$asan_dir" "asan+ubsan" install
     if has_pytests && [[ -n "$(find "$asan_dir/python" -name '_redknot*.so' -print -quit 2>/dev/null)" ]]; then
       # The interpreter is not instrumented: preload the runtime and leave leak checks to the C++ tests
