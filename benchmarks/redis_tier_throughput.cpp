@@ -1,8 +1,8 @@
 // RedisTier read throughput on a Redis Cluster (scripts/bench-redis.sh runs it next to redis-benchmark and
 // writes the table of docs/remote_tier.md). For each value size it puts a set of objects, then reads them all
 // `passes` times with get() (one object per call: two round trips, index then payload) and with get_many()
-// (every object of the set in two pipelined rounds), and reads one object as many times (the access pattern of
-// redis-benchmark, which reads one key), verifying every byte; it prints MB/s per pass as the median over
+// (every object of the set in two pipelined rounds), and reads one object as many times (the access pattern
+// of redis-benchmark, which reads one key), verifying every byte; it prints MB/s per pass as the median over
 // passes, and the wrong answers and misses (must be 0).
 //
 //   redknot_redis_throughput [--seed 127.0.0.1:7100] [--sizes 65536,262144,1048576,4194304] [--passes 5]

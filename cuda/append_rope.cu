@@ -78,13 +78,10 @@ void rope_relocate(void* pool, DType dtype, int page_size, const PageEntry* entr
   check_arg(pool && entries && deltas && inv_freq, "rope_relocate: null device pointer");
   const int half = cfg.rot() / 2;
   const std::size_t smem = static_cast<std::size_t>(half) * sizeof(RopeCosSin);
-  if (dtype == DType::kBF16)
-    REDKNOT_LAUNCH(num_entries, 128, smem, stream, detail::rope_kernel<DType::kBF16>)
-    (static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing,
-     inv_freq);
-  else
-    REDKNOT_LAUNCH(num_entries, 128, smem, stream, detail::rope_kernel<DType::kF16>)
-    (static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing, inv_freq);
+  if (dtype == DType::kBF16) REDKNOT_LAUNCH(num_entries, 128, smem, stream, detail::rope_kernel<DType::kBF16>)
+  (static_cast<__nv_bfloat16*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing, inv_freq);
+  else REDKNOT_LAUNCH(num_entries, 128, smem, stream, detail::rope_kernel<DType::kF16>)(
+      static_cast<__half*>(pool), page_size, cfg.head_dim, entries, deltas, half, cfg.pairing, inv_freq);
   check_cuda(cudaGetLastError(), "rope_relocate launch");
 }
 

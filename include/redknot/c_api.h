@@ -411,7 +411,7 @@ typedef struct rk_tier_stats {
   int64_t put_failures; /* puts refused: larger than the tier, or an I/O error */
   int64_t corrupt;      /* objects that failed verification on read (removed) */
   int64_t get_ns;       /* time spent reading */
-  int64_t spilled;       /* evicted objects the tier below took (a host tier with a spill target; none yet in C) */
+  int64_t spilled; /* evicted objects the tier below took (a host tier with a spill target; none yet in C) */
   int64_t spilled_bytes;
 } rk_tier_stats;
 
