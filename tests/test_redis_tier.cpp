@@ -31,14 +31,13 @@
 #include "harness.hpp"
 #include "redknot/redis_tier.hpp"
 #include "redknot/tiers.hpp"
+#include "support/tier_fixtures.hpp"
 
 using namespace rktest;
+using namespace rktest::tiers;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-constexpr int kLayers = 2, kKvHeads = 4, kQHeads = 8, kD = 16, kPage = 4;
-const std::uint64_t kModel = model_fingerprint("tier-model");
 
 HeadMap tier_map() {
   HeadMap m = HeadMap::all_global(kLayers, kKvHeads);
@@ -50,33 +49,7 @@ HeadMap tier_map() {
 
 template <class T>
 KVHeadStore<T> make_store(std::int32_t pages = 600, HeadMap map = tier_map()) {
-  const ModelShape shape{kLayers, kQHeads, kKvHeads, kD, dtype_of<T>()};
-  RopeConfig rc;
-  rc.head_dim = kD;
-  return KVHeadStore<T>(shape, std::move(map), StoreConfig{kPage, pages}, rc);
-}
-
-template <class T>
-std::vector<float> attend(const KVHeadStore<T>& store, SeqId s, std::int32_t q0, std::int32_t nq,
-                          unsigned seed) {
-  std::mt19937 rng(seed);
-  std::vector<float> all;
-  const std::int32_t q_lens[1] = {nq};
-  const auto qpos = iota_positions(q0, nq);
-  for (int l = 0; l < kLayers; ++l) {
-    AttentionPlan plan;
-    plan.update(store, l, std::span<const SeqId>(&s, 1), std::span<const std::int32_t>(q_lens),
-                std::span<const std::int32_t>(qpos));
-    const auto q = random_tensor<float>(rng, static_cast<std::size_t>(nq) * kQHeads * kD);
-    std::vector<float> out(q.size());
-    cpu_attention<float>(store, plan, std::span<const float>(q), std::span<float>(out));
-    all.insert(all.end(), out.begin(), out.end());
-  }
-  return all;
-}
-
-bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  return tiers::make_tier_store<T>(std::move(map), pages);
 }
 
 std::vector<std::byte> bytes_of(std::size_t n, unsigned seed) {
