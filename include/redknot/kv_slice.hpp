@@ -169,7 +169,8 @@ void load_rows(const std::byte* src, std::size_t n, T* dst) {
 // changes, or after max_rows rows (0: no limit), and takes its rows from however many pages hold them.
 template <StorageType T>
 void export_table(const KVHeadStore<T, HostAllocator>& store, const HeadTable& t, SliceHeader h,
-                  std::int32_t max_rows, std::vector<std::vector<std::byte>>& out) {
+                  std::int32_t max_rows, std::vector<std::vector<std::byte>>& out,
+                  std::vector<SliceHeader>* headers = nullptr) {
   const auto& pool = store.pool();
   const std::size_t D = static_cast<std::size_t>(store.shape().head_dim);
   std::vector<const T*> k_rows, v_rows;  // the rows of the run being built
@@ -187,6 +188,7 @@ void export_table(const KVHeadStore<T, HostAllocator>& store, const HeadTable& t
       store_rows(v_rows[i], D, payload.data() + (k_rows.size() + i) * row_bytes);
     }
     out.push_back(encode_slice(h, payload));
+    if (headers != nullptr) headers->push_back(h);
     k_rows.clear();
     v_rows.clear();
   };

@@ -431,6 +431,16 @@ class TieredChunkCache {
 // ---- sequence swap-out / swap-in (preemption)
 // -----------------------------------------------------------------
 
+// One run of positions of one kv_head inside a swap object (the layout of its slices, known before the object
+// is read: a pipelined swap-in reserves the sequence's pages from it and checks every slice against it).
+struct SwapRun {
+  std::int32_t kv_head = 0;
+  std::int32_t pos0 = 0;       // first position
+  std::int32_t count = 0;      // rows
+  std::int32_t rope_pos0 = 0;  // position the first key is rotated for
+  friend bool operator==(const SwapRun&, const SwapRun&) = default;
+};
+
 struct SwapObject {
   std::string name;
   int layer = 0;
@@ -438,6 +448,7 @@ struct SwapObject {
   bool cold = false;   // written to the cold tier (global heads; local ones the hot tier refused)
   std::int64_t bytes = 0;
   std::uint64_t digest = 0;  // object_digest of what was written
+  std::vector<SwapRun> runs;  // its slices, in order
 };
 
 // What swap_in needs to restore a swapped-out sequence: its objects (hottest first: every layer's local
@@ -492,11 +503,15 @@ std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& hot
     t.query_floor.push_back(store.query_floor(seq, l));
     for (const bool local : {true, false}) {
       std::vector<std::vector<std::byte>> slices;
+      std::vector<SwapRun> runs;
+      std::vector<SliceHeader> headers;
       h.layer = l;
       for (int kh = 0; kh < sh.num_kv_heads; ++kh) {
         if (store.policy(l, kh).is_local() != local) continue;
         h.kv_head = kh;
-        slice_detail::export_table(store, store.table(seq, l, kh), h, 0, slices);
+        headers.clear();
+        slice_detail::export_table(store, store.table(seq, l, kh), h, 0, slices, &headers);
+        for (const SliceHeader& e : headers) runs.push_back(SwapRun{kh, e.pos0, e.count, e.rope_pos0});
       }
       if (slices.empty()) continue;
       const auto bytes = pack_slices(slices);
@@ -505,7 +520,8 @@ std::optional<SwapTicket> swap_out(KVHeadStore<T>& store, SeqId seq, KvTier& hot
                    local,
                    !local,
                    static_cast<std::int64_t>(bytes.size()),
-                   object_digest(bytes)};
+                   object_digest(bytes),
+                   std::move(runs)};
       bool put = !o.cold && hot.put(o.name, bytes);
       if (!put) o.cold = true, put = cold.put(o.name, bytes);
       (local ? t.objects : global).push_back(std::move(o));
@@ -597,13 +613,18 @@ std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, Kv
     objects.push_back(std::move(*bytes));
     const auto parts = unpack_slices(objects.back());
     if (!parts) return miss("object ", o.name, " is not a pack of slices");
-    for (const auto& p : *parts) {
+    if (parts->size() != o.runs.size())
+      return miss("object ", o.name, " holds ", parts->size(), " slices, the ticket lists ", o.runs.size());
+    for (std::size_t j = 0; j < parts->size(); ++j) {
+      const auto& p = (*parts)[j];
       std::string reason;
       auto d = decode_slice(p, expect, &reason);
       if (!d) return miss("object ", o.name, ": ", reason);
       if (d->header.layer != o.layer || store.policy(o.layer, d->header.kv_head).is_local() != o.local)
         return miss("object ", o.name, " holds a slice of layer ", d->header.layer, " kv_head ",
                     d->header.kv_head);
+      if (SwapRun{d->header.kv_head, d->header.pos0, d->header.count, d->header.rope_pos0} != o.runs[j])
+        return miss("object ", o.name, ": slice ", j, " is not the run the ticket lists");
       rows += static_cast<std::size_t>(d->header.count);
       slices.push_back(*d);
     }
