@@ -13,6 +13,16 @@
 //      sequence of requests where the engine pins the documents already in the store, calls make_room for
 //      the request and lookup for each other document (a miss is prefilled alone). Hit rates per tier, bytes
 //      moved, evictions, and TTFT split by the slowest place a request's documents came from.
+//      With --remote host:port[,...] (a build with hiredis) the mode `remote` demotes the documents into a
+//      RedisTier on that Redis Cluster instead: promotions are then fetched over the network; the bytes
+//      fetched per request are compared with the dense payload of the same documents (fp32 K and V rows of
+//      every head and position, no headers).
+//   f. Faults (--faults, needs --remote): requests whose documents were demoted into the RedisTier while a
+//      fault is injected with real processes: a payload SETRANGE-corrupted or truncated on its node
+//      (redis-cli), an index key deleted, the master of a document's slot killed with SIGKILL mid-request
+//      (brought back by scripts/redis-cluster.sh start-node), every node stopped with SIGSTOP mid-request.
+//      A bad or unreachable object must be a miss (the document is prefilled again), so every answer and
+//      first-token logits must equal the fault-free run's: differences are counted.
 //   c. Preemption: K sequences decoding greedily round-robin in one store, each swapped out to a tier at a
 //      random step and back in two rounds later; tokens and logits compared with the uninterrupted run;
 //      swap-out / swap-in time and bytes (local heads' and global heads' objects apart).
@@ -50,6 +60,17 @@
 #include "session.hpp"
 #include "thread_env.hpp"
 
+#ifdef REDKNOT_HAS_REDIS
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#include "redknot/redis_tier.hpp"
+#endif
+
 using namespace redknot;
 using namespace redknot::decoder;
 using nlohmann::json;
@@ -69,14 +90,42 @@ void usage() {
                "         [--cycle-requests 30] [--preempt 4] [--preempt-length 1024] [--preempt-new 24]\n"
                "         [--scenarios a,b,c] [--max-new 8] [--dir /tmp/redknot-tier-bench] [--fsync]\n"
                "         [--fact-docs 8] [--plain-docs 20] [--doc-min 300] [--doc-max 1500] [--seed 1]\n"
-               "         [--chunk 256] [--threads N] [--json out.json] [--md out.md] [--quiet]\n");
+               "         [--chunk 256] [--threads N] [--json out.json] [--md out.md] [--quiet]\n"
+               "         [--remote host:port[,...]] [--faults corrupt,truncate,del_index,kill_master,\n"
+               "          stop_cluster|all] [--fault-rounds 1] [--cluster-script scripts/redis-cluster.sh]\n"
+               "         [--cluster-base-port (lowest --remote port)]\n"
+               "  --tiers may include remote (needs --remote); --faults runs scenario f after a.\n");
 }
 
-const std::set<std::string> kValued = {
-    "head-map",       "model",      "spec",           "length",      "requests",  "tiers",   "repeats",
-    "cycle-requests", "preempt",    "preempt-length", "preempt-new", "scenarios", "max-new", "dir",
-    "fact-docs",      "plain-docs", "doc-min",        "doc-max",     "seed",      "chunk",   "threads",
-    "json",           "md",         "stack"};
+const std::set<std::string> kValued = {"head-map",
+                                       "model",
+                                       "spec",
+                                       "length",
+                                       "requests",
+                                       "tiers",
+                                       "repeats",
+                                       "cycle-requests",
+                                       "preempt",
+                                       "preempt-length",
+                                       "preempt-new",
+                                       "scenarios",
+                                       "max-new",
+                                       "dir",
+                                       "fact-docs",
+                                       "plain-docs",
+                                       "doc-min",
+                                       "doc-max",
+                                       "seed",
+                                       "chunk",
+                                       "threads",
+                                       "json",
+                                       "md",
+                                       "stack",
+                                       "remote",
+                                       "faults",
+                                       "fault-rounds",
+                                       "cluster-script",
+                                       "cluster-base-port"};
 const std::set<std::string> kFlags = {"help", "quiet", "fsync"};
 
 // Refuses options the tool does not know (a typo would otherwise run the defaults silently).
@@ -174,7 +223,72 @@ std::vector<int> unique_docs(const RagCase& rc) {
   return out;
 }
 
-const std::vector<std::string> kModes = {"primary", "host", "disk", "disk_dropped", "cold"};
+const std::vector<std::string> kModes = {"primary", "host", "disk", "disk_dropped", "cold", "remote"};
+const std::vector<std::string> kFaults = {"corrupt", "truncate", "del_index", "kill_master", "stop_cluster"};
+
+// "host:port" items of --remote, or InvalidArgument naming the bad one.
+std::vector<std::string> parse_remote(const std::string& list) {
+  std::vector<std::string> seeds = split_list(list);
+  require(!seeds.empty(), "--remote: '", list, "' names no host:port");
+  for (const auto& s : seeds) {
+    const auto colon = s.rfind(':');
+    const std::string port = colon == std::string::npos ? "" : s.substr(colon + 1);
+    const bool digits = !port.empty() && port.size() <= 5 &&
+                        std::all_of(port.begin(), port.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
+    require(
+        colon != std::string::npos && colon > 0 && digits && std::stoi(port) >= 1 && std::stoi(port) <= 65535,
+        "--remote: '", s, "' is not host:port (port 1..65535)");
+  }
+  return seeds;
+}
+
+int port_of(const std::string& node) { return std::atoi(node.substr(node.rfind(':') + 1).c_str()); }
+
+#ifdef REDKNOT_HAS_REDIS
+// Single quotes for sh; the keys and scripts passed here never contain one, but be safe.
+std::string shell_quote(const std::string& s) {
+  std::string out = "'";
+  for (char ch : s) out += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+  return out + "'";
+}
+
+// Runs `cmd` through sh (a real process: redis-cli, the cluster script), bounded by `timeout`; returns its
+// exit status and fills `output` with what it printed on stdout (trailing newlines removed).
+int run_process(const std::string& cmd, std::string* output = nullptr) {
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return -1;
+  std::string text;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) text.append(buf, n);
+  const int st = ::pclose(p);
+  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
+  if (output != nullptr) *output = text;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+// redis-cli against one node ("host:port"), 10 s at most.
+int redis_cli(const std::string& node, const std::vector<std::string>& argv, std::string* output = nullptr) {
+  std::string cmd = "timeout 10 redis-cli -h " + shell_quote(node.substr(0, node.rfind(':'))) + " -p " +
+                    std::to_string(port_of(node));
+  for (const auto& a : argv) {
+    cmd += ' ';  // appended apart: GCC 12 warns (-Wrestrict, a false positive) on " " + std::string&&
+    cmd += shell_quote(a);
+  }
+  return run_process(cmd + " 2>&1", output);
+}
+
+// The pid of our redis-server on `port` from scripts/redis-cluster.sh's pid file, 0 when there is none or
+// it is not a live redis-server (never signal a reused pid).
+pid_t node_pid(const fs::path& cluster_dir, int port) {
+  pid_t pid = 0;
+  std::ifstream(cluster_dir / ("node-" + std::to_string(port) + ".pid")) >> pid;
+  if (pid <= 0) return 0;
+  std::ifstream cmd("/proc/" + std::to_string(pid) + "/cmdline");
+  std::stringstream ss;
+  ss << cmd.rdbuf();
+  return ss.str().find("redis-server") != std::string::npos ? pid : 0;
+}
+#endif
 // Where a request's documents came from in the cycling workload: the slowest source among them.
 const std::vector<std::string> kSources = {"store", "host", "disk", "miss"};
 
@@ -228,7 +342,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> modes = split_list(args.get("tiers", "primary,host,disk,disk_dropped,cold"));
     for (const auto& m : modes)
       require(std::find(kModes.begin(), kModes.end(), m) != kModes.end(), "--tiers: '", m,
-              "' is not one of primary, host, disk, disk_dropped, cold");
+              "' is not one of primary, host, disk, disk_dropped, cold, remote");
     require(!modes.empty() && modes[0] == "primary",
             "--tiers must start with primary (the reference of the answer and logit checks)");
     std::set<std::string> scenarios;
@@ -236,6 +350,35 @@ int main(int argc, char** argv) {
       require(s == "a" || s == "b" || s == "c", "--scenarios: '", s, "' is not one of a, b, c");
       scenarios.insert(s);
     }
+    const std::vector<std::string> remote_seeds =
+        args.has("remote") ? parse_remote(args.get("remote")) : std::vector<std::string>{};
+#ifndef REDKNOT_HAS_REDIS
+    require(remote_seeds.empty(),
+            "--remote: this build has no Redis support (hiredis was not found when it was ",
+            "configured: apt-get install libhiredis-dev, then configure again)");
+#endif
+    const bool want_remote = std::find(modes.begin(), modes.end(), "remote") != modes.end();
+    require(!want_remote || !remote_seeds.empty(),
+            "--tiers: remote needs --remote host:port[,...] (a node of the Redis Cluster)");
+    std::vector<std::string> faults;
+    if (args.has("faults")) {
+      require(!remote_seeds.empty(), "--faults needs --remote host:port[,...]");
+      faults = split_list(args.get("faults"));
+      if (faults.size() == 1 && faults[0] == "all") faults = kFaults;
+      require(!faults.empty(), "--faults: '", args.get("faults"), "' names no fault");
+      for (const auto& f : faults)
+        require(std::find(kFaults.begin(), kFaults.end(), f) != kFaults.end(), "--faults: '", f,
+                "' is not one of corrupt, truncate, del_index, kill_master, stop_cluster, all");
+    }
+    const int fault_rounds = int_arg(args, "fault-rounds", 1, 1, 100);
+    const std::string cluster_script = args.get("cluster-script", "scripts/redis-cluster.sh");
+    int lowest_port = 65535;
+    for (const auto& sd : remote_seeds) lowest_port = std::min(lowest_port, port_of(sd));
+    const int cluster_base = int_arg(args, "cluster-base-port", lowest_port, 1024, 55530);
+    const bool need_script = std::find(faults.begin(), faults.end(), "kill_master") != faults.end() ||
+                             std::find(faults.begin(), faults.end(), "stop_cluster") != faults.end();
+    require(!need_script || fs::exists(cluster_script), "--cluster-script: ", cluster_script,
+            " does not exist (run from the repository root or pass the path)");
     const bool fsync = args.has("fsync");
     const std::string stack = args.get("stack", "spill");
     require(stack == "spill" || stack == "plain", "--stack: '", stack, "' is not one of spill, plain");
@@ -293,7 +436,10 @@ int main(int argc, char** argv) {
                       {"plain_docs", bo.plain_docs},
                       {"doc_min", bo.doc_min},
                       {"doc_max", bo.doc_max},
-                      {"seed", bo.seed}};
+                      {"seed", bo.seed},
+                      {"remote", remote_seeds},
+                      {"faults", faults},
+                      {"fault_rounds", fault_rounds}};
     LOG("load average at start: %s\n", load_average().c_str());
     const auto write_json = [&] {
       if (args.has("json")) std::ofstream(args.get("json")) << out.dump(2) << "\n";
@@ -329,6 +475,37 @@ int main(int argc, char** argv) {
                         {"prefill_s_total", std::accumulate(doc_prefill_s.begin(), doc_prefill_s.end(), 0.0)},
                         {"prefill_s_per_1k_tokens_mean", per_1k / static_cast<double>(docs.size())}};
     const auto doc_key = [&](int d) { return cache_a.key(docs[static_cast<std::size_t>(d)].tokens); };
+    // What a request's documents would take as a dense payload: fp32 K and V rows of every (layer, kv_head)
+    // at every position, no headers. The yardstick for the bytes a remote fetch moves.
+    const auto dense_bytes_of = [&](const std::vector<int>& ids) {
+      std::int64_t n = 0;
+      for (int d : ids) n += static_cast<std::int64_t>(docs[static_cast<std::size_t>(d)].tokens.size());
+      return n * heads * c.head_dim * 2 * static_cast<std::int64_t>(sizeof(float));
+    };
+
+    // ---- the remote tier: a RedisTier on the cluster named by --remote (scenarios a's `remote` and f)
+    KvTier* remote_tier = nullptr;
+#ifdef REDKNOT_HAS_REDIS
+    std::unique_ptr<RedisClusterClient> redis;
+    std::unique_ptr<RedisTier> remote;
+    if (!remote_seeds.empty()) {
+      RedisClusterOptions ro;
+      ro.seeds = remote_seeds;
+      // The fault test's bounds (docs/remote_tier.md): a call gives up within about 3 s + one command
+      // timeout, so a stopped cluster costs a request seconds per document, not minutes.
+      ro.connect_timeout = std::chrono::milliseconds(500);
+      ro.command_timeout = std::chrono::milliseconds(1500);
+      ro.request_deadline = std::chrono::milliseconds(3000);
+      redis = std::make_unique<RedisClusterClient>(ro);
+      require<Unavailable>(redis->refresh_slots(), "--remote: no Redis Cluster node answers at ",
+                           args.get("remote"), " (scripts/redis-cluster.sh up --base-port N starts one)");
+      RedisTierOptions to;
+      to.prefix = "rk-tier-bench-" + std::to_string(::getpid());  // a run's own namespace
+      remote = std::make_unique<RedisTier>(*redis, to);
+      remote_tier = remote.get();
+    }
+#endif
+    const auto remote_stats = [&] { return remote_tier != nullptr ? remote_tier->stats() : TierStats{}; };
 
     // ---- a. TTFT by tier
     std::ostringstream md;
@@ -336,14 +513,21 @@ int main(int argc, char** argv) {
     if (scenarios.count("a")) {
       HostTier host(std::int64_t{1} << 40);  // holds whatever one request needs; capacity is b's concern
       DiskTier disk(dir / "a", std::int64_t{1} << 40, true, fsync);
-      TieredChunkCache<float> engine(*store_a, model_fp, {&host, &disk});
+      std::vector<KvTier*> below = {&host, &disk};
+      if (remote_tier != nullptr) below.push_back(remote_tier);  // the slowest last, as an engine would
+      TieredChunkCache<float> engine(*store_a, model_fp, below);
       TieredChunkCache<float> to_host(*store_a, model_fp, {&host});
       TieredChunkCache<float> to_disk(*store_a, model_fp, {&disk});
+      std::unique_ptr<TieredChunkCache<float>> to_remote;
+      if (remote_tier != nullptr)
+        to_remote =
+            std::make_unique<TieredChunkCache<float>>(*store_a, model_fp, std::vector<KvTier*>{remote_tier});
       std::mt19937 rng(bo.seed * 7919u + static_cast<std::uint32_t>(length));
       struct Run {
         double ttft = 0, promote = 0, cold = 0, system = 0, splice = 0, select = 0, recompute = 0,
                question = 0;
         std::int64_t bytes_up = 0;
+        std::int64_t remote_read = 0;  // remote: bytes the RedisTier read (its envelopes included)
         double read_wait = 0;  // of promote: waiting for tier reads (the rest: checks, decode, import)
         double resident = -1;  // disk_dropped: fraction of the objects' pages still cached before the read
       };
@@ -355,7 +539,10 @@ int main(int argc, char** argv) {
         const std::vector<int> ids = unique_docs(rc);
         std::vector<float> ref_logits;
         std::vector<std::int32_t> ref_answer;
-        json jr = {{"tokens", rc.tokens()}, {"doc_tokens", rc.doc_tokens()}, {"docs", rc.doc_ids}};
+        json jr = {{"tokens", rc.tokens()},
+                   {"doc_tokens", rc.doc_tokens()},
+                   {"docs", rc.doc_ids},
+                   {"dense_bytes", dense_bytes_of(ids)}};
         for (const auto& m : modes) runs[m].emplace_back();
         for (int rep = 0; rep < repeats; ++rep) {
           for (const auto& mode : modes) {
@@ -376,6 +563,10 @@ int main(int argc, char** argv) {
                       drop_from_page_cache(disk.path_of(TieredChunkCache<float>::object_name(k)));
                   if (res >= 0) resident_sum += res, ++resident_n;
                 }
+              } else if (mode == "remote") {
+                require<Unavailable>(to_remote->demote(k),
+                                     "scenario a: the remote tier refused a document (is the cluster up? "
+                                     "maxmemory: scripts/redis-cluster.sh)");
               } else if (mode == "cold") {
                 store_a->drop_chunk(k);
               }
@@ -383,6 +574,7 @@ int main(int argc, char** argv) {
             if (resident_n > 0) run.resident = resident_sum / resident_n;
             // The request arrives.
             const ChunkTierStats st0 = engine.stats();
+            const TierStats rs0 = remote_stats();
             const auto t0 = Clock::now();
             for (int d : ids) {
               const auto t = Clock::now();
@@ -394,6 +586,7 @@ int main(int argc, char** argv) {
             const RagResult rr = prefill_rag(s, cache_a, rc.request, spec);
             run.ttft = since(t0);
             run.bytes_up = engine.stats().bytes_up - st0.bytes_up;
+            run.remote_read = remote_stats().bytes_read - rs0.bytes_read;
             run.read_wait = static_cast<double>(engine.stats().read_wait_ns - st0.read_wait_ns) * 1e-9;
             run.system = rr.system_s;
             run.splice = rr.splice_s;
@@ -423,6 +616,7 @@ int main(int argc, char** argv) {
                                         {"read_wait_s", run.read_wait},
                                         {"cold_prefill_s", run.cold},
                                         {"bytes_up", run.bytes_up},
+                                        {"remote_bytes_read", run.remote_read},
                                         {"resident_fraction", run.resident}});
             LOG("[a %d/%d rep %d] %-12s TTFT %6.2f s  promote %6.3f s  cold %5.2f s  up %6.1f MiB%s\n", r + 1,
                 n_requests, rep + 1, mode.c_str(), run.ttft, run.promote, run.cold, run.bytes_up / 1048576.0,
@@ -435,7 +629,7 @@ int main(int argc, char** argv) {
         json js;
         for (const auto& mode : modes) {
           std::vector<double> ttft, promote, wait, cold, up, sys, splice, select, recompute, question,
-              resident;
+              resident, ratio, remote_read, dense;
           for (const auto& per_req : runs[mode]) {
             std::vector<double> t, p, w, cl, sy, sp, se, rc2, q;
             for (const Run& x : per_req) {
@@ -460,6 +654,11 @@ int main(int argc, char** argv) {
             recompute.push_back(median(rc2));
             question.push_back(median(q));
             up.push_back(static_cast<double>(per_req.front().bytes_up));
+            remote_read.push_back(static_cast<double>(per_req.front().remote_read));
+            // jreq holds every request so far, in the order of runs[mode].
+            const double dense_b = jreq[ratio.size()]["dense_bytes"].get<double>();
+            dense.push_back(dense_b);
+            ratio.push_back(static_cast<double>(per_req.front().bytes_up) / dense_b);
           }
           js[mode] = {{"requests", ttft.size()},
                       {"ttft_median_s", median(ttft)},
@@ -471,6 +670,10 @@ int main(int argc, char** argv) {
                       {"cold_prefill_median_s", median(cold)},
                       {"bytes_up_median", median(up)},
                       {"bytes_up_total", std::accumulate(up.begin(), up.end(), 0.0)},
+                      {"remote_bytes_read_median", median(remote_read)},
+                      {"dense_bytes_median", median(dense)},
+                      {"bytes_up_over_dense_median", median(ratio)},
+                      {"bytes_up_over_dense_per_request", ratio},
                       {"system_median_s", median(sys)},
                       {"splice_median_s", median(splice)},
                       {"select_median_s", median(select)},
@@ -483,28 +686,36 @@ int main(int argc, char** argv) {
         out["a"] = {{"requests", jreq},
                     {"summary", js},
                     {"host", {{"get_ns", host.stats().get_ns}, {"bytes_read", host.stats().bytes_read}}},
-                    {"disk", {{"get_ns", disk.stats().get_ns}, {"bytes_read", disk.stats().bytes_read}}}};
+                    {"disk", {{"get_ns", disk.stats().get_ns}, {"bytes_read", disk.stats().bytes_read}}},
+                    {"remote",
+                     {{"get_ns", remote_stats().get_ns},
+                      {"bytes_read", remote_stats().bytes_read},
+                      {"bytes_written", remote_stats().bytes_written},
+                      {"misses", remote_stats().misses},
+                      {"corrupt", remote_stats().corrupt},
+                      {"put_failures", remote_stats().put_failures}}}};
         write_json();
       }
       md << "\n**a. TTFT by tier** (" << n_requests << " requests of " << length << " tokens, " << repeats
          << " repeats each, medians; spec " << recompute_spec_name(spec) << ")\n\n"
          << "| documents in | TTFT (median) | TTFT (min-max) | promotion (median) | of which reading | cold "
             "prefills (median) | moved up per request (median) | answers differing from primary | logits "
-            "differing from primary's first run |\n"
-         << "|---|---|---|---|---|---|---|---|---|\n";
+            "differing from primary's first run | moved up / dense payload |\n"
+         << "|---|---|---|---|---|---|---|---|---|---|\n";
       for (const auto& mode : modes) {
         const auto& s = out["a"]["summary"][mode];
         char answers[32] = "reference";
         if (mode != "primary")
           std::snprintf(answers, sizeof answers, "%d / %d", s["answer_mismatches"].get<int>(), n_requests);
         char b[512];
-        std::snprintf(b, sizeof b,
-                      "| %s | %.2f s | %.2f-%.2f s | %.3f s | %.3f s | %.2f s | %.1f MiB | %s | %d / %d |\n",
-                      mode.c_str(), s["ttft_median_s"].get<double>(), s["ttft_min_s"].get<double>(),
-                      s["ttft_max_s"].get<double>(), s["promote_median_s"].get<double>(),
-                      s["read_wait_median_s"].get<double>(), s["cold_prefill_median_s"].get<double>(),
-                      s["bytes_up_median"].get<double>() / 1048576.0, answers,
-                      s["logit_mismatches"].get<int>(), n_requests * repeats);
+        std::snprintf(
+            b, sizeof b,
+            "| %s | %.2f s | %.2f-%.2f s | %.3f s | %.3f s | %.2f s | %.1f MiB | %s | %d / %d | %.3f |\n",
+            mode.c_str(), s["ttft_median_s"].get<double>(), s["ttft_min_s"].get<double>(),
+            s["ttft_max_s"].get<double>(), s["promote_median_s"].get<double>(),
+            s["read_wait_median_s"].get<double>(), s["cold_prefill_median_s"].get<double>(),
+            s["bytes_up_median"].get<double>() / 1048576.0, answers, s["logit_mismatches"].get<int>(),
+            n_requests * repeats, s["bytes_up_over_dense_median"].get<double>());
         md << b;
       }
       md << "\nWhere the warm time goes (medians, s): ";
@@ -523,9 +734,243 @@ int main(int argc, char** argv) {
         md << "\ndisk_dropped: objects' pages still in the page cache after fdatasync + POSIX_FADV_DONTNEED "
               "(mincore, median): "
            << out["a"]["summary"]["disk_dropped"]["resident_fraction_mean"].get<double>() << "\n";
-      // Scenario b starts from its own store: give a's pages back.
-      for (const ChunkKey& k : store_a->chunk_keys()) store_a->drop_chunk(k);
     }
+
+    // ---- f. faults on the remote tier
+#ifdef REDKNOT_HAS_REDIS
+    if (!faults.empty()) {
+      const char* tmp = std::getenv("TMPDIR");
+      const fs::path cluster_dir = fs::path(tmp != nullptr && *tmp != '\0' ? tmp : "/tmp") /
+                                   ("redknot-redis-cluster-" + std::to_string(cluster_base));
+      const auto script = [&](const std::string& verb, bool quiet_out) {
+        return run_process("timeout 120 bash " + shell_quote(cluster_script) + " " + verb + " --base-port " +
+                           std::to_string(cluster_base) + (quiet_out ? " >/dev/null 2>&1" : " >&2"));
+      };
+      // Seconds until the script reports every node answering and the cluster ok (bounded), -1 if never.
+      const auto wait_cluster_ok = [&](double limit_s) {
+        const auto t = Clock::now();
+        for (int i = 0; i < 1000 && since(t) < limit_s; ++i) {
+          if (script("status", true) == 0) return since(t);
+          std::this_thread::sleep_for(std::chrono::milliseconds(250));
+        }
+        return -1.0;
+      };
+      TieredChunkCache<float> engine(*store_a, model_fp, {remote_tier});
+      std::mt19937 rng(bo.seed * 31337u + static_cast<std::uint32_t>(length));
+      json jf = json::array();
+      int injected_total = 0, served = 0, answers_differ = 0, logits_differ = 0, n = 0;
+      md << "\n**f. Faults on the remote tier** (" << length
+         << "-token requests whose documents were demoted "
+         << "into the RedisTier; the fault-free reference is the same request from the store)\n\n"
+         << "| fault | target | injected | documents | from Redis | prefilled again | rejected (corrupt) | "
+            "TTFT | answer differs | logits differ | cluster ok again after |\n"
+         << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+      for (int round = 0; round < fault_rounds; ++round) {
+        for (const std::string& kind : faults) {
+          // A healthy cluster before each fault (the previous one may still be recovering).
+          if (wait_cluster_ok(60) < 0) {
+            script("up", false);
+            require<Unavailable>(wait_cluster_ok(60) >= 0, "scenario f: the Redis Cluster at base port ",
+                                 cluster_base, " is not ok (scripts/redis-cluster.sh status)");
+          }
+          redis->refresh_slots();
+          const RagCase rc = bench.make_case(length, max_new, n % bo.fact_docs, rng);
+          ++n;
+          const std::vector<int> ids = unique_docs(rc);
+          // The fault-free run: every document in the store.
+          for (int d : ids)
+            if (!store_a->has_chunk(doc_key(d))) cache_a.add(docs[static_cast<std::size_t>(d)].tokens);
+          std::vector<float> ref_logits;
+          std::vector<std::int32_t> ref_answer;
+          {
+            Session s0(model, store_a, so);
+            const RagResult r0 = prefill_rag(s0, cache_a, rc.request, spec);
+            ref_logits = r0.logits;
+            ref_answer = greedy_answer(s0, r0.logits, max_new, is_end);
+          }
+          for (int d : ids)
+            require<Unavailable>(engine.demote(doc_key(d)), "scenario f: the remote tier refused a document");
+          // Every write on a replica before the fault, so that a promoted replica holds the objects (the
+          // fault tests the failover, not writes lost with a master). Bounded.
+          int replicated = 0;
+          const std::vector<std::string> masters = redis->masters();
+          for (const std::string& m : masters) {
+            RedisReply w;
+            for (int i = 0; i < 10 && !(w.type == RedisReply::Type::kInteger && w.integer >= 1); ++i)
+              w = redis->command_at(m, {"WAIT", "1", "2000"});
+            replicated += w.type == RedisReply::Type::kInteger && w.integer >= 1;
+          }
+          // The target is the document looked up last, so that a fault injected while the first ones are
+          // read lands before its read.
+          const std::string name = TieredChunkCache<float>::object_name(doc_key(ids.back()));
+          const std::string ikey = remote->index_key(name);
+          const std::string pkey = remote->payload_key(name);
+          const std::string node = redis->node_of_slot(redis_key_slot(ikey));
+          std::atomic<bool> injected{false};
+          std::atomic<int> lookups{0};
+          std::atomic<bool> request_done{false};
+          std::atomic<double> injected_at{-1.0};
+          std::string detail;
+          std::vector<pid_t> pids;
+          const auto t0 = Clock::now();
+          if (kind == "corrupt" || kind == "truncate") {
+            std::string len_s, o;
+            redis_cli(node, {"STRLEN", pkey}, &len_s);
+            const long len = std::atol(len_s.c_str());
+            if (kind == "corrupt") {
+              // 8 bytes in the middle of the payload (K/V rows): only the checksums can tell.
+              const int st = redis_cli(node, {"SETRANGE", pkey, std::to_string(len / 2), "CORRUPT!"}, &o);
+              injected = st == 0 && len > 16 && o == std::to_string(len);
+              detail = "SETRANGE " + pkey + " " + std::to_string(len / 2) + " on " + node;
+            } else {
+              const int st = redis_cli(node,
+                                       {"EVAL",
+                                        "local v = redis.call('GET', KEYS[1]); redis.call('SET', KEYS[1], "
+                                        "string.sub(v, 1, math.floor(#v / 2))); return #v",
+                                        "1", pkey},
+                                       &o);
+              std::string after;
+              redis_cli(node, {"STRLEN", pkey}, &after);
+              injected = st == 0 && len > 0 && std::atol(after.c_str()) == len / 2;
+              detail =
+                  "truncated " + pkey + " from " + std::to_string(len) + " to " + after + " bytes on " + node;
+            }
+          } else if (kind == "del_index") {
+            std::string o;
+            const int st = redis_cli(node, {"DEL", ikey}, &o);
+            injected = st == 0 && o == "1";
+            detail = "DEL " + ikey + " on " + node;
+          } else if (kind == "kill_master") {
+            const pid_t pid = node_pid(cluster_dir, port_of(node));
+            require<Unavailable>(pid > 0, "scenario f: no live redis-server pid for ", node, " in ",
+                                 cluster_dir.string(), " (--cluster-base-port ", cluster_base, "?)");
+            pids.push_back(pid);
+            detail = "kill -9 of master " + node + " (pid " + std::to_string(pid) + ")";
+          } else {  // stop_cluster
+            for (int i = 0; i < 6; ++i)
+              if (const pid_t p = node_pid(cluster_dir, cluster_base + i); p > 0) pids.push_back(p);
+            require<Unavailable>(!pids.empty(), "scenario f: no live redis-server pid in ",
+                                 cluster_dir.string(), " (--cluster-base-port ", cluster_base, "?)");
+            detail = "SIGSTOP of " + std::to_string(pids.size()) + " nodes";
+          }
+          // Process faults land mid-request: 20 ms into the second document's lookup (bounded wait).
+          std::thread injector;
+          if (kind == "kill_master" || kind == "stop_cluster") {
+            const int at = ids.size() > 1 ? 2 : 1;
+            injector = std::thread([&, at] {
+              for (int i = 0; i < 120000 && lookups < at && !request_done; ++i)
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+              if (request_done) return;
+              std::this_thread::sleep_for(std::chrono::milliseconds(20));
+              for (const pid_t p : pids) ::kill(p, kind == "kill_master" ? SIGKILL : SIGSTOP);
+              injected_at = since(t0);
+              injected = true;
+            });
+          }
+          // The request.
+          const ChunkTierStats e0 = engine.stats();
+          const TierStats r0 = remote->stats();
+          const RedisClientStats c0 = redis->stats();
+          const auto t_req = Clock::now();
+          int misses = 0;
+          double cold = 0;
+          for (int d : ids) {
+            ++lookups;
+            if (!engine.lookup(doc_key(d))) {
+              ++misses;
+              cold += cache_a.add(docs[static_cast<std::size_t>(d)].tokens);
+            }
+          }
+          Session s(model, store_a, so);
+          const RagResult rr = prefill_rag(s, cache_a, rc.request, spec);
+          const double ttft = since(t_req);
+          request_done = true;
+          if (injector.joinable()) injector.join();
+          if (kind == "stop_cluster")
+            for (const pid_t p : pids) ::kill(p, SIGCONT);
+          const std::vector<std::int32_t> answer = greedy_answer(s, rr.logits, max_new, is_end);
+          ++served;
+          // Back to a healthy cluster: the killed master restarted (it rejoins as a replica).
+          double recover_s = -1;
+          if (kind == "kill_master" && injected) {
+            script("start-node " + std::to_string(port_of(node) - cluster_base), false);
+            recover_s = wait_cluster_ok(90);
+          } else if (kind == "stop_cluster" && injected) {
+            recover_s = wait_cluster_ok(90);
+          }
+          // From the injection to the script's "ok".
+          if (recover_s >= 0) recover_s = since(t0) - injected_at.load();
+          const ChunkTierStats e1 = engine.stats();
+          const TierStats r1 = remote->stats();
+          const RedisClientStats c1 = redis->stats();
+          // What is left in the tier (documents that missed were prefilled into the store again).
+          for (int d : ids) remote->remove(TieredChunkCache<float>::object_name(doc_key(d)));
+          const bool answer_same = answer == ref_answer;
+          const bool logits_same = same_bits(rr.logits, ref_logits);
+          injected_total += injected;
+          answers_differ += !answer_same;
+          logits_differ += !logits_same;
+          if (!answer_same || !logits_same)
+            std::fprintf(stderr, "FAULT %s: answer %s, logits %s vs the fault-free run\n", kind.c_str(),
+                         answer_same ? "same" : "DIFFERS", logits_same ? "same" : "DIFFER");
+          const std::int64_t rejected = (e1.rejected - e0.rejected) + (r1.corrupt - r0.corrupt);
+          jf.push_back({{"fault", kind},
+                        {"round", round},
+                        {"detail", detail},
+                        {"injected", injected.load()},
+                        {"injected_at_s", injected_at.load()},
+                        {"replicated_masters", replicated},
+                        {"masters", masters.size()},
+                        {"documents", ids.size()},
+                        {"from_remote", e1.promotions - e0.promotions},
+                        {"prefilled_again", misses},
+                        {"cold_prefill_s", cold},
+                        {"rejected", rejected},
+                        {"remote_misses", r1.misses - r0.misses},
+                        {"ttft_s", ttft},
+                        {"bytes_up", e1.bytes_up - e0.bytes_up},
+                        {"dense_bytes", dense_bytes_of(ids)},
+                        {"answer_same", answer_same},
+                        {"logits_same", logits_same},
+                        {"answer", text_of(answer)},
+                        {"correct", text_of(answer).find(rc.code) != std::string::npos},
+                        {"recover_s", recover_s},
+                        {"client",
+                         {{"connect_failures", c1.connect_failures - c0.connect_failures},
+                          {"connection_errors", c1.connection_errors - c0.connection_errors},
+                          {"failed", c1.failed - c0.failed},
+                          {"moved", c1.moved - c0.moved},
+                          {"slot_refreshes", c1.slot_refreshes - c0.slot_refreshes},
+                          {"down_events", c1.down_events - c0.down_events}}}});
+          LOG("[f %s] %s; injected %s; %zu docs: %lld from Redis, %d prefilled again; TTFT %.2f s; answer "
+              "%s, "
+              "logits %s\n",
+              kind.c_str(), detail.c_str(), injected ? "yes" : "NO", ids.size(),
+              static_cast<long long>(e1.promotions - e0.promotions), misses, ttft,
+              answer_same ? "same" : "DIFFERS", logits_same ? "same" : "DIFFER");
+          char row[512];
+          std::snprintf(
+              row, sizeof row, "| %s | %s | %s | %zu | %lld | %d | %lld | %.2f s | %s | %s | %s |\n",
+              kind.c_str(), node.c_str(), injected ? "yes" : "no", ids.size(),
+              static_cast<long long>(e1.promotions - e0.promotions), misses, static_cast<long long>(rejected),
+              ttft, answer_same ? "no" : "YES", logits_same ? "no" : "YES",
+              recover_s >= 0 ? (std::to_string(recover_s).substr(0, 5) + " s").c_str() : "-");
+          md << row;
+          out["f"] = {{"runs", jf},
+                      {"faults_injected", injected_total},
+                      {"requests_served", served},
+                      {"answers_differing", answers_differ},
+                      {"logits_differing", logits_differ}};
+          write_json();
+        }
+      }
+      md << "\nFaults injected: " << injected_total << "; requests served: " << served
+         << "; answers differing from the fault-free run: " << answers_differ
+         << "; first-token logits differing: " << logits_differ << ".\n";
+    }
+#endif
+    // Scenario b starts from its own store: give a's (and f's) pages back.
+    for (const ChunkKey& k : store_a->chunk_keys()) store_a->drop_chunk(k);
     store_a.reset();
 
     // ---- b. cycling workload larger than the pool
