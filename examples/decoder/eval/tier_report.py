@@ -7,9 +7,10 @@ A later file's scenarios replace an earlier file's (e.g. scenario b rerun alone 
 
 Prints markdown tables: the per-tier TTFT of scenario a (medians over repeats per request, then over
 requests), scenario b's hit rates and TTFT by the slowest source of a request's documents, scenario c's swap
-times. With --png (needs
-matplotlib): TTFT by tier (a: one point per request, the bar at the median, the promotion / cold-prefill part
-hatched) beside TTFT by source in the cycling workload (b) and swap-in times (c)."""
+times, and scenario f's fault table (the remote tier: faults injected while requests read their documents
+from a Redis Cluster). With --png (needs matplotlib): TTFT by tier (a: one point per request, the bar at the
+median, the promotion / cold-prefill part hatched; `remote` where the run had --remote) beside TTFT by source
+in the cycling workload (b), swap-in times (c) and the TTFT of each fault's request (f)."""
 import json
 import statistics
 import sys
@@ -42,15 +43,18 @@ def text(d):
         out += ["", f"**a. TTFT by tier** ({len(d['a']['requests'])} requests of {o['length']} tokens, "
                 f"{o['repeats']} repeats each; per tier the median over requests of each request's median)", "",
                 "| documents in | TTFT median | TTFT min-max | promotion | of which reading | cold prefills "
-                "| moved up per request | answers differing from primary | logits differing from primary |",
-                "|---|---|---|---|---|---|---|---|---|"]
+                "| moved up per request | moved up / dense payload | answers differing from primary "
+                "| logits differing from primary |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         n, reps = len(d["a"]["requests"]), o["repeats"]
         for mode in modes_of(d):
             s = d["a"]["summary"][mode]
             ans = "reference" if mode == "primary" else f"{s['answer_mismatches']} / {n}"
+            # Older JSON (before --remote) has no dense yardstick.
+            ratio = f"{s['bytes_up_over_dense_median']:.3f}" if "bytes_up_over_dense_median" in s else "-"
             out.append(f"| {mode} | {s['ttft_median_s']:.2f} s | {s['ttft_min_s']:.2f}-{s['ttft_max_s']:.2f} s "
                        f"| {s['promote_median_s']:.3f} s | {s['read_wait_median_s']:.3f} s "
-                       f"| {s['cold_prefill_median_s']:.2f} s | {mib(s['bytes_up_median']):.0f} MiB | {ans} "
+                       f"| {s['cold_prefill_median_s']:.2f} s | {mib(s['bytes_up_median']):.0f} MiB | {ratio} | {ans} "
                        f"| {s['logit_mismatches']} / {n * reps} |")
         out += ["", "| documents in | system | splice | select (layer-1 K/V, deviation) | recompute | question |",
                 "|---|---|---|---|---|---|"]
@@ -58,6 +62,27 @@ def text(d):
             s = d["a"]["summary"][mode]
             out.append(f"| {mode} | {s['system_median_s']:.2f} s | {s['splice_median_s']:.3f} s "
                        f"| {s['select_median_s']:.2f} s | {s['recompute_median_s']:.2f} s | {s['question_median_s']:.2f} s |")
+        dense = [q["dense_bytes"] for q in d["a"]["requests"] if "dense_bytes" in q]
+        if dense:
+            out += ["", f"Dense payload of a request's documents (fp32 K+V rows of every head and position, median over {len(dense)} requests): "
+                    f"{mib(statistics.median(dense)):.1f} MiB."]
+    if "f" in d:
+        f = d["f"]
+        o = d.get("f_options", d["options"])
+        out += ["", f"**f. Faults on the remote tier** ({len(f['runs'])} requests of {o['length']} tokens, documents "
+                "demoted into the RedisTier, one fault each; reference: the same request from the store)", "",
+                "| fault | injected | documents | from Redis | prefilled again | rejected (corrupt) | lookups | TTFT "
+                "| answer differs | logits differ | replica took over after | all 6 nodes ok after |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        secs = lambda x: f"{x:.2f} s" if x is not None and x >= 0 else "-"
+        for r in f["runs"]:
+            out.append(f"| {r['fault']} | {'yes' if r['injected'] else 'NO'} | {r['documents']} | {r['from_remote']} "
+                       f"| {r['prefilled_again']} | {r['rejected']} | {secs(r.get('lookup_s'))} | {r['ttft_s']:.2f} s "
+                       f"| {'no' if r['answer_same'] else 'YES'} | {'no' if r['logits_same'] else 'YES'} "
+                       f"| {secs(r.get('failover_s'))} | {secs(r['recover_s'])} |")
+        out += ["", f"Faults injected: {f['faults_injected']}; requests served: {f['requests_served']}; answers "
+                f"differing from the fault-free run: {f['answers_differing']}; first-token logits differing: "
+                f"{f['logits_differing']}."]
     if "b" in d:
         b = d["b"]
         out += ["", f"**b. Cycling workload** ({len(b['requests'])} requests; KV of all documents "
@@ -104,11 +129,11 @@ def plot(d, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [p for p in ("a", "b", "c") if p in d]
+    panels = [p for p in ("a", "b", "c", "f") if p in d]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
     axes = axes[0]
     colors = {"primary": "#4c72b0", "host": "#55a868", "disk": "#c44e52", "disk_dropped": "#8172b2",
-              "cold": "#7f7f7f", "store": "#4c72b0", "miss": "#7f7f7f"}
+              "cold": "#7f7f7f", "store": "#4c72b0", "miss": "#7f7f7f", "remote": "#dd8452"}
     for ax, p in zip(axes, panels):
         if p == "a":
             modes = modes_of(d)
@@ -142,6 +167,24 @@ def plot(d, path):
             ax.set_title("b. cycling workload, pool = 1/3 of the documents\nby the slowest source of a request's "
                          "documents", fontsize=9)
             ax.set_ylim(bottom=0)
+        elif p == "f":
+            runs = d["f"]["runs"]
+            x = range(len(runs))
+            ttft = [r["ttft_s"] for r in runs]
+            cold = [r["cold_prefill_s"] for r in runs]
+            ax.bar(list(x), ttft, color="#dd8452", alpha=0.55, width=0.7)
+            ax.bar(list(x), cold, bottom=[t - c for t, c in zip(ttft, cold)], fill=False, hatch="//",
+                   edgecolor="black", width=0.7, linewidth=0)
+            for i, r in enumerate(runs):
+                ok = r["answer_same"] and r["logits_same"]
+                ax.text(i, ttft[i], f"{r['prefilled_again']} miss\n{'same' if ok else 'DIFFERS'}", ha="center",
+                        va="bottom", fontsize=7)
+            ax.set_xticks(list(x))
+            ax.set_xticklabels([r["fault"] for r in runs], rotation=30, ha="right", fontsize=8)
+            ax.set_ylabel("TTFT (s)")
+            ax.set_title("f. faults on the remote tier (Redis Cluster)\nhatched: documents prefilled again",
+                         fontsize=9)
+            ax.set_ylim(bottom=0, top=max(ttft) * 1.2 if ttft else 1)
         else:
             names = placements_of(d)
             outs = [1e3 * d["c"][k]["swap_out_median_s"] for k in names]
@@ -177,10 +220,10 @@ def main(argv):
         argv = argv[:i] + argv[i + 2:]
     d = json.load(open(argv[1]))
     run_of = lambda f: f"{f['date']}, load {f['load_start']} -> {f.get('load_end', '?')}"
-    src = {k: run_of(d) for k in ("a", "b", "c") if k in d}
+    src = {k: run_of(d) for k in ("a", "b", "c", "f") if k in d}
     for p in argv[2:]:
         later = json.load(open(p))
-        for k in ("a", "b", "c"):
+        for k in ("a", "b", "c", "f"):
             if k in later:
                 d[k] = later[k]
                 d[k + "_options"] = later["options"]
