@@ -763,8 +763,9 @@ int main(int argc, char** argv) {
          << "-token requests whose documents were demoted "
          << "into the RedisTier; the fault-free reference is the same request from the store)\n\n"
          << "| fault | target | injected | documents | from Redis | prefilled again | rejected (corrupt) | "
-            "TTFT | answer differs | logits differ | cluster ok again after |\n"
-         << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+            "lookups | TTFT | answer differs | logits differ | replica took over after | all 6 nodes ok "
+            "after |\n"
+         << "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
       for (int round = 0; round < fault_rounds; ++round) {
         for (const std::string& kind : faults) {
           // A healthy cluster before each fault (the previous one may still be recovering).
@@ -810,6 +811,8 @@ int main(int argc, char** argv) {
           std::atomic<int> lookups{0};
           std::atomic<bool> request_done{false};
           std::atomic<double> injected_at{-1.0};
+          std::atomic<double> failover_s{-1.0};  // kill_master: until another node owns the victim's slot
+          std::string new_owner;                 // written by the injector thread, read after its join
           std::string detail;
           std::vector<pid_t> pids;
           const auto t0 = Clock::now();
@@ -865,6 +868,30 @@ int main(int argc, char** argv) {
               for (const pid_t p : pids) ::kill(p, kind == "kill_master" ? SIGKILL : SIGSTOP);
               injected_at = since(t0);
               injected = true;
+              if (kind != "kill_master") return;
+              // The failover, seen from another master's slot map: the victim's slot owned by another node
+              // (its replica, promoted). Polled from the kill on, bounded (60 s), with a client of its own.
+              std::string other;
+              for (const std::string& m : masters)
+                if (m != node) other = m;
+              RedisClusterOptions po;
+              po.seeds = {other};
+              po.connect_timeout = std::chrono::milliseconds(300);
+              po.command_timeout = std::chrono::milliseconds(500);
+              po.request_deadline = std::chrono::milliseconds(1000);
+              RedisClusterClient probe(po);
+              const int slot = redis_key_slot(ikey);
+              for (int i = 0; i < 600 && since(t0) - injected_at.load() < 60; ++i) {
+                if (probe.refresh_slots()) {
+                  const std::string owner = probe.node_of_slot(slot);
+                  if (!owner.empty() && owner != node) {
+                    failover_s = since(t0) - injected_at.load();
+                    new_owner = owner;
+                    return;
+                  }
+                }
+                std::this_thread::sleep_for(std::chrono::milliseconds(100));
+              }
             });
           }
           // The request.
@@ -873,10 +900,13 @@ int main(int argc, char** argv) {
           const RedisClientStats c0 = redis->stats();
           const auto t_req = Clock::now();
           int misses = 0;
-          double cold = 0;
+          double cold = 0, lookup_s = 0;
           for (int d : ids) {
             ++lookups;
-            if (!engine.lookup(doc_key(d))) {
+            const auto tl = Clock::now();
+            const bool found = engine.lookup(doc_key(d)).has_value();
+            lookup_s += since(tl);
+            if (!found) {
               ++misses;
               cold += cache_a.add(docs[static_cast<std::size_t>(d)].tokens);
             }
@@ -891,15 +921,16 @@ int main(int argc, char** argv) {
           const std::vector<std::int32_t> answer = greedy_answer(s, rr.logits, max_new, is_end);
           ++served;
           // Back to a healthy cluster: the killed master restarted (it rejoins as a replica).
+          // kill_master: from `start-node` of the killed node (it rejoins as a replica); stop_cluster: from
+          // SIGCONT; until the script reports all 6 nodes answering and the cluster ok.
           double recover_s = -1;
           if (kind == "kill_master" && injected) {
+            const auto t_back = Clock::now();
             script("start-node " + std::to_string(port_of(node) - cluster_base), false);
-            recover_s = wait_cluster_ok(90);
+            if (wait_cluster_ok(90) >= 0) recover_s = since(t_back);
           } else if (kind == "stop_cluster" && injected) {
-            recover_s = wait_cluster_ok(90);
+            recover_s = wait_cluster_ok(90);  // SIGCONT was sent just before
           }
-          // From the injection to the script's "ok".
-          if (recover_s >= 0) recover_s = since(t0) - injected_at.load();
           const ChunkTierStats e1 = engine.stats();
           const TierStats r1 = remote->stats();
           const RedisClientStats c1 = redis->stats();
@@ -934,6 +965,9 @@ int main(int argc, char** argv) {
                         {"logits_same", logits_same},
                         {"answer", text_of(answer)},
                         {"correct", text_of(answer).find(rc.code) != std::string::npos},
+                        {"lookup_s", lookup_s},
+                        {"failover_s", failover_s.load()},
+                        {"new_owner", new_owner},
                         {"recover_s", recover_s},
                         {"client",
                          {{"connect_failures", c1.connect_failures - c0.connect_failures},
@@ -948,13 +982,19 @@ int main(int argc, char** argv) {
               kind.c_str(), detail.c_str(), injected ? "yes" : "NO", ids.size(),
               static_cast<long long>(e1.promotions - e0.promotions), misses, ttft,
               answer_same ? "same" : "DIFFERS", logits_same ? "same" : "DIFFER");
-          char row[512];
-          std::snprintf(
-              row, sizeof row, "| %s | %s | %s | %zu | %lld | %d | %lld | %.2f s | %s | %s | %s |\n",
-              kind.c_str(), node.c_str(), injected ? "yes" : "no", ids.size(),
-              static_cast<long long>(e1.promotions - e0.promotions), misses, static_cast<long long>(rejected),
-              ttft, answer_same ? "no" : "YES", logits_same ? "no" : "YES",
-              recover_s >= 0 ? (std::to_string(recover_s).substr(0, 5) + " s").c_str() : "-");
+          const auto secs = [](double x) {
+            char b[32] = "-";
+            if (x >= 0) std::snprintf(b, sizeof b, "%.2f s", x);
+            return std::string(b);
+          };
+          char row[640];
+          std::snprintf(row, sizeof row,
+                        "| %s | %s | %s | %zu | %lld | %d | %lld | %.2f s | %.2f s | %s | %s | %s | %s |\n",
+                        kind.c_str(), kind == "stop_cluster" ? "all nodes" : node.c_str(),
+                        injected ? "yes" : "no", ids.size(),
+                        static_cast<long long>(e1.promotions - e0.promotions), misses,
+                        static_cast<long long>(rejected), lookup_s, ttft, answer_same ? "no" : "YES",
+                        logits_same ? "no" : "YES", secs(failover_s.load()).c_str(), secs(recover_s).c_str());
           md << row;
           out["f"] = {{"runs", jf},
                       {"faults_injected", injected_total},
