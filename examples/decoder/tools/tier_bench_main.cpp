@@ -936,6 +936,16 @@ int main(int argc, char** argv) {
           const RedisClientStats c1 = redis->stats();
           // What is left in the tier (documents that missed were prefilled into the store again).
           for (int d : ids) remote->remove(TieredChunkCache<float>::object_name(doc_key(d)));
+          // A payload whose index was deleted is invisible to the tier (remove() finds payloads through the
+          // index): it stays on its node until maxmemory's LRU or a TTL takes it. Measured, then deleted
+          // here.
+          long orphan_bytes = 0;
+          if (kind == "del_index") {
+            std::string len_s, o;
+            redis_cli(redis->node_of_slot(redis_key_slot(pkey)), {"STRLEN", pkey}, &len_s);
+            orphan_bytes = std::atol(len_s.c_str());
+            redis_cli(redis->node_of_slot(redis_key_slot(pkey)), {"DEL", pkey}, &o);
+          }
           const bool answer_same = answer == ref_answer;
           const bool logits_same = same_bits(rr.logits, ref_logits);
           injected_total += injected;
@@ -966,6 +976,7 @@ int main(int argc, char** argv) {
                         {"answer", text_of(answer)},
                         {"correct", text_of(answer).find(rc.code) != std::string::npos},
                         {"lookup_s", lookup_s},
+                        {"orphan_payload_bytes", orphan_bytes},
                         {"failover_s", failover_s.load()},
                         {"new_owner", new_owner},
                         {"recover_s", recover_s},
