@@ -175,6 +175,10 @@ def plot(d, path):
             ax.bar(list(x), ttft, color="#dd8452", alpha=0.55, width=0.7)
             ax.bar(list(x), cold, bottom=[t - c for t, c in zip(ttft, cold)], fill=False, hatch="//",
                    edgecolor="black", width=0.7, linewidth=0)
+            # Below the prefills: the lookups (reads from Redis, or waiting on it until the client gives up).
+            look = [r.get("lookup_s", 0) for r in runs]
+            ax.bar(list(x), look, bottom=[t - c - k for t, c, k in zip(ttft, cold, look)], fill=False, hatch="..",
+                   edgecolor="#555555", width=0.7, linewidth=0)
             for i, r in enumerate(runs):
                 ok = r["answer_same"] and r["logits_same"]
                 ax.text(i, ttft[i], f"{r['prefilled_again']} miss\n{'same' if ok else 'DIFFERS'}", ha="center",
@@ -182,7 +186,7 @@ def plot(d, path):
             ax.set_xticks(list(x))
             ax.set_xticklabels([r["fault"] for r in runs], rotation=30, ha="right", fontsize=8)
             ax.set_ylabel("TTFT (s)")
-            ax.set_title("f. faults on the remote tier (Redis Cluster)\nhatched: documents prefilled again",
+            ax.set_title("f. faults on the remote tier (Redis Cluster)\n//: documents prefilled again, ..: lookups",
                          fontsize=9)
             ax.set_ylim(bottom=0, top=max(ttft) * 1.2 if ttft else 1)
         else:
