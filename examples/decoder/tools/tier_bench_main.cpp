@@ -718,6 +718,17 @@ int main(int argc, char** argv) {
             n_requests * repeats, s["bytes_up_over_dense_median"].get<double>());
         md << b;
       }
+      if (want_remote) {
+        const auto& r = out["a"]["summary"]["remote"];
+        char b[256];
+        std::snprintf(b, sizeof b,
+                      "\nremote: fetched %.1f MiB per request (median; the RedisTier read %.1f MiB with its "
+                      "envelopes) against a dense payload of %.1f MiB (fp32 K+V, every head and position).\n",
+                      r["bytes_up_median"].get<double>() / 1048576.0,
+                      r["remote_bytes_read_median"].get<double>() / 1048576.0,
+                      r["dense_bytes_median"].get<double>() / 1048576.0);
+        md << b;
+      }
       md << "\nWhere the warm time goes (medians, s): ";
       for (const auto& mode : modes) {
         const auto& s = out["a"]["summary"][mode];
@@ -858,6 +869,22 @@ int main(int argc, char** argv) {
           }
           // Process faults land mid-request: 20 ms into the second document's lookup (bounded wait).
           std::thread injector;
+          // Whatever happens to the request (an exception included), the injector is joined and stopped
+          // nodes are resumed: a run must not leave the cluster frozen behind it.
+          struct Release {
+            std::atomic<bool>& done;
+            std::thread& thread;
+            const std::vector<pid_t>& stopped;
+            bool resume;
+            void operator()() {
+              done = true;
+              if (thread.joinable()) thread.join();
+              if (resume)
+                for (const pid_t p : stopped) ::kill(p, SIGCONT);
+              resume = false;
+            }
+            ~Release() { (*this)(); }
+          } release{request_done, injector, pids, kind == "stop_cluster"};
           if (kind == "kill_master" || kind == "stop_cluster") {
             const int at = ids.size() > 1 ? 2 : 1;
             injector = std::thread([&, at] {
@@ -914,10 +941,7 @@ int main(int argc, char** argv) {
           Session s(model, store_a, so);
           const RagResult rr = prefill_rag(s, cache_a, rc.request, spec);
           const double ttft = since(t_req);
-          request_done = true;
-          if (injector.joinable()) injector.join();
-          if (kind == "stop_cluster")
-            for (const pid_t p : pids) ::kill(p, SIGCONT);
+          release();
           const std::vector<std::int32_t> answer = greedy_answer(s, rr.logits, max_new, is_end);
           ++served;
           // Back to a healthy cluster: the killed master restarted (it rejoins as a replica).
