@@ -439,7 +439,8 @@ int main(int argc, char** argv) {
                       {"seed", bo.seed},
                       {"remote", remote_seeds},
                       {"faults", faults},
-                      {"fault_rounds", fault_rounds}};
+                      {"fault_rounds", fault_rounds},
+                      {"cluster_base_port", cluster_base}};
     LOG("load average at start: %s\n", load_average().c_str());
     const auto write_json = [&] {
       if (args.has("json")) std::ofstream(args.get("json")) << out.dump(2) << "\n";
