@@ -303,7 +303,8 @@ def test_format_round_trip_and_damage():
     (lambda: redknot.redis_object_keys("a{b}"), "tier object name 'a{b}'"),
     (lambda: redknot.redis_object_keys("a", 5), "index_value must be bytes-like"),
     (lambda: redknot.redis_object_keys("a", prefix=None), "prefix must be"),
-    (lambda: redknot.decode_redis_object("a", 5, b""), r"payload_value must be bytes-like \(bytes, bytearray, memoryview\), got int 5"),
+    (lambda: redknot.decode_redis_object("a", 5, b""),
+     r"payload_value must be bytes-like \(bytes, bytearray, memoryview\), got int 5"),
     (lambda: redknot.decode_redis_object("a", b"", "s"), "index_value must be bytes-like"),
     (lambda: redknot.decode_redis_object(".a", b"", b""), "tier object name '.a'"),
     (lambda: redknot.write_redis_object(None, "a", b"", ttl_ms=-1), "ttl_ms must be an integer >= 0, got -1"),
@@ -369,6 +370,24 @@ def test_unreachable_cluster_is_a_miss_not_an_exception():
         st.swap_out(seq, tier, None, model_id=MODEL, name="x")
     assert seq in st
     assert time.monotonic() - t0 < 30  # every call bounded by its deadline
+
+
+@needs_redis_build
+def test_silent_server_is_bounded_by_the_timeouts():
+    """A server that accepts connections and never answers (a listening socket nobody reads): every call waits
+    at most about its deadline plus one command timeout, and misses."""
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        t0 = time.monotonic()
+        tier = redknot.RedisTier([f"127.0.0.1:{srv.getsockname()[1]}"], connect_timeout_ms=200,
+                                 command_timeout_ms=200, request_deadline_ms=400, max_rounds=2)
+        built = time.monotonic() - t0
+        t0 = time.monotonic()
+        assert not tier.put("a", b"x") and tier.get("a") is None and not tier.contains("a")
+        calls = time.monotonic() - t0
+    assert built < 2.0 and calls < 6.0, (built, calls)  # bound: 0.4 s + 0.2 s per call, with slack for load
+    assert tier.cluster_stats()["failed"] > 0
 
 
 @pytest.mark.skipif(redknot.HAS_REDIS, reason="the module was built with hiredis")
