@@ -114,6 +114,17 @@ class Session {
   void swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher = nullptr,
                SwapInStats* stats = nullptr);
   void swap_in(const SwapTicket& ticket, KvTier& tier) { swap_in(ticket, tier, tier); }
+  // swap_in whose layers arrive while the next forward runs (SwapInPipeline): the sequence is laid out now
+  // (PoolExhausted here, nothing changed) and the mover reads, checks and decodes its layers in order, so
+  // each layer of the next forward waits only for its own rows. When an object turns out missing or bad,
+  // that forward (or whichever call needs the whole sequence first) throws Unavailable: the sequence is lost
+  // and the session empty, as after a failed swap_in. The tiers and the mover must outlive the restore
+  // (until the next forward over every layer, or fork / splice / swap_out / release / reset).
+  void swap_in_pipelined(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher& mover);
+  bool restoring() const { return restore_ != nullptr; }
+  // Bytes read, time the forward waited for rows, and the start of the restore to its last layer, of the
+  // last pipelined swap-in that finished.
+  const SwapInStats& last_pipelined_swap_in() const { return restore_stats_; }
   bool swapped_out() const { return swapped_out_; }
 
   std::int32_t position() const { return pos_; }
@@ -132,6 +143,11 @@ class Session {
 
   Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionOptions opt, SeqId seq,
           std::int32_t pos);
+  // The pipelined restore: layer l's rows written (Unavailable when the restore failed: the session is left
+  // empty), every layer's, or the restore abandoned (the pipeline frees an unfinished sequence).
+  void restore_layer(int layer);
+  void finish_restore();
+  void drop_restore();
   // Rotates x [n, n_heads, head_dim] by the angles of rope_cs_ (n positions).
   void rope(float* x, int n_heads, std::size_t n) const;
   // The layer stack over tokens at `positions`: layers [0, stop_layer) in full; when stop_layer < n_layers,
@@ -146,6 +162,8 @@ class Session {
   SeqId seq_ = 0;
   std::int32_t pos_ = 0;
   bool swapped_out_ = false;  // seq_ is 0 and pos_ is where the swapped-out sequence stopped
+  std::unique_ptr<SwapInPipeline<float>> restore_;  // a pipelined swap-in still writing seq_'s layers
+  SwapInStats restore_stats_;
   // Activations, reused across calls.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
   // cos/sin of every (position, pair) of the current forward call [n][head_dim / 2]: formed once per call
