@@ -63,13 +63,28 @@ std::string read_prompt(const CliArgs& args) {
   return {std::istreambuf_iterator<char>(in), {}};
 }
 
+// --key as an int, or InvalidArgument naming the flag and its value (std::stoi would only say "stoi").
+int int_arg(const CliArgs& args, const std::string& key, int fallback) {
+  if (!args.has(key)) return fallback;
+  const std::string v = args.get(key);
+  std::size_t used = 0;
+  int n = 0;
+  try {
+    n = std::stoi(v, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  require(used != 0 && used == v.size(), "--", key, " '", v, "' is not an integer");
+  return n;
+}
+
 // The prompt's token ids: templated unless --raw, cut to --prompt-tokens when given.
 std::vector<std::int32_t> prompt_ids(const CliArgs& args, const Tokenizer& tok, const std::string& prompt) {
   const std::string text =
       !args.has("raw") && tok.has_chat_template() ? tok.apply_chat_template(prompt) : prompt;
   std::vector<std::int32_t> ids = tok.encode(text);
   if (args.has("prompt-tokens")) {
-    const int n = args.get_int("prompt-tokens", 0);
+    const int n = int_arg(args, "prompt-tokens", 0);
     require(n > 0, "--prompt-tokens ", n, " must be > 0");
     require(static_cast<std::size_t>(n) <= ids.size(), "--prompt-tokens ", n, ": the prompt has only ",
             ids.size(), " tokens");
@@ -142,17 +157,17 @@ int run_role(const CliArgs& args, const LlamaModel& model, const Tokenizer& tok,
   const LlamaConfig& c = model.config();
   const std::string mode = args.get("mode", "redknot");
   const HeadMap map = head_map_for(mode, args.get("head-map"), c);
-  const int max_new = args.get_int("max-new", 64);
+  const int max_new = int_arg(args, "max-new", 64);
   require(max_new > 0, "--max-new ", max_new, " must be > 0");
   SessionOptions so;
-  so.chunk = args.get_int("chunk", 256);
-  so.threads = args.get_int("threads", 0);
+  so.chunk = int_arg(args, "chunk", 256);
+  so.threads = int_arg(args, "threads", 0);
   RoleTier rt = open_role_tier(args);
   const std::uint64_t fp = role_model_fp(args);
   if (role == "prefill") {
     const std::vector<std::int32_t> prompt = prompt_ids(args, tok, read_prompt(args));
     // As generate_tokens() sizes it, so that both runs are the same computation.
-    so.max_context = args.get_int("max-context", static_cast<int>(prompt.size()) + max_new + 1);
+    so.max_context = int_arg(args, "max-context", static_cast<int>(prompt.size()) + max_new + 1);
     Session s(model, map, so);
     const auto t0 = Clock::now();
     const std::vector<float> logits = s.prefill(prompt);
@@ -173,7 +188,7 @@ int run_role(const CliArgs& args, const LlamaModel& model, const Tokenizer& tok,
     return 0;
   }
   // decode: the pool holds the prompt's KV twice while the position is moved (pd_transfer.hpp).
-  so.max_context = args.get_int("max-context", 0);
+  so.max_context = int_arg(args, "max-context", 0);
   const auto t0 = Clock::now();
   // The prompt's length is in the record; max_context is fixed when the session is made, so read it first.
   const auto record = rt.tier->get(pd_ticket_name(name));
