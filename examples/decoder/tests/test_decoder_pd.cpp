@@ -90,7 +90,6 @@ Run disaggregated(const HeadMap& map, const std::vector<std::int32_t>& prompt, K
   CHECK_FALSE(tier.contains(pd_ticket_name(name)));  // consumed
   for (const SwapObject& o : h.ticket.objects) CHECK_FALSE(tier.contains(o.name));
   CHECK(d->store().chunk_keys().empty());  // the position shim's chunk is gone
-  std::vector<float> logits;
   r.tokens = continue_greedy(*d, r.first, kMaxNew, {}, &r.logits);
   return r;
 }
