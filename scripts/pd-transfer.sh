@@ -56,7 +56,7 @@ now() { date +%s.%N; }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); $(date -u '+%Y-%m-%d %H:%M UTC'); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "mode $mode, max_new $max_new, cluster $seeds"
 echo
-echo "| prompt tokens | published bytes | dense bytes | ratio | objects | prefill s | publish s | restore s (record, shim, swap_in) | decode s | ids identical |"
+echo "| prompt tokens | published bytes | dense bytes | ratio | objects | prefill s | publish s | restore s (record, swap_in) | decode s | ids identical |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 fail=0
 for n in $sizes; do

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <set>
 
 #include "redknot/error.hpp"
 #include "redknot/swap_ticket_codec.hpp"
@@ -33,23 +32,6 @@ U get_le(const std::byte* p) {
   for (std::size_t i = 0; i < sizeof(U); ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
   return static_cast<U>(v);
 }
-
-// A tier that takes every object and keeps none: where the position shim's zero KV goes (swap_out wants every
-// object it put to be there afterwards, so names are remembered until removed).
-class DiscardTier final : public KvTier {
- public:
-  bool put(std::string_view name, std::span<const std::byte>) override {
-    names_.emplace(name);
-    return true;
-  }
-  std::optional<std::vector<std::byte>> get(std::string_view) override { return std::nullopt; }
-  bool remove(std::string_view name) override { return names_.erase(std::string(name)) != 0; }
-  bool contains(std::string_view name) const override { return names_.count(std::string(name)) != 0; }
-  TierStats stats() const override { return {}; }
-
- private:
-  std::set<std::string> names_;
-};
 
 }  // namespace
 
@@ -162,41 +144,16 @@ PdHandoff restore_decode(Session& s, KvTier& tier, std::uint64_t model_fp, std::
   if (h.position >= s.options().max_context)
     give_up(&h, "the prompt's ", h.position,
             " tokens leave no room in max_context=", s.options().max_context);
+  if (h.ticket.next_pos.front() != h.position)
+    give_up(&h, "the record's position ", h.position, " is not where the ticket's sequence stops (",
+            h.ticket.next_pos.front(), ")");
   for (const SwapObject& o : h.ticket.objects)
     if (!tier.contains(o.name)) give_up(&h, "object ", o.name, " is not in the tier");
-
-  // Move the fresh session to the prompt's position (see pd_transfer.hpp): a zero chunk of the prompt's
-  // length, spliced and swapped out to nowhere.
-  const auto p0 = Clock::now();
-  Store& st_store = s.store();
-  const ChunkKey key =
-      st_store.chunk_key("redknot-pd-position", std::span<const std::int32_t>(&h.position, 1));
-  {
-    const SeqId shim = st_store.create_sequence();
-    try {
-      const std::size_t n = static_cast<std::size_t>(h.position);
-      const std::vector<float> zeros(n * static_cast<std::size_t>(sh.num_kv_heads * sh.head_dim), 0.f);
-      std::vector<std::int32_t> positions(n);
-      for (std::size_t i = 0; i < n; ++i) positions[i] = static_cast<std::int32_t>(i);
-      for (int l = 0; l < sh.num_layers; ++l)
-        st_store.append(shim, l, std::span<const float>(zeros), std::span<const float>(zeros),
-                        std::span<const std::int32_t>(positions));
-      st_store.register_chunk(key, shim);
-    } catch (...) {
-      if (st_store.contains(shim)) st_store.free_sequence(shim);
-      throw;  // PoolExhausted: the store is too small (pd_decode_store_pages); the handoff stays published
-    }
-  }
-  DiscardTier nowhere;
-  s.splice(key);
-  s.swap_out(nowhere, model_fp, "pd-position");
-  st_store.drop_chunk(key);
-  st.position_s = since(p0);
 
   const auto w0 = Clock::now();
   SwapInStats in;
   try {
-    s.swap_in(h.ticket, tier, tier, nullptr, &in);
+    s.swap_in(h.ticket, tier, tier, nullptr, &in);  // a fresh session adopts the sequence and its position
   } catch (const Unavailable& e) {
     give_up(nullptr, e.what());  // swap_in removed the objects
   }
@@ -232,7 +189,7 @@ std::int64_t pd_decode_store_pages(const LlamaModel& model, int page_size, std::
           " prompt=", prompt, " max_new=", max_new);
   const std::int64_t heads = static_cast<std::int64_t>(c.n_layers) * c.n_kv_heads;
   const std::int64_t per_head = (prompt + max_new + 1 + page_size - 1) / page_size + 1;
-  return heads * (2 * per_head + 2);
+  return heads * (per_head + 2);
 }
 
 }  // namespace redknot::decoder

@@ -55,24 +55,18 @@ PdPublishStats publish_prefill(Session& s, std::int32_t first_token, KvTier& tie
 struct PdRestoreStats {
   std::int64_t kv_bytes = 0;  // read from the tier (the objects)
   double read_ticket_s = 0;   // get + decode of the record
-  double position_s = 0;      // moving the fresh session to the prompt's position (see restore_decode)
   double swap_in_s = 0;       // Session::swap_in: reads, checks, restore
   double seconds = 0;         // all of it
 };
 
 // Reads handoff `name` from `tier` into the fresh session `s` (a new, empty sequence of a store with the
-// model, head map and dtype of the prefill side, and room for two copies of the prompt's KV: see below), for
-// model `model_fp`. Returns the record (position, first token); afterwards s.position() is the prompt's
-// length and s holds its KV bit for bit. NotFound when there is no record of that name; Unavailable when the
-// record or an object is corrupt, missing or foreign (another model, head map or shape) — the objects and the
-// record are removed then, and the session holds no sequence (reset() to use it again); InvalidArgument when
-// `s` is not fresh. The store is unchanged by a failure: it holds what it held before the call.
-//
-// Session offers no way to take a sequence at a position it did not reach itself (Session::swap_in keeps the
-// position the session swapped out at), so a fresh session is first moved to the prompt's position: a chunk
-// of the prompt's length with zero K/V is registered, spliced (zero-copy) and swapped out to a tier that
-// keeps nothing; then the real ticket is swapped in. That costs a pass over a prompt-sized zero KV (timed in
-// position_s) and, while it lasts, as many pages again as the prompt's KV.
+// model, head map and dtype of the prefill side, and room for the prompt's KV), for model `model_fp`: the
+// session adopts the published sequence and its position (Session::swap_in on a fresh session). Returns the
+// record (position, first token); afterwards s.position() is the prompt's length and s holds its KV bit for
+// bit. NotFound when there is no record of that name; Unavailable when the record or an object is corrupt,
+// missing or foreign (another model, head map or shape) — the objects and the record are removed then, and
+// the session holds no sequence (reset() to use it again); InvalidArgument when `s` is not fresh. The store
+// is unchanged by a failure: it holds what it held before the call.
 PdHandoff restore_decode(Session& s, KvTier& tier, std::uint64_t model_fp, std::string_view name,
                          PdRestoreStats* stats = nullptr);
 
@@ -84,7 +78,7 @@ std::vector<std::int32_t> continue_greedy(Session& s, std::int32_t first, int ma
                                           std::vector<float>* all_logits = nullptr);
 
 // The pages a decode-side store needs for restore_decode of a `prompt`-token handoff followed by `max_new`
-// tokens (the prompt's KV twice while the position is moved, then the decoding).
+// tokens (the prompt's KV, then the decoding).
 std::int64_t pd_decode_store_pages(const LlamaModel& model, int page_size, std::int64_t prompt, int max_new);
 
 }  // namespace redknot::decoder

@@ -126,25 +126,45 @@ SwapTicket Session::swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, 
   return std::move(*ticket);
 }
 
+std::int32_t Session::swap_in_position(const SwapTicket& ticket, const char* op) const {
+  if (swapped_out_ && seq_ == 0) return pos_;  // its own sequence coming back
+  const bool fresh =
+      seq_ != 0 && restore_ == nullptr && pos_ == 0 && store_->sequence_stats(seq_).pages() == 0;
+  require(fresh, op, ": the session holds a sequence (swap_out first, or use a fresh session)");
+  require(!ticket.next_pos.empty() && std::all_of(ticket.next_pos.begin(), ticket.next_pos.end(),
+                                                  [&](std::int32_t p) { return p == ticket.next_pos[0]; }),
+          op, ": the ticket's layers stop at different positions: not a sequence a forward left");
+  require(ticket.next_pos[0] <= opt_.max_context, op, ": the ticket's sequence reaches position ",
+          ticket.next_pos[0], ", beyond max_context=", opt_.max_context);
+  return ticket.next_pos[0];
+}
+
+void Session::adopt(SeqId id, std::int32_t pos) {
+  if (seq_ != 0) store_->free_sequence(seq_);  // a fresh session's empty sequence
+  seq_ = id;
+  pos_ = pos;
+  swapped_out_ = false;
+  plans_.assign(plans_.size(), AttentionPlan{});  // built for the old sequence id
+}
+
 void Session::swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher,
                       SwapInStats* stats) {
-  require(swapped_out_ && seq_ == 0, "swap_in: the session holds a sequence (swap_out first)");
+  const std::int32_t pos = swap_in_position(ticket, "swap_in");
   std::string why;
   const auto id = redknot::swap_in(*store_, ticket, hot, cold, SwapInOptions{prefetcher, &why}, stats);
+  if (!id && !swapped_out_) {  // a fresh session loses its (empty) sequence too, as documented
+    store_->free_sequence(seq_);
+    seq_ = 0;
+  }
   require<Unavailable>(id.has_value(), why);
-  seq_ = *id;
-  swapped_out_ = false;
-  // The plans were built for the old sequence id: start each layer's afresh rather than rely on the update
-  // noticing the new id.
-  plans_.assign(plans_.size(), AttentionPlan{});
+  adopt(*id, pos);
 }
 
 void Session::swap_in_pipelined(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher& mover) {
-  require(swapped_out_ && seq_ == 0, "swap_in_pipelined: the session holds a sequence (swap_out first)");
-  restore_ = std::make_unique<SwapInPipeline<float>>(*store_, ticket, hot, cold, mover);
-  seq_ = restore_->sequence();
-  swapped_out_ = false;
-  plans_.assign(plans_.size(), AttentionPlan{});  // as swap_in: built for the old sequence id
+  const std::int32_t pos = swap_in_position(ticket, "swap_in_pipelined");
+  auto pipe = std::make_unique<SwapInPipeline<float>>(*store_, ticket, hot, cold, mover);
+  adopt(pipe->sequence(), pos);
+  restore_ = std::move(pipe);
 }
 
 void Session::restore_layer(int layer) {

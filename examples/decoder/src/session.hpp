@@ -108,9 +108,11 @@ class Session {
     return swap_out(tier, tier, model_fp, name);
   }
   // Restores a sequence this session swapped out, bit for bit, under a new sequence id (each object from the
-  // tier swap_out put it in; prefetcher: read them ahead). Unavailable when an object is missing or fails
-  // its checks (the sequence is lost, the session stays empty); PoolExhausted when the pool lacks pages
-  // (nothing changed: make room and retry).
+  // tier swap_out put it in; prefetcher: read them ahead). A fresh session (nothing run yet) adopts the
+  // ticket's sequence and its position instead: a sequence another session or process swapped out (the
+  // decode side of prefill/decode transfer). Unavailable when an object is missing or fails its checks (the
+  // sequence is lost, the session stays empty); PoolExhausted when the pool lacks pages (nothing changed:
+  // make room and retry).
   void swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher = nullptr,
                SwapInStats* stats = nullptr);
   void swap_in(const SwapTicket& ticket, KvTier& tier) { swap_in(ticket, tier, tier); }
@@ -145,6 +147,10 @@ class Session {
           std::int32_t pos);
   // The pipelined restore: layer l's rows written (Unavailable when the restore failed: the session is left
   // empty), every layer's, or the restore abandoned (the pipeline frees an unfinished sequence).
+  // Where a swap-in leaves the session: its own position, or for a fresh session the ticket's (checked).
+  std::int32_t swap_in_position(const SwapTicket& ticket, const char* op) const;
+  // Takes restored sequence `id` at position `pos` (a fresh session's empty sequence is freed).
+  void adopt(SeqId id, std::int32_t pos);
   void restore_layer(int layer);
   void finish_restore();
   void drop_restore();

@@ -89,7 +89,7 @@ Run disaggregated(const HeadMap& map, const std::vector<std::int32_t>& prompt, K
   CHECK(rs.kv_bytes > 0);
   CHECK_FALSE(tier.contains(pd_ticket_name(name)));  // consumed
   for (const SwapObject& o : h.ticket.objects) CHECK_FALSE(tier.contains(o.name));
-  CHECK(d->store().chunk_keys().empty());  // the position shim's chunk is gone
+  CHECK(d->store().chunk_keys().empty());  // nothing but the sequence came over
   r.tokens = continue_greedy(*d, r.first, kMaxNew, {}, &r.logits);
   return r;
 }

@@ -217,8 +217,7 @@ int run_role(const CliArgs& args, const LlamaModel& model, const Tokenizer& tok,
   if (!quiet)
     std::fprintf(stderr, "restored '%s' from %s: %lld KV bytes, %d prompt tokens, %zu new tokens\n",
                  name.c_str(), rt.where.c_str(), static_cast<long long>(rs.kv_bytes), h.position, ids.size());
-  std::fprintf(stderr, "restore_s %.3f (%.3f, %.3f, %.3f)\n", restore_s, rs.read_ticket_s, rs.position_s,
-               rs.swap_in_s);
+  std::fprintf(stderr, "restore_s %.3f (%.3f, %.3f)\n", restore_s, rs.read_ticket_s, rs.swap_in_s);
   std::fprintf(stderr, "decode_s %.3f\n", decode_s);
   return 0;
 }
