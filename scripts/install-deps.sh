@@ -160,7 +160,9 @@ if ! "$PY" -c 'import os, sysconfig, sys; sys.exit(0 if os.path.exists(os.path.j
 fi
 
 # module name -> pip package name
-declare -A PIP_PACKAGES=([numpy]=numpy [pytest]=pytest [scikit_build_core]=scikit-build-core [pybind11]=pybind11)
+# redis (redis-py): python/tests/test_redis_tier.py reads and writes RedisTier objects with redis.cluster.RedisCluster.
+declare -A PIP_PACKAGES=([numpy]=numpy [pytest]=pytest [scikit_build_core]=scikit-build-core [pybind11]=pybind11
+                         [redis]=redis)
 mapfile -t missing_py < <("$PY" - "${!PIP_PACKAGES[@]}" <<'EOF'
 import importlib.util, sys
 for name in sys.argv[1:]:

@@ -8,7 +8,8 @@
 #   scripts/redis-cluster.sh start-node <i> [--base-port]  restart node i (0..5) from its config (after a kill)
 #
 # Every node is bound to 127.0.0.1 with protected mode on, no persistence (appendonly no, save ""), a small
-# maxmemory, and cluster-node-timeout 2000 ms so that a killed master's replica takes over in a few seconds.
+# maxmemory (256mb; env REDKNOT_REDIS_MAXMEMORY, e.g. 1gb, when a new cluster directory is made), and
+# cluster-node-timeout 2000 ms so that a killed master's replica takes over in a few seconds.
 # Each node's pid is in DIR/node-<port>.pid (the fault test kills one with SIGKILL). Every wait is bounded.
 set -euo pipefail
 
@@ -76,7 +77,7 @@ cluster-node-timeout 2000
 cluster-replica-validity-factor 0
 appendonly no
 save ""
-maxmemory 256mb
+maxmemory ${REDKNOT_REDIS_MAXMEMORY:-256mb}
 maxmemory-policy allkeys-lru
 EOF
   fi

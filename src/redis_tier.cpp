@@ -434,7 +434,7 @@ RedisReply RedisClusterClient::command_at(const std::string& node, std::vector<s
   return r;
 }
 
-// ---- RedisTier
+// ---- The object format
 
 namespace {
 
@@ -451,6 +451,39 @@ struct Index {
   std::uint64_t nonce = 0, length = 0, payload_hash = 0, name_hash = 0;
 };
 
+std::uint64_t name_hash(std::string_view name) { return xxh64(name.data(), name.size()); }
+
+bool prefix_ok(std::string_view prefix) {
+  return !prefix.empty() && prefix.size() <= 64 && std::all_of(prefix.begin(), prefix.end(), [](char c) {
+    return c > ' ' && c < 127 && c != '{' && c != '}';
+  });
+}
+
+void check_prefix(std::string_view prefix) {
+  require(prefix_ok(prefix), "redis key prefix '", prefix,
+          "' must be 1..64 printable characters without braces or spaces");
+}
+
+// Unchecked: RedisTier checked its prefix once and each name on entry.
+std::string index_key_of(std::string_view prefix, std::string_view name) {
+  return detail::concat(prefix, ":{", name, "}:i");
+}
+
+std::string payload_key_of(std::string_view prefix, std::string_view name, std::uint64_t nonce) {
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(nonce));
+  return detail::concat(prefix, ":{", name, "}:p:", hex);
+}
+
+Index make_index(std::string_view name, std::span<const std::byte> bytes, std::uint64_t nonce) {
+  Index ix;
+  ix.nonce = nonce;
+  ix.length = bytes.size();
+  ix.payload_hash = xxh64(bytes.data(), bytes.size());
+  ix.name_hash = name_hash(name);
+  return ix;
+}
+
 std::string encode_index(const Index& ix) {
   std::byte b[kIndexBytes];
   le::put<std::uint32_t>(b, kIndexMagic);
@@ -463,7 +496,7 @@ std::string encode_index(const Index& ix) {
   return std::string(reinterpret_cast<const char*>(b), kIndexBytes);
 }
 
-std::optional<Index> decode_index(const std::string& s, std::uint64_t name_hash) {
+std::optional<Index> decode_index(std::string_view s, std::uint64_t name_hash) {
   if (s.size() != kIndexBytes) return std::nullopt;
   const auto* b = reinterpret_cast<const std::byte*>(s.data());
   if (le::get<std::uint32_t>(b) != kIndexMagic || le::get<std::uint32_t>(b + 4) != kVersion ||
@@ -471,6 +504,30 @@ std::optional<Index> decode_index(const std::string& s, std::uint64_t name_hash)
     return std::nullopt;
   return Index{le::get<std::uint64_t>(b + 8), le::get<std::uint64_t>(b + 16), le::get<std::uint64_t>(b + 24),
                le::get<std::uint64_t>(b + 32)};
+}
+
+std::string encode_payload(const Index& ix, std::span<const std::byte> bytes) {
+  std::string value(kObjectHeader + bytes.size(), '\0');
+  auto* h = reinterpret_cast<std::byte*>(value.data());
+  le::put<std::uint32_t>(h, kObjectMagic);
+  le::put<std::uint32_t>(h + 4, kVersion);
+  le::put<std::uint64_t>(h + 8, ix.length);
+  le::put<std::uint64_t>(h + 16, ix.payload_hash);
+  le::put<std::uint64_t>(h + 24, ix.name_hash);
+  if (!bytes.empty()) std::memcpy(value.data() + kObjectHeader, bytes.data(), bytes.size());
+  return value;
+}
+
+// The bytes of a payload value that matches its index in every field and hash; nullopt otherwise.
+std::optional<std::vector<std::byte>> decode_payload(const Index& ix, std::string_view v) {
+  if (v.size() < kObjectHeader) return std::nullopt;
+  const auto* h = reinterpret_cast<const std::byte*>(v.data());
+  if (le::get<std::uint32_t>(h) != kObjectMagic || le::get<std::uint32_t>(h + 4) != kVersion ||
+      le::get<std::uint64_t>(h + 8) != ix.length || v.size() - kObjectHeader != ix.length ||
+      le::get<std::uint64_t>(h + 16) != ix.payload_hash || le::get<std::uint64_t>(h + 24) != ix.name_hash ||
+      xxh64(v.data() + kObjectHeader, v.size() - kObjectHeader) != ix.payload_hash)
+    return std::nullopt;
+  return std::vector<std::byte>(h + kObjectHeader, h + v.size());
 }
 
 // Nanoseconds since construction, added to a counter under a lock when the scope ends.
@@ -493,15 +550,52 @@ class LockedTimer {
 
 }  // namespace
 
+std::string redis_index_key(std::string_view prefix, std::string_view name) {
+  check_prefix(prefix);
+  check_object_name(name);
+  return index_key_of(prefix, name);
+}
+
+std::string redis_payload_key(std::string_view prefix, std::string_view name, std::uint64_t nonce) {
+  check_prefix(prefix);
+  check_object_name(name);
+  return payload_key_of(prefix, name, nonce);
+}
+
+RedisObjectValues encode_redis_object(std::string_view name, std::span<const std::byte> bytes,
+                                      std::uint64_t nonce) {
+  check_object_name(name);
+  const Index ix = make_index(name, bytes, nonce);
+  return {encode_payload(ix, bytes), encode_index(ix)};
+}
+
+std::optional<std::uint64_t> redis_index_nonce(std::string_view name, std::string_view index_value) {
+  check_object_name(name);
+  const auto ix = decode_index(index_value, name_hash(name));
+  return ix ? std::optional<std::uint64_t>(ix->nonce) : std::nullopt;
+}
+
+std::optional<std::vector<std::byte>> decode_redis_object(std::string_view name,
+                                                          std::string_view payload_value,
+                                                          std::string_view index_value) {
+  check_object_name(name);
+  const auto ix = decode_index(index_value, name_hash(name));
+  return ix ? decode_payload(*ix, payload_value) : std::nullopt;
+}
+
+// ---- RedisTier
+
+void RedisTier::check_options(const RedisTierOptions& opt) {
+  require(prefix_ok(opt.prefix), "RedisTier: prefix '", opt.prefix,
+          "' must be 1..64 printable characters without braces or spaces");
+  require(opt.ttl.count() >= 0, "RedisTier: ttl must be >= 0 ms");
+  require(opt.max_object_bytes >= 0 && opt.max_object_bytes <= (std::int64_t{512} << 20) - 64,
+          "RedisTier: max_object_bytes=", opt.max_object_bytes, " must be in [0, 512 MiB - 64]");
+}
+
 RedisTier::RedisTier(RedisClusterClient& client, RedisTierOptions opt)
     : client_(client), opt_(std::move(opt)) {
-  const bool prefix_ok = std::all_of(opt_.prefix.begin(), opt_.prefix.end(),
-                                     [](char c) { return c > ' ' && c < 127 && c != '{' && c != '}'; });
-  require(!opt_.prefix.empty() && opt_.prefix.size() <= 64 && prefix_ok, "RedisTier: prefix '", opt_.prefix,
-          "' must be 1..64 printable characters without braces or spaces");
-  require(opt_.ttl.count() >= 0, "RedisTier: ttl must be >= 0 ms");
-  require(opt_.max_object_bytes >= 0 && opt_.max_object_bytes <= (std::int64_t{512} << 20) - 64,
-          "RedisTier: max_object_bytes=", opt_.max_object_bytes, " must be in [0, 512 MiB - 64]");
+  check_options(opt_);
   // Nonces name each write's payload key; they only need to differ between writers of one name.
   std::random_device rd;
   nonce_state_ = (static_cast<std::uint64_t>(rd()) << 32) ^ rd() ^
@@ -511,20 +605,14 @@ RedisTier::RedisTier(RedisClusterClient& client, RedisTierOptions opt)
 
 std::string RedisTier::index_key(std::string_view name) const {
   check_object_name(name);
-  return detail::concat(opt_.prefix, ":{", name, "}:i");
-}
-
-std::string RedisTier::payload_key_for(std::string_view name, std::uint64_t nonce) const {
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(nonce));
-  return detail::concat(opt_.prefix, ":{", name, "}:p:", hex);
+  return index_key_of(opt_.prefix, name);
 }
 
 std::string RedisTier::payload_key(std::string_view name) const {
   const RedisReply r = client_.command({"GET", index_key(name)});
   if (r.type != RedisReply::Type::kString) return {};
-  const auto ix = decode_index(r.str, xxh64(name.data(), name.size()));
-  return ix ? payload_key_for(name, ix->nonce) : std::string();
+  const auto ix = decode_index(r.str, name_hash(name));
+  return ix ? payload_key_of(opt_.prefix, name, ix->nonce) : std::string();
 }
 
 bool RedisTier::put(std::string_view name, std::span<const std::byte> bytes) {
@@ -535,29 +623,19 @@ bool RedisTier::put(std::string_view name, std::span<const std::byte> bytes) {
     return false;
   };
   if (static_cast<std::int64_t>(bytes.size()) > opt_.max_object_bytes) return fail();
-  Index ix;
+  std::uint64_t nonce = 0;
   {
     const std::lock_guard lock(mu_);
     // splitmix64
     std::uint64_t z = (nonce_state_ += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    ix.nonce = z ^ (z >> 31);
+    nonce = z ^ (z >> 31);
   }
-  ix.length = bytes.size();
-  ix.payload_hash = xxh64(bytes.data(), bytes.size());
-  ix.name_hash = xxh64(name.data(), name.size());
-  std::string value(kObjectHeader + bytes.size(), '\0');
-  auto* h = reinterpret_cast<std::byte*>(value.data());
-  le::put<std::uint32_t>(h, kObjectMagic);
-  le::put<std::uint32_t>(h + 4, kVersion);
-  le::put<std::uint64_t>(h + 8, ix.length);
-  le::put<std::uint64_t>(h + 16, ix.payload_hash);
-  le::put<std::uint64_t>(h + 24, ix.name_hash);
-  if (!bytes.empty()) std::memcpy(value.data() + kObjectHeader, bytes.data(), bytes.size());
-  const std::string pkey = payload_key_for(name, ix.nonce);
-  std::vector<std::string> set_payload{"SET", pkey, std::move(value)};
-  std::vector<std::string> set_index{"SET", index_key(name), encode_index(ix)};
+  const Index ix = make_index(name, bytes, nonce);
+  const std::string pkey = payload_key_of(opt_.prefix, name, ix.nonce);
+  std::vector<std::string> set_payload{"SET", pkey, encode_payload(ix, bytes)};
+  std::vector<std::string> set_index{"SET", index_key_of(opt_.prefix, name), encode_index(ix)};
   if (opt_.ttl.count() > 0) {
     for (auto* c : {&set_payload, &set_index}) {
       c->push_back("PX");
@@ -578,7 +656,7 @@ bool RedisTier::put(std::string_view name, std::span<const std::byte> bytes) {
   }
   if (i.type == RedisReply::Type::kString)
     if (const auto old = decode_index(i.str, ix.name_hash); old && old->nonce != ix.nonce)
-      client_.run({{"DEL", payload_key_for(name, old->nonce)}});
+      client_.run({{"DEL", payload_key_of(opt_.prefix, name, old->nonce)}});
   const std::lock_guard lock(mu_);
   st_.bytes_written += written;
   return true;
@@ -588,18 +666,10 @@ std::optional<std::vector<std::byte>> RedisTier::verify(std::string_view name, c
                                                         const RedisReply& payload, bool& corrupt) const {
   corrupt = false;
   if (payload.type != RedisReply::Type::kString) return std::nullopt;  // evicted, expired, unreachable
-  corrupt = true;
-  const auto ix = decode_index(index.str, xxh64(name.data(), name.size()));
-  const std::string& v = payload.str;
-  if (!ix || v.size() < kObjectHeader) return std::nullopt;
-  const auto* h = reinterpret_cast<const std::byte*>(v.data());
-  if (le::get<std::uint32_t>(h) != kObjectMagic || le::get<std::uint32_t>(h + 4) != kVersion ||
-      le::get<std::uint64_t>(h + 8) != ix->length || v.size() - kObjectHeader != ix->length ||
-      le::get<std::uint64_t>(h + 16) != ix->payload_hash || le::get<std::uint64_t>(h + 24) != ix->name_hash ||
-      xxh64(v.data() + kObjectHeader, v.size() - kObjectHeader) != ix->payload_hash)
-    return std::nullopt;
-  corrupt = false;
-  return std::vector<std::byte>(h + kObjectHeader, h + v.size());
+  const auto ix = decode_index(index.str, name_hash(name));
+  auto out = ix ? decode_payload(*ix, payload.str) : std::nullopt;
+  corrupt = !out.has_value();
+  return out;
 }
 
 std::vector<std::optional<std::vector<std::byte>>> RedisTier::get_many(std::span<const std::string> names) {
@@ -622,14 +692,14 @@ std::vector<std::optional<std::vector<std::byte>>> RedisTier::get_many(std::span
   std::int64_t corrupt = 0, bytes_read = 0;
   for (std::size_t i = 0; i < names.size(); ++i) {
     if (indexes[i].type != RedisReply::Type::kString) continue;  // absent, or no answer
-    const auto ix = decode_index(indexes[i].str, xxh64(names[i].data(), names[i].size()));
+    const auto ix = decode_index(indexes[i].str, name_hash(names[i]));
     if (!ix) {
       ++corrupt;
       drop_index_if(i);
       continue;
     }
     which.push_back(i);
-    payload_gets.push_back({"GET", payload_key_for(names[i], ix->nonce)});
+    payload_gets.push_back({"GET", payload_key_of(opt_.prefix, names[i], ix->nonce)});
   }
   const std::vector<RedisReply> payloads =
       payload_gets.empty() ? std::vector<RedisReply>{} : client_.run(payload_gets);
@@ -665,8 +735,8 @@ bool RedisTier::remove(std::string_view name) {
   const RedisReply r = client_.command({"GET", ikey});
   std::vector<std::vector<std::string>> dels{{"DEL", ikey}};
   if (r.type == RedisReply::Type::kString)
-    if (const auto ix = decode_index(r.str, xxh64(name.data(), name.size())))
-      dels.push_back({"DEL", payload_key_for(name, ix->nonce)});
+    if (const auto ix = decode_index(r.str, name_hash(name)))
+      dels.push_back({"DEL", payload_key_of(opt_.prefix, name, ix->nonce)});
   const auto res = client_.run(dels);
   return res.front().type == RedisReply::Type::kInteger && res.front().integer == 1;
 }

@@ -373,20 +373,32 @@ TierPrefetcher::~TierPrefetcher() {
     dropped.swap(queue_);
   }
   cv_.notify_all();
-  for (Job& j : dropped) j.result.set_value(std::nullopt);
+  for (Job& j : dropped) j.drop();
   for (std::thread& t : workers_) t.join();
 }
 
 TierPrefetcher::Read TierPrefetcher::get(KvTier& tier, std::string name) {
-  Job job{&tier, std::move(name), {}};
-  Read r = job.result.get_future();
+  // Shared between the job's two ends; a dropped read answers nullopt, as a miss would.
+  auto result = std::make_shared<std::promise<std::optional<std::vector<std::byte>>>>();
+  Read r = result->get_future();
+  enqueue(Job{[result, tier = &tier, name = std::move(name)] {
+                try {
+                  result->set_value(tier->get(name));
+                } catch (...) {
+                  result->set_exception(std::current_exception());
+                }
+              },
+              [result] { result->set_value(std::nullopt); }});
+  return r;
+}
+
+void TierPrefetcher::enqueue(Job job) {
   {
     const std::lock_guard lock(mu_);
-    require(!stop_, "TierPrefetcher: get() after destruction began");
+    require(!stop_, "TierPrefetcher: work queued after destruction began");
     queue_.push_back(std::move(job));
   }
   cv_.notify_one();
-  return r;
 }
 
 void TierPrefetcher::work() {
@@ -397,11 +409,7 @@ void TierPrefetcher::work() {
     Job job = std::move(queue_.front());
     queue_.pop_front();
     lock.unlock();
-    try {
-      job.result.set_value(job.tier->get(job.name));
-    } catch (...) {
-      job.result.set_exception(std::current_exception());
-    }
+    job.run();  // exceptions go to the job's future
   }
 }
 

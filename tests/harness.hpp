@@ -89,7 +89,7 @@ struct Snapshot {
       for (int l = 0; l < sh.num_layers; ++l) {
         next_pos.push_back(s.next_position(id, l));
         for (int h = 0; h < sh.num_kv_heads; ++h) {
-          const HeadTable& t = s.table(id, l, h);
+          const HeadTable& t = s.table_layout(id, l, h);
           std::vector<PageEntry> es;
           for (std::size_t i = 0; i < t.size(); ++i) es.push_back(t[i]);
           tables.push_back(es);

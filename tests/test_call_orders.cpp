@@ -83,6 +83,8 @@ class Driver {
         append_batch();
       else if (op < 54)
         retire();
+      else if (op < 60)
+        restore_step();
       else if (op < 80)
         attend(uniform(0, c_.layers - 1), /*append_first=*/false);
       else
@@ -90,6 +92,7 @@ class Driver {
       check_accounting(*store_);
     }
     for (SeqId s : std::vector<SeqId>(live_)) free_seq(s);
+    for (const Restoring& r : restoring_) store_->free_sequence(r.id);  // abandoned mid-restore
     REQUIRE(store_->pool().used_pages() == 0);
     REQUIRE(store_->stats().pages_global == 0);
     REQUIRE(store_->stats().pages_local == 0);
@@ -205,6 +208,95 @@ class Driver {
     }
   }
 
+  // A pipelined restore copying a live sequence (begin_restore from its runs, then its layers one call at a
+  // time, in random order, with other operations in between): a restoring sequence refuses every call on a
+  // pending layer and every whole-sequence call, leaving the store unchanged; once its last layer is written
+  // it is a live sequence equal to a fork of the original; some are abandoned half way.
+  struct Restoring {
+    SeqId id;
+    SeqId source;
+    std::vector<std::vector<T>> rows;  // per run: K then V rows (the rows live here until written)
+    std::vector<RestoreRun<T>> runs;   // with rows
+    std::vector<int> layers_left;
+  };
+  void restore_step() {
+    if (restoring_.empty() || uniform(0, 2) == 0) return begin_restore();
+    const std::size_t i = static_cast<std::size_t>(uniform(0, static_cast<int>(restoring_.size()) - 1));
+    Restoring& r = restoring_[i];
+    const int pending =
+        r.layers_left[static_cast<std::size_t>(uniform(0, static_cast<int>(r.layers_left.size()) - 1))];
+    {  // every refusal leaves the store as it was
+      const Snapshot<KVHeadStore<T>> before(*store_);
+      CHECK_THROWS_AS(store_->table(r.id, pending, 0), InvalidArgument);
+      CHECK_THROWS_AS(store_->check_query_position(r.id, pending, 0), InvalidArgument);
+      CHECK_THROWS_AS(store_->fork(r.id), InvalidArgument);
+      CHECK_THROWS_AS(store_->retire_queries(r.id, 0, pending), InvalidArgument);
+      const std::size_t row = static_cast<std::size_t>(c_.kv_heads) * c_.head_dim;
+      const std::vector<T> kv(row);
+      const std::int32_t at[1] = {store_->next_position(r.id, pending)};
+      CHECK_THROWS_AS(store_->append(r.id, pending, std::span<const T>(kv), std::span<const T>(kv),
+                                     std::span<const std::int32_t>(at)),
+                      InvalidArgument);
+      REQUIRE(Snapshot(*store_) == before);
+    }
+    if (uniform(0, 9) == 0) {  // the engine gives up on it
+      store_->free_sequence(r.id);
+      restoring_.erase(restoring_.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+    std::vector<RestoreRun<T>> layer_runs;
+    for (const RestoreRun<T>& run : r.runs)
+      if (run.layer == pending) layer_runs.push_back(run);
+    std::shuffle(layer_runs.begin(), layer_runs.end(), rng_);
+    store_->write_restored_layer(r.id, pending, std::span<const RestoreRun<T>>(layer_runs));
+    r.layers_left.erase(std::find(r.layers_left.begin(), r.layers_left.end(), pending));
+    if (!r.layers_left.empty()) return;
+    REQUIRE(store_->pending_layers(r.id) == 0);
+    live_.push_back(r.id);
+    restoring_.erase(restoring_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+  void begin_restore() {
+    const SeqId src = any_live();
+    const std::size_t D = static_cast<std::size_t>(c_.head_dim);
+    Restoring r{0, src, {}, {}, {}};
+    std::vector<RestoreRun<T>> layout;
+    std::vector<std::int32_t> next, floor;
+    for (int l = 0; l < c_.layers; ++l) {
+      next.push_back(store_->next_position(src, l));
+      floor.push_back(store_->query_floor(src, l));
+      r.layers_left.push_back(l);
+      for (int h = 0; h < c_.kv_heads; ++h) {
+        const HeadTable& t = store_->table(src, l, h);
+        for (std::size_t e = 0; e < t.size(); ++e) {
+          const PageEntry& pe = t[e];
+          std::vector<T> kv(2 * static_cast<std::size_t>(pe.count) * D);
+          const std::size_t off = static_cast<std::size_t>(pe.first) * D,
+                            n = static_cast<std::size_t>(pe.count) * D;
+          std::copy_n(store_->pool().k_ptr(pe.page_id) + off, n, kv.begin());
+          std::copy_n(store_->pool().v_ptr(pe.page_id) + off, n, kv.begin() + static_cast<std::ptrdiff_t>(n));
+          r.rows.push_back(std::move(kv));
+          layout.push_back(RestoreRun<T>{l, h, pe.pos0, pe.count, pe.rope_pos0, {}, {}});
+        }
+      }
+    }
+    for (std::size_t j = 0; j < layout.size(); ++j) {
+      const std::size_t n = static_cast<std::size_t>(layout[j].count) * D;
+      RestoreRun<T> run = layout[j];
+      run.k = std::span<const T>(r.rows[j]).first(n);
+      run.v = std::span<const T>(r.rows[j]).subspan(n, n);
+      r.runs.push_back(run);
+    }
+    if (!all_or_nothing(
+            [&] { r.id = store_->begin_restore(std::span<const RestoreRun<T>>(layout), next, floor); }))
+      return;
+    REQUIRE(store_->pending_layers(r.id) == c_.layers);
+    if (oracle_has(src)) {
+      oracle_.fork(src, r.id);
+      appended_.insert(r.id);
+    }
+    restoring_.push_back(std::move(r));
+  }
+
   void retire() {
     const SeqId s = any_live();
     const int layer = uniform(0, 2) == 0 ? -1 : uniform(0, c_.layers - 1);
@@ -286,6 +378,7 @@ class Driver {
   AttentionPlan shared_plan_;
   std::mt19937& rng_;
   std::vector<SeqId> live_;
+  std::vector<Restoring> restoring_;  // not in live_ until every layer is written
   std::set<SeqId> appended_;
 };
 

@@ -712,6 +712,160 @@ TEST_CASE("swap_in with reads ahead: a missing object is a miss, no object left,
   check_accounting(store);
 }
 
+// ---- pipelined swap-in: layer l usable while layer l + 1 is read
+
+TEMPLATE_TEST_CASE("pipelined swap-in: each layer usable once written, the next step bit for bit", "[tiers]",
+                   float, Half, BFloat16) {
+  using T = TestType;
+  TempDir dir("pipe");
+  for (const int threads : {1, 2}) {
+    INFO("mover threads " << threads);
+    HostTier host(1 << 24);
+    DiskTier disk(dir.path, 1 << 24);
+    TierPrefetcher mover(threads);
+    auto ref = make_store<T>(), moved = make_store<T>();
+    const SeqId a = build_sequence(ref), b0 = build_sequence(moved);
+    const auto before = layout(moved, b0);
+    const auto ticket = swap_out(moved, b0, host, disk, kModel, "pipe");
+    REQUIRE(ticket);
+    {
+      SwapInPipeline<T> pipe(moved, *ticket, host, disk, mover);
+      const SeqId b = pipe.sequence();
+      CHECK(moved.pending_layers(b) == kLayers);
+      check_accounting(moved);  // every page of the layout taken up front, counted
+      // Nothing reads or changes a layer before its rows are written; whole-sequence operations wait.
+      CHECK_THROWS_AS(moved.table(b, 0, 0), InvalidArgument);
+      CHECK_THROWS_AS(moved.check_query_position(b, 1, 34), InvalidArgument);
+      CHECK_THROWS_AS(moved.fork(b), InvalidArgument);
+      CHECK_THROWS_AS(moved.retire_queries(b, 30), InvalidArgument);
+      CHECK_THROWS_AS(append_seeded(moved, b, 35, 1, 7), InvalidArgument);
+      CHECK(moved.pending_layers(b) == kLayers);
+      // The engine's next step, layer by layer: layer 0 written and appended to while layer 1 waits.
+      std::string why;
+      REQUIRE(pipe.ensure_layer(0, &why));
+      CHECK(moved.layer_pending(b, 1));
+      std::mt19937 rng(77);
+      const std::size_t row = static_cast<std::size_t>(kKvHeads) * kD;
+      const std::int32_t pos[1] = {35};
+      for (int l = 0; l < kLayers; ++l) {
+        if (l == 1) {
+          CHECK_THROWS_AS(moved.table(b, 1, 2), InvalidArgument);
+          REQUIRE(pipe.ensure_layer(1, &why));
+        }
+        const auto k = random_tensor<T>(rng, row), v = random_tensor<T>(rng, row);
+        for (auto* st : {&ref, &moved})
+          st->append(st == &ref ? a : b, l, std::span<const T>(k), std::span<const T>(v),
+                     std::span<const std::int32_t>(pos));
+      }
+      INFO(why);
+      CHECK(pipe.done());
+      CHECK(moved.pending_layers(b) == 0);
+      CHECK(host.stats().objects == 0);  // removed once every layer is written
+      CHECK(disk.stats().objects == 0);
+      CHECK(pipe.stats().bytes == ticket->bytes());
+      CHECK(pipe.stats().total_ns >= pipe.stats().wait_ns);
+      CHECK(same_bits(attend(ref, a, 35, 1, 9), attend(moved, b, 35, 1, 9)));
+      CHECK_NOTHROW(moved.free_sequence(moved.fork(b)));
+      moved.free_sequence(b);
+    }
+    (void)before;
+    check_accounting(moved);
+  }
+}
+
+TEST_CASE("pipelined swap-in: a bad layer fails the restore cleanly; abandoning one keeps the objects",
+          "[tiers]") {
+  TempDir dir("pipefail");
+  HostTier host(1 << 24);
+  DiskTier disk(dir.path, 1 << 24);
+  TierPrefetcher mover(2);
+  auto store = make_store<float>();
+  const SeqId s = build_sequence(store);
+  const auto before = layout(store, s);
+  SECTION("a corrupt object of the last layer: layer 0 is served, then the restore fails") {
+    const auto t = swap_out(store, s, host, disk, kModel, "bad");
+    REQUIRE(t);
+    const std::int32_t used = store.pool().used_pages();
+    const SwapObject& last = t->objects.back();  // layer 1's global heads, in the DiskTier
+    REQUIRE(last.layer == kLayers - 1);
+    auto bytes = *disk.get(last.name);
+    bytes[bytes.size() / 2] ^= std::byte{0x40};
+    REQUIRE(disk.put(last.name, bytes));
+    SwapInPipeline<float> pipe(store, *t, host, disk, mover);
+    std::string why;
+    CHECK(pipe.ensure_layer(0, &why));
+    CHECK_FALSE(pipe.ensure_layer(1, &why));
+    CHECK(why.find(last.name) != std::string::npos);
+    CHECK(pipe.failed());
+    CHECK_FALSE(store.contains(pipe.sequence()));  // the half-restored sequence is gone
+    CHECK_FALSE(pipe.finish());
+    CHECK(store.pool().used_pages() == used);
+    CHECK(host.stats().objects == 0);
+    CHECK(disk.stats().objects == 0);
+  }
+  SECTION("abandoned before the end: pages back, objects kept, a later swap_in restores it") {
+    const auto t = swap_out(store, s, host, disk, kModel, "later");
+    REQUIRE(t);
+    const std::int32_t used = store.pool().used_pages();
+    {
+      SwapInPipeline<float> pipe(store, *t, host, disk, mover);
+      REQUIRE(pipe.ensure_layer(0));
+    }
+    CHECK(store.pool().used_pages() == used);
+    CHECK(store.sequences().empty());  // no half-restored sequence left behind
+    std::string why;
+    const auto b = swap_in(store, *t, host, disk, SwapInOptions{nullptr, &why});
+    INFO(why);
+    REQUIRE(b);
+    CHECK(layout(store, *b) == before);
+  }
+  SECTION("a pool too small: PoolExhausted at construction, nothing changed") {
+    const auto t = swap_out(store, s, host, disk, kModel, "big");
+    REQUIRE(t);
+    auto small = make_store<float>(6);
+    const Snapshot<KVHeadStore<float>> snap(small);
+    CHECK_THROWS_AS(SwapInPipeline<float>(small, *t, host, disk, mover), PoolExhausted);
+    CHECK(Snapshot<KVHeadStore<float>>(small) == snap);
+    CHECK(host.contains(t->objects.front().name));
+    discard_swap(*t, host, disk);
+  }
+  check_accounting(store);
+}
+
+TEST_CASE("begin_restore / write_restored_layer: a write that is not the layout changes nothing", "[tiers]") {
+  auto store = make_store<float>();
+  using R = RestoreRun<float>;
+  const std::vector<float> rows(8 * kD, 0.5f);
+  const std::span<const float> r4 = std::span<const float>(rows).first(4 * kD);
+  const std::vector<std::int32_t> next{8, 8}, floor{0, 0};
+  std::vector<R> layout_runs;
+  for (int l = 0; l < kLayers; ++l)
+    for (int h = 0; h < kKvHeads; ++h) layout_runs.push_back(R{l, h, 0, 4, 0, {}, {}});
+  CHECK_THROWS_AS(store.begin_restore(std::vector<R>{R{0, 0, 0, 4, 0, r4, r4}}, next, floor),
+                  InvalidArgument);  // a layout carries no rows
+  const SeqId id = store.begin_restore(layout_runs, next, floor);
+  check_accounting(store);
+  const auto write = [&](std::vector<R> runs, int layer) { store.write_restored_layer(id, layer, runs); };
+  std::vector<R> l0;
+  for (int h = 0; h < kKvHeads; ++h) l0.push_back(R{0, h, 0, 4, 0, r4, r4});
+  auto shifted = l0;
+  shifted[2].pos0 = 1;
+  CHECK_THROWS_AS(write(shifted, 0), InvalidArgument);  // positions not in the layout
+  auto rotated = l0;
+  rotated[1].rope_pos0 = 3;
+  CHECK_THROWS_AS(write(rotated, 0), InvalidArgument);                     // rotation not in the layout
+  CHECK_THROWS_AS(write({l0.begin(), l0.end() - 1}, 0), InvalidArgument);  // a head left out
+  CHECK_THROWS_AS(write(l0, 1), InvalidArgument);                          // runs of another layer
+  CHECK(store.pending_layers(id) == kLayers);
+  write(l0, 0);
+  CHECK_THROWS_AS(write(l0, 0), InvalidArgument);  // written already
+  CHECK(store.layer_pending(id, 1));
+  CHECK_THROWS_AS(store.write_restored_layer(build_sequence(store), 0, l0),
+                  InvalidArgument);  // not restoring
+  store.free_sequence(id);           // abandoned with a layer pending
+  check_accounting(store);
+}
+
 TEST_CASE("HostTier spills what it evicts to the tier below; chunks and swaps find it there", "[tiers]") {
   TempDir dir("spill");
   DiskTier disk(dir.path, 1 << 24);

@@ -25,6 +25,7 @@
 #include <span>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "redknot/allocator.hpp"
@@ -151,7 +152,7 @@ class KVHeadStore {
   // A new sequence sharing every page of the parent. The partial last page of a head is copied on the first
   // write by either side (copy-on-write), so the two sequences diverge without copying the shared prefix.
   SeqId fork(SeqId parent) {
-    const Sequence& p = seq(parent, "fork");
+    const Sequence& p = whole_seq(parent, "fork");
     Sequence child = p;
     for (auto& t : child.tables) {
       t.for_each_page_ref([&](PageId pg) { pool_.incref(pg); });
@@ -179,7 +180,7 @@ class KVHeadStore {
 
   // Throws unless a query at q_pos may attend in (seq, layer) now.
   void check_query_position(SeqId id, int layer, std::int32_t q_pos) const {
-    const Sequence& s = seq(id, "attention");
+    const Sequence& s = layer_seq(id, "attention", layer);
     check_layer(layer);
     const std::int32_t lo = s.query_floor[static_cast<std::size_t>(layer)];
     const std::int32_t hi = s.next_pos[static_cast<std::size_t>(layer)];
@@ -191,7 +192,14 @@ class KVHeadStore {
   const HeadTable& table(SeqId id, int layer, int kv_head) const {
     check_layer(layer);
     check_head(kv_head);
-    return seq(id, "table").table(layer, kv_head, shape_);
+    return layer_seq(id, "table", layer).table(layer, kv_head, shape_);
+  }
+  // table() also for a layer a pipelined restore has not written yet: the entries are laid out, the rows they
+  // point at are stale. For bookkeeping (accounting checks, snapshots), never for reading K/V.
+  const HeadTable& table_layout(SeqId id, int layer, int kv_head) const {
+    check_layer(layer);
+    check_head(kv_head);
+    return seq(id, "table_layout").table(layer, kv_head, shape_);
   }
 
   // ---- append
@@ -247,7 +255,7 @@ class KVHeadStore {
   // Declares that every query of (seq, layer) — or of every layer when layer == -1 — before
   // next_query_pos has run, so local heads can drop what those queries alone could see.
   void retire_queries(SeqId id, std::int32_t next_query_pos, int layer = -1) {
-    Sequence& s = seq(id, "retire_queries");
+    Sequence& s = layer_seq(id, "retire_queries", layer);
     require(layer == -1 || (layer >= 0 && layer < shape_.num_layers), "retire_queries: layer=", layer,
             " out of range [0, ", shape_.num_layers, ") (or -1 for all layers)");
     const int l0 = layer == -1 ? 0 : layer;
@@ -279,7 +287,7 @@ class KVHeadStore {
   // at positions 0..n-1 (every layer, each layer in one append so no head dropped a key). The sequence leaves
   // the sequence registry (its id is no longer live) and its pages are held by the chunk until dropped.
   void register_chunk(const ChunkKey& key, SeqId seq_id) {
-    Sequence& s = seq(seq_id, "register_chunk");
+    Sequence& s = whole_seq(seq_id, "register_chunk");
     require(!chunks_.count(key), "register_chunk: chunk ", to_hex(key), " is already registered");
     const std::int32_t n = chunk_length(s, seq_id);
     ChunkRecord rec{std::move(s), n, 0, 0, ++chunk_clock_};
@@ -310,7 +318,7 @@ class KVHeadStore {
   // what queries at or after first_query can see, as retention does for appended keys. `at` must be at or
   // beyond next_position(dst, l) on every layer. Needs no free page.
   void splice(SeqId dst, const ChunkKey& key, std::int32_t at, std::int32_t first_query = -1) {
-    Sequence& d = seq(dst, "splice");
+    Sequence& d = whole_seq(dst, "splice");
     auto it = chunks_.find(key);
     require<NotFound>(it != chunks_.end(), "splice: chunk ", to_hex(key), " is not registered");
     ChunkRecord& c = it->second;
@@ -349,7 +357,7 @@ class KVHeadStore {
   // as for splice(); needs pages like an append of n tokens to every layer, checked for all layers first.
   void relocate(SeqId dst, const ChunkKey& key, std::int32_t at,
                 std::int32_t first_query = -1) requires(Alloc::kHostAccessible) {
-    Sequence& d = seq(dst, "relocate");
+    Sequence& d = whole_seq(dst, "relocate");
     const ChunkRecord& c = chunk(key);
     const std::int32_t end = check_splice_range(d, dst, c, at, first_query, "relocate");
     require(
@@ -412,7 +420,7 @@ class KVHeadStore {
   // Validates and checks capacity (one page per shared page written) first: on an exception nothing changed.
   void overwrite(SeqId id, int layer, std::span<const T> k, std::span<const T> v,
                  std::span<const std::int32_t> positions) requires(Alloc::kHostAccessible) {
-    Sequence& s = seq(id, "overwrite");
+    Sequence& s = layer_seq(id, "overwrite", layer);
     check_layer(layer);
     check_token_count(static_cast<std::int64_t>(positions.size()), "overwrite");
     check_kv_sizes("overwrite", k.size(), v.size(), positions.size());
@@ -485,7 +493,7 @@ class KVHeadStore {
   // NaN.
   void read_rows(SeqId id, int layer, std::span<const std::int32_t> positions, std::span<float> k,
                  std::span<float> v) const requires(Alloc::kHostAccessible) {
-    const Sequence& s = seq(id, "read_rows");
+    const Sequence& s = layer_seq(id, "read_rows", layer);
     check_layer(layer);
     const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads),
                       D = static_cast<std::size_t>(shape_.head_dim);
@@ -526,13 +534,105 @@ class KVHeadStore {
                          std::span<const std::int32_t> query_floor)
       // Host pages, or bookkeeping only (a shadow store): a device store has no host path to write its rows.
       requires(Alloc::kHostAccessible || std::is_same_v<Alloc, NullAllocator>) {
+    return restore(runs, next_pos, query_floor, false, "restore_sequence");
+  }
+
+  // ---- pipelined restore: the layout first, each layer's rows when they arrive
+  // A restore_sequence() whose rows come later, layer by layer, so that an engine can run layer l of the
+  // restored sequence's next step while layer l + 1's rows are still being read. `layout` is the runs
+  // restore_sequence would take, without rows (k and v empty). The new sequence has its next positions and
+  // query floors, and every page its rows need is taken now (PoolExhausted up front, nothing changed, as for
+  // restore_sequence); every layer is pending until write_restored_layer() fills it. A pending layer cannot
+  // be read or changed (table, attention, append, overwrite, read_rows, retire_queries on it throw), and
+  // operations on the whole sequence (fork, splice, register_chunk, relocate) wait for the last layer.
+  // free_sequence() abandons a restore at any point.
+  SeqId begin_restore(
+      std::span<const RestoreRun<T>> layout, std::span<const std::int32_t> next_pos,
+      std::span<const std::int32_t> query_floor) requires(Alloc::kHostAccessible ||
+                                                          std::is_same_v<Alloc, NullAllocator>) {
+    return restore(layout, next_pos, query_floor, true, "begin_restore");
+  }
+
+  // Writes the rows of pending `layer` of a sequence from begin_restore(): `runs` must be exactly that
+  // layer's runs of the layout (same heads, positions, counts and rotations, any order; k and v count *
+  // head_dim each). Validates everything before writing: on an exception the layer stays pending and nothing
+  // changed.
+  void write_restored_layer(SeqId id, int layer, std::span<const RestoreRun<T>> runs) requires(
+      Alloc::kHostAccessible || std::is_same_v<Alloc, NullAllocator>) {
+    Sequence& s = seq(id, "write_restored_layer");
+    check_layer(layer);
+    require(s.pending_layers > 0 && s.pending[static_cast<std::size_t>(layer)] != 0,
+            "write_restored_layer: layer ", layer, " of sequence id=", id,
+            " is not waiting for rows (not restored with begin_restore, or already written)");
+    const std::size_t H = static_cast<std::size_t>(shape_.num_kv_heads),
+                      D = static_cast<std::size_t>(shape_.head_dim);
+    std::vector<std::vector<std::size_t>> per_head(H);
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      const RestoreRun<T>& r = runs[i];
+      require(r.layer == layer, "write_restored_layer: run ", i, " is for layer ", r.layer, ", not ", layer);
+      check_head(r.kv_head);
+      require(r.count >= 1 && r.k.size() == static_cast<std::size_t>(r.count) * D && r.v.size() == r.k.size(),
+              "write_restored_layer: run ", i, " (kv_head ", r.kv_head, ") has count=", r.count, ", ",
+              r.k.size(), " K and ", r.v.size(), " V elements (need count >= 1 and count*head_dim each)");
+      per_head[static_cast<std::size_t>(r.kv_head)].push_back(i);
+    }
+    // Each head's entries must be exactly its runs in position order (begin_restore started an entry per run
+    // and per page): walk them once to check, once to copy.
+    for (const bool write : {false, true})
+      for (std::size_t h = 0; h < H; ++h) {
+        auto& v = per_head[h];
+        if (!write)
+          std::sort(v.begin(), v.end(),
+                    [&](std::size_t a, std::size_t b) { return runs[a].pos0 < runs[b].pos0; });
+        const HeadTable& t = s.table(layer, static_cast<int>(h), shape_);
+        std::size_t e = 0;
+        for (const std::size_t ri : v) {
+          const RestoreRun<T>& r = runs[ri];
+          for (std::int32_t done = 0; done < r.count;) {
+            const bool match = e < t.size() && t[e].pos0 == r.pos0 + done &&
+                               t[e].rope_pos0 == r.rope_pos0 + done && t[e].count <= r.count - done;
+            require(match, "write_restored_layer: run ", ri, " (layer ", layer, ", kv_head ", h,
+                    ", positions [", r.pos0, ", ", static_cast<std::int64_t>(r.pos0) + r.count,
+                    ") rotated for ", r.rope_pos0, ") is not a run of the layout begin_restore was given");
+            if (write)
+              if constexpr (Alloc::kHostAccessible) {
+                const PageEntry& pe = t[e];
+                const std::size_t src = static_cast<std::size_t>(done) * D, len = pe.count * D;
+                const std::size_t dst = static_cast<std::size_t>(pe.first) * D;
+                std::copy_n(r.k.begin() + static_cast<std::ptrdiff_t>(src), len,
+                            pool_.k_ptr(pe.page_id) + dst);
+                std::copy_n(r.v.begin() + static_cast<std::ptrdiff_t>(src), len,
+                            pool_.v_ptr(pe.page_id) + dst);
+              }
+            done += t[e].count;
+            ++e;
+          }
+        }
+        require(e == t.size(), "write_restored_layer: layer ", layer, " kv_head ", h, " has ", t.size() - e,
+                " entries of the layout that no run covers");
+      }
+    s.pending[static_cast<std::size_t>(layer)] = 0;
+    if (--s.pending_layers == 0) s.pending.clear();
+  }
+
+  // Whether a layer of the sequence still waits for write_restored_layer().
+  bool layer_pending(SeqId id, int layer) const {
+    check_layer(layer);
+    const Sequence& s = seq(id, "layer_pending");
+    return s.pending_layers > 0 && s.pending[static_cast<std::size_t>(layer)] != 0;
+  }
+  int pending_layers(SeqId id) const { return seq(id, "pending_layers").pending_layers; }
+
+ private:
+  SeqId restore(std::span<const RestoreRun<T>> runs, std::span<const std::int32_t> next_pos,
+                std::span<const std::int32_t> query_floor, bool rows_later, const char* op) {
     const std::size_t L = static_cast<std::size_t>(shape_.num_layers),
                       H = static_cast<std::size_t>(shape_.num_kv_heads),
                       D = static_cast<std::size_t>(shape_.head_dim);
-    require(next_pos.size() == L && query_floor.size() == L, "restore_sequence: next_pos and query_floor ",
+    require(next_pos.size() == L && query_floor.size() == L, op, ": next_pos and query_floor ",
             "need one value per layer (", L, "), got ", next_pos.size(), " and ", query_floor.size());
     for (std::size_t l = 0; l < L; ++l)
-      require(query_floor[l] >= 0 && query_floor[l] <= next_pos[l], "restore_sequence: layer ", l,
+      require(query_floor[l] >= 0 && query_floor[l] <= next_pos[l], op, ": layer ", l,
               " has query_floor=", query_floor[l], " and next_pos=", next_pos[l],
               " (need 0 <= query_floor <= next_pos)");
     std::vector<std::vector<std::size_t>> per_head(L * H);  // run indices of each (layer, kv_head)
@@ -545,17 +645,18 @@ class KVHeadStore {
       const std::int64_t rope_end = static_cast<std::int64_t>(r.rope_pos0) + r.count;
       require(r.count >= 1 && r.pos0 >= 0 && end <= next_pos[static_cast<std::size_t>(r.layer)] &&
                   r.rope_pos0 >= 0 && rope_end <= std::numeric_limits<std::int32_t>::max(),
-              "restore_sequence: run ", i, " (layer ", r.layer, ", kv_head ", r.kv_head,
-              ") holds positions [", r.pos0, ", ", end, ") rotated for [", r.rope_pos0, ", ", rope_end,
+              op, ": run ", i, " (layer ", r.layer, ", kv_head ", r.kv_head, ") holds positions [", r.pos0,
+              ", ", end, ") rotated for [", r.rope_pos0, ", ", rope_end,
               "): need count >= 1 and positions in [0, next_pos=",
               next_pos[static_cast<std::size_t>(r.layer)], ")");
-      require(r.k.size() == static_cast<std::size_t>(r.count) * D && r.v.size() == r.k.size(),
-              "restore_sequence: run ", i, " has ", r.k.size(), " K and ", r.v.size(),
-              " V elements, expected count*head_dim = ", static_cast<std::size_t>(r.count) * D);
+      const std::size_t want = rows_later ? 0 : static_cast<std::size_t>(r.count) * D;
+      require(r.k.size() == want && r.v.size() == want, op, ": run ", i, " has ", r.k.size(), " K and ",
+              r.v.size(), " V elements, expected ",
+              rows_later ? "none (rows come later)" : "count*head_dim = ", want);
       relocated = relocated || r.rope_pos0 != r.pos0;
       per_head[static_cast<std::size_t>(r.layer) * H + static_cast<std::size_t>(r.kv_head)].push_back(i);
     }
-    require(!relocated || rope_.has_value(), "restore_sequence: some run holds keys rotated for other ",
+    require(!relocated || rope_.has_value(), op, ": some run holds keys rotated for other ",
             "positions than where they sit, and the store has no RoPE spec to account for it");
     std::int64_t need = 0;
     for (std::size_t i = 0; i < per_head.size(); ++i) {
@@ -565,15 +666,14 @@ class KVHeadStore {
       std::int64_t rows = v.empty() ? 0 : runs[v[0]].count;
       for (std::size_t j = 1; j < v.size(); ++j) {
         const RestoreRun<T>& prev = runs[v[j - 1]];
-        require(runs[v[j]].pos0 >= static_cast<std::int64_t>(prev.pos0) + prev.count,
-                "restore_sequence: runs ", v[j - 1], " and ", v[j], " of layer ", i / H, " kv_head ", i % H,
-                " overlap");
+        require(runs[v[j]].pos0 >= static_cast<std::int64_t>(prev.pos0) + prev.count, op, ": runs ", v[j - 1],
+                " and ", v[j], " of layer ", i / H, " kv_head ", i % H, " overlap");
         rows += runs[v[j]].count;
       }
       need += (rows + cfg_.page_size - 1) / cfg_.page_size;
     }
     if (need > pool_.free_pages() && need <= pool_.free_pages() + unused_chunk_pages()) evict_chunks(need);
-    require<PoolExhausted>(need <= pool_.free_pages(), "restore_sequence: needs ", need, " pages, pool has ",
+    require<PoolExhausted>(need <= pool_.free_pages(), op, ": needs ", need, " pages, pool has ",
                            pool_.free_pages(), " free of ", pool_.num_pages());
     // Commit: rows fill each head's pages in position order; a run starts a new entry, a page a new one too.
     const SeqId id = create_sequence();
@@ -592,10 +692,12 @@ class KVHeadStore {
           const auto src = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(done) * D);
           const auto len = static_cast<std::ptrdiff_t>(static_cast<std::size_t>(n) * D);
           if constexpr (Alloc::kHostAccessible) {  // else bookkeeping only (NullAllocator)
-            std::copy(r.k.begin() + src, r.k.begin() + src + len,
-                      pool_.k_ptr(page) + static_cast<std::size_t>(slot) * D);
-            std::copy(r.v.begin() + src, r.v.begin() + src + len,
-                      pool_.v_ptr(page) + static_cast<std::size_t>(slot) * D);
+            if (!rows_later) {
+              std::copy(r.k.begin() + src, r.k.begin() + src + len,
+                        pool_.k_ptr(page) + static_cast<std::size_t>(slot) * D);
+              std::copy(r.v.begin() + src, r.v.begin() + src + len,
+                        pool_.v_ptr(page) + static_cast<std::size_t>(slot) * D);
+            }
           }
           t.body.push_back(PageEntry{page, static_cast<std::int16_t>(slot), static_cast<std::int16_t>(n),
                                      r.pos0 + done, r.rope_pos0 + done});
@@ -607,9 +709,14 @@ class KVHeadStore {
     std::copy(next_pos.begin(), next_pos.end(), s.next_pos.begin());
     std::copy(query_floor.begin(), query_floor.end(), s.query_floor.begin());
     s.relocated_keys = relocated;
+    if (rows_later) {
+      s.pending.assign(L, 1);
+      s.pending_layers = static_cast<int>(L);
+    }
     return id;
   }
 
+ public:
   // Drops the registry's references to a chunk that no live sequence uses (false if the key is unknown).
   // A chunk in use cannot be dropped (InvalidArgument): its pages are shared with the sequences using it.
   bool drop_chunk(const ChunkKey& key) {
@@ -740,6 +847,10 @@ class KVHeadStore {
     std::vector<std::int32_t> query_floor;  // [layer]: queries below this were declared done (may be evicted)
     std::vector<ChunkKey> chunks_used;      // chunks spliced in (once per splice)
     bool relocated_keys = false;            // some entry has rope_pos0 != pos0
+    // Layers whose rows a pipelined restore has not written yet (begin_restore): their tables are laid out
+    // but their pages hold stale bytes, so nothing may read or change them. Empty when none is pending.
+    std::vector<std::uint8_t> pending;  // [layer]
+    int pending_layers = 0;
   };
 
   struct ChunkRecord {
@@ -842,6 +953,31 @@ class KVHeadStore {
                   " is not live (never created or already freed)");
     return it->second;
   }
+  // The sequence for an operation on all of its layers: refused while a pipelined restore still has layers
+  // to write (their pages hold stale bytes).
+  Sequence& whole_seq(SeqId id, const char* op) {
+    return const_cast<Sequence&>(std::as_const(*this).whole_seq(id, op));
+  }
+  const Sequence& whole_seq(SeqId id, const char* op) const {
+    const Sequence& s = seq(id, op);
+    REDKNOT_CHECK(s.pending_layers == 0, InvalidArgument, op, ": sequence id=", id, " is being restored (",
+                  s.pending_layers, " layer(s) not written yet): finish the restore or free the sequence");
+    return s;
+  }
+  // The sequence for an operation on one layer (or every layer when layer == -1): refused while that layer
+  // waits for its rows. An out-of-range layer passes here; the operation's own check names it.
+  Sequence& layer_seq(SeqId id, const char* op, int layer) {
+    return const_cast<Sequence&>(std::as_const(*this).layer_seq(id, op, layer));
+  }
+  const Sequence& layer_seq(SeqId id, const char* op, int layer) const {
+    const Sequence& s = seq(id, op);
+    if (s.pending_layers == 0) return s;
+    if (layer == -1) return whole_seq(id, op);
+    REDKNOT_CHECK(layer < 0 || layer >= shape_.num_layers || s.pending[static_cast<std::size_t>(layer)] == 0,
+                  InvalidArgument, op, ": layer ", layer, " of sequence id=", id,
+                  " is being restored and its rows are not written yet (write_restored_layer first)");
+    return s;
+  }
 
   static void reset_counters(HeadTable& t) {
     t.sink_pushed = t.body_popped = t.body_pushed = t.tail_version = 0;
@@ -893,7 +1029,7 @@ class KVHeadStore {
                   positions.size(), ")");
     std::vector<Sequence*>& items = scratch_items_;
     items.resize(B);
-    for (std::size_t i = 0; i < B; ++i) items[i] = &seq(seqs[i], op);
+    for (std::size_t i = 0; i < B; ++i) items[i] = &layer_seq(seqs[i], op, layer);
     check_layer(layer);  // after the lookups: a dead sequence is NotFound whatever else is wrong
     if (B > 1) {         // each sequence once: sorted ids have no equal neighbours
       scratch_ids_.assign(seqs.begin(), seqs.end());

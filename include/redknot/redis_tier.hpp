@@ -126,10 +126,34 @@ struct RedisTierOptions {
   std::int64_t max_object_bytes = std::int64_t{256} << 20;  // larger puts are refused (counted)
 };
 
+// The tier's object format as free functions, so that other clients (the Python bindings, for engines on
+// redis-py's RedisCluster) write and read exactly what RedisTier does. One object is the payload value at
+// redis_payload_key(prefix, name, nonce), written first, and the index value at redis_index_key(prefix, name)
+// naming that nonce, written after it; both keys hash to the slot of `name`. Names are checked
+// (check_object_name) and prefixes are RedisTierOptions::prefix's rule (InvalidArgument otherwise).
+std::string redis_index_key(std::string_view prefix, std::string_view name);
+std::string redis_payload_key(std::string_view prefix, std::string_view name, std::uint64_t nonce);
+// The payload value and the index value of one write of `bytes` under `name`.
+struct RedisObjectValues {
+  std::string payload;
+  std::string index;
+};
+RedisObjectValues encode_redis_object(std::string_view name, std::span<const std::byte> bytes,
+                                      std::uint64_t nonce);
+// The nonce an index value names: nullopt when it is not an intact index of `name`.
+std::optional<std::uint64_t> redis_index_nonce(std::string_view name, std::string_view index_value);
+// The bytes, when `payload_value` is the intact payload `index_value` names under `name`; nullopt when
+// either is truncated, corrupted, of another name or of another write.
+std::optional<std::vector<std::byte>> decode_redis_object(std::string_view name,
+                                                          std::string_view payload_value,
+                                                          std::string_view index_value);
+
 class RedisTier final : public KvTier {
  public:
-  // `client` must outlive the tier.
+  // `client` must outlive the tier. InvalidArgument for options check_options rejects.
   RedisTier(RedisClusterClient& client, RedisTierOptions opt = {});
+  // The constructor's option checks, for callers that check before they connect a client.
+  static void check_options(const RedisTierOptions& opt);
   bool put(std::string_view name, std::span<const std::byte> bytes) override;
   std::optional<std::vector<std::byte>> get(std::string_view name) override;
   bool remove(std::string_view name) override;
@@ -146,11 +170,11 @@ class RedisTier final : public KvTier {
   // The payload key the index names now ("" when there is no readable index).
   std::string payload_key(std::string_view name) const;
   RedisClusterClient& client() { return client_; }
+  const RedisTierOptions& options() const { return opt_; }
 
  private:
   std::optional<std::vector<std::byte>> verify(std::string_view name, const RedisReply& index,
                                                const RedisReply& payload, bool& corrupt) const;
-  std::string payload_key_for(std::string_view name, std::uint64_t nonce) const;
 
   RedisClusterClient& client_;
   RedisTierOptions opt_;

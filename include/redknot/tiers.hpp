@@ -21,9 +21,11 @@
 #include <cstdint>
 #include <deque>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <list>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -192,6 +194,16 @@ class TierPrefetcher {
   TierPrefetcher& operator=(const TierPrefetcher&) = delete;
 
   Read get(KvTier& tier, std::string name);
+  // Any other work for the threads (a pipelined swap-in reads, checks and decodes a layer's objects): f()
+  // runs on a worker, its result or exception comes back through the future. A task still queued when the
+  // destructor runs is dropped: its future throws std::future_error (broken promise).
+  template <class F>
+  auto run(F f) -> std::future<decltype(f())> {
+    auto task = std::make_shared<std::packaged_task<decltype(f())()>>(std::move(f));
+    auto result = task->get_future();
+    enqueue(Job{[task] { (*task)(); }, [] {}});
+    return result;
+  }
   int threads() const { return static_cast<int>(workers_.size()); }
 
   static void wait_all(std::vector<Read>& reads) {
@@ -206,10 +218,10 @@ class TierPrefetcher {
 
  private:
   struct Job {
-    KvTier* tier;
-    std::string name;
-    std::promise<std::optional<std::vector<std::byte>>> result;
+    std::function<void()> run;   // on a worker
+    std::function<void()> drop;  // instead of run, when the prefetcher stops first
   };
+  void enqueue(Job job);
   void work();
   std::mutex mu_;
   std::condition_variable cv_;
@@ -447,7 +459,7 @@ struct SwapObject {
   bool local = false;  // the layer's local heads (else its global-like heads)
   bool cold = false;   // written to the cold tier (global heads; local ones the hot tier refused)
   std::int64_t bytes = 0;
-  std::uint64_t digest = 0;  // object_digest of what was written
+  std::uint64_t digest = 0;   // object_digest of what was written
   std::vector<SwapRun> runs;  // its slices, in order
 };
 
@@ -650,6 +662,199 @@ std::optional<SeqId> swap_in(KVHeadStore<T>& store, const SwapTicket& ticket, Kv
   if (stats != nullptr) *stats = st;
   return id;
 }
+
+// A swap_in whose sequence is usable layer by layer: the engine runs the restored sequence's next step while
+// the rest is still arriving. The constructor lays the sequence out from the ticket (begin_restore: every
+// page taken up front, so PoolExhausted comes now, with nothing changed) and queues one task per layer on the
+// mover's threads: read that layer's objects, check size, digest and every slice (against the store and the
+// ticket's runs), decode the rows. ensure_layer(l) waits for layer l's task and writes its rows
+// (write_restored_layer: a copy into pages already taken), so while the engine computes layer l the movers
+// read and check layers l + 1, l + 2, ... The restored attention is the never-moved one bit for bit, as
+// swap_in's.
+//
+// A failed layer (an object missing or failing a check) fails the restore: the sequence is freed, the
+// ticket's objects are removed, ensure_layer() returns false with the reason and so does every later call
+// (the engine recomputes the sequence). Destroying an unfinished pipeline frees the partly restored
+// sequence and leaves the objects in their tiers (swap in again later). The store, the tiers and the mover
+// must outlive the pipeline; the store sees one writer at a time, the engine's thread (the movers never touch
+// it). Not movable: its tasks refer to it.
+template <StorageType T>
+class SwapInPipeline {
+ public:
+  SwapInPipeline(KVHeadStore<T>& store, SwapTicket ticket, KvTier& hot, KvTier& cold, TierPrefetcher& mover)
+      : store_(store),
+        ticket_(std::move(ticket)),
+        hot_(hot),
+        cold_(cold),
+        expect_(slice_expect(store, ticket_.model_fp, ChunkKey{})),
+        t0_(std::chrono::steady_clock::now()) {
+    const ModelShape& sh = store.shape();
+    const auto L = static_cast<std::size_t>(sh.num_layers);
+    require(ticket_.next_pos.size() == L && ticket_.query_floor.size() == L,
+            "SwapInPipeline: the ticket has ", ticket_.next_pos.size(), " layers, the store ", L);
+    objects_of_.resize(L);
+    std::vector<RestoreRun<T>> layout;
+    for (std::size_t i = 0; i < ticket_.objects.size(); ++i) {
+      const SwapObject& o = ticket_.objects[i];
+      require(o.layer >= 0 && o.layer < sh.num_layers, "SwapInPipeline: object ", o.name, " has layer ",
+              o.layer, ", the store has ", sh.num_layers);
+      objects_of_[static_cast<std::size_t>(o.layer)].push_back(i);
+      for (const SwapRun& r : o.runs)
+        layout.push_back(RestoreRun<T>{o.layer, r.kv_head, r.pos0, r.count, r.rope_pos0, {}, {}});
+    }
+    seq_ = store.begin_restore(std::span<const RestoreRun<T>>(layout),
+                               std::span<const std::int32_t>(ticket_.next_pos),
+                               std::span<const std::int32_t>(ticket_.query_floor));
+    layers_.reserve(L);
+    try {
+      for (std::size_t l = 0; l < L; ++l) layers_.push_back(mover.run([this, l] { return load_layer(l); }));
+    } catch (...) {
+      settle();
+      store_.free_sequence(seq_);
+      throw;
+    }
+  }
+  ~SwapInPipeline() {
+    settle();
+    if (!done_ && !failed_) store_.free_sequence(seq_);
+  }
+  SwapInPipeline(const SwapInPipeline&) = delete;
+  SwapInPipeline& operator=(const SwapInPipeline&) = delete;
+
+  // The restored sequence (pending layers until ensure_layer / finish).
+  SeqId sequence() const { return seq_; }
+  bool done() const { return done_; }
+  bool failed() const { return failed_; }
+
+  // Makes layer `layer`'s rows present (waiting for its task). false, with the reason in *why, when the
+  // restore failed (now or before): the sequence is gone.
+  bool ensure_layer(int layer, std::string* why = nullptr) {
+    require(layer >= 0 && static_cast<std::size_t>(layer) < layers_.size(),
+            "SwapInPipeline::ensure_layer: layer=", layer, " out of range [0, ", layers_.size(), ")");
+    if (!failed_ && !done_ && store_.layer_pending(seq_, layer)) {
+      const auto w0 = std::chrono::steady_clock::now();
+      LayerRows rows;
+      try {
+        rows = layers_[static_cast<std::size_t>(layer)].get();
+      } catch (const std::exception& e) {  // a tier that threw, or a mover that stopped first
+        rows.why = detail::concat("swap_in: reading layer ", layer, " failed: ", e.what());
+      }
+      stats_.wait_ns += elapsed_ns(w0);
+      stats_.bytes += rows.bytes;
+      if (!rows.why.empty()) {
+        fail(std::move(rows.why));
+      } else {
+        store_.write_restored_layer(seq_, layer, std::span<const RestoreRun<T>>(rows.runs));
+        if (store_.pending_layers(seq_) == 0) complete();
+      }
+    }
+    if (failed_ && why != nullptr) *why = why_;
+    return !failed_;
+  }
+  // Every layer (ensure_layer of each); the objects are removed once all are written.
+  bool finish(std::string* why = nullptr) {
+    for (std::size_t l = 0; l < layers_.size() && !failed_ && !done_; ++l) ensure_layer(static_cast<int>(l));
+    if (failed_ && why != nullptr) *why = why_;
+    return !failed_;
+  }
+  // bytes read, time the engine's thread waited in ensure_layer, and construction to the last layer written.
+  const SwapInStats& stats() const { return stats_; }
+
+ private:
+  struct LayerRows {
+    std::vector<T> k, v;
+    std::vector<RestoreRun<T>> runs;  // views of k and v
+    std::int64_t bytes = 0;
+    std::string why;  // non-empty: the layer cannot be restored
+  };
+
+  // On a mover thread: reads nothing of the store but its (immutable) shape and policies.
+  LayerRows load_layer(std::size_t l) const {
+    LayerRows out;
+    const std::size_t D = static_cast<std::size_t>(store_.shape().head_dim);
+    std::vector<std::vector<std::byte>> objects;
+    std::vector<std::pair<const SwapObject*, DecodedSlice>> slices;
+    std::size_t rows = 0;
+    for (const std::size_t i : objects_of_[l]) {
+      const SwapObject& o = ticket_.objects[i];
+      auto bytes = (o.cold ? cold_ : hot_).get(o.name);
+      if (!bytes && &hot_ != &cold_ && !o.cold) bytes = cold_.get(o.name);  // spilled from hot to cold
+      if (!bytes)
+        return fail_layer(out, "object ", o.name, " is not in the tier (evicted, removed or unreadable)");
+      out.bytes += static_cast<std::int64_t>(bytes->size());
+      if (static_cast<std::int64_t>(bytes->size()) != o.bytes || object_digest(*bytes) != o.digest)
+        return fail_layer(out, "object ", o.name, " is not what swap_out wrote (size or digest)");
+      objects.push_back(std::move(*bytes));
+      const auto parts = unpack_slices(objects.back());
+      if (!parts || parts->size() != o.runs.size())
+        return fail_layer(out, "object ", o.name, " is not the pack of ", o.runs.size(),
+                          " slices swap_out wrote");
+      for (std::size_t j = 0; j < parts->size(); ++j) {
+        std::string reason;
+        auto d = decode_slice((*parts)[j], expect_, &reason);
+        if (!d) return fail_layer(out, "object ", o.name, ": ", reason);
+        const SliceHeader& h = d->header;
+        if (h.layer != o.layer || store_.policy(o.layer, h.kv_head).is_local() != o.local ||
+            SwapRun{h.kv_head, h.pos0, h.count, h.rope_pos0} != o.runs[j])
+          return fail_layer(out, "object ", o.name, ": slice ", j, " is not the run the ticket lists");
+        rows += static_cast<std::size_t>(h.count);
+        slices.emplace_back(&o, *d);
+      }
+    }
+    out.k.resize(rows * D);
+    out.v.resize(rows * D);
+    std::size_t at = 0;
+    for (const auto& [o, sl] : slices) {
+      const std::size_t n = static_cast<std::size_t>(sl.header.count) * D;
+      slice_detail::load_rows(sl.k.data(), n, out.k.data() + at);
+      slice_detail::load_rows(sl.v.data(), n, out.v.data() + at);
+      out.runs.push_back(RestoreRun<T>{sl.header.layer, sl.header.kv_head, sl.header.pos0, sl.header.count,
+                                       sl.header.rope_pos0, std::span<const T>(out.k).subspan(at, n),
+                                       std::span<const T>(out.v).subspan(at, n)});
+      at += n;
+    }
+    return out;
+  }
+  template <class... Parts>
+  static LayerRows fail_layer(LayerRows& out, const Parts&... parts) {
+    out.why = detail::concat("swap_in: ", parts...);
+    return std::move(out);
+  }
+  static std::int64_t elapsed_ns(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t).count();
+  }
+  void fail(std::string why) {
+    failed_ = true;
+    why_ = std::move(why);
+    settle();  // no task reads an object while it is removed
+    store_.free_sequence(seq_);
+    discard_swap(ticket_, hot_, cold_);
+  }
+  void complete() {
+    done_ = true;
+    settle();
+    discard_swap(ticket_, hot_, cold_);
+    stats_.total_ns = elapsed_ns(t0_);
+  }
+  void settle() {
+    for (auto& f : layers_)
+      if (f.valid()) f.wait();
+  }
+
+  KVHeadStore<T>& store_;
+  const SwapTicket ticket_;
+  KvTier& hot_;
+  KvTier& cold_;
+  const SliceExpect expect_;
+  std::chrono::steady_clock::time_point t0_;
+  std::vector<std::vector<std::size_t>> objects_of_;  // [layer] -> indices into ticket_.objects
+  std::vector<std::future<LayerRows>> layers_;
+  SeqId seq_ = 0;
+  bool done_ = false;
+  bool failed_ = false;
+  std::string why_;
+  SwapInStats stats_;
+};
 
 // swap_in from one tier.
 template <StorageType T>

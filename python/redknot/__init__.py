@@ -12,6 +12,7 @@ import pkgutil as _pkgutil
 __path__ = _pkgutil.extend_path(__path__, __name__)
 
 from ._redknot import (  # noqa: E402
+    HAS_REDIS,
     DiskTier,
     HeadMap,
     HeadPolicy,
@@ -21,6 +22,7 @@ from ._redknot import (  # noqa: E402
     KvTier,
     NotFound,
     PoolExhausted,
+    RedisTier,
     RedknotError,
     SwapTicket,
     TieredChunkCache,
@@ -30,6 +32,14 @@ from ._redknot import (  # noqa: E402
     Unavailable,
     __version__,
     live_stores,
+)
+from ._redis import (  # noqa: E402
+    RedisObject,
+    decode_redis_object,
+    encode_redis_object,
+    read_redis_object,
+    redis_object_keys,
+    write_redis_object,
 )
 from ._reuse import RECOMPUTE_STRATEGIES, RopeConfig, kv_deviation, select_recompute  # noqa: E402
 from ._store import KVHeadStore, KVPoolView, PageEntry, PageTableCsr, Store  # noqa: E402
@@ -49,6 +59,14 @@ __all__ = [
     "KvTier",
     "HostTier",
     "DiskTier",
+    "RedisTier",
+    "HAS_REDIS",
+    "RedisObject",
+    "redis_object_keys",
+    "encode_redis_object",
+    "decode_redis_object",
+    "write_redis_object",
+    "read_redis_object",
     "TierPrefetcher",
     "SwapTicket",
     "TieredChunkCache",

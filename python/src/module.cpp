@@ -31,6 +31,9 @@
 #include "redknot/kv_slice.hpp"
 #include "redknot/pool_sizing.hpp"
 #include "redknot/recompute.hpp"
+#ifdef REDKNOT_HAS_REDIS
+#include "redknot/redis_tier.hpp"
+#endif
 #include "redknot/rope.hpp"
 #include "redknot/tiers.hpp"
 #include "redknot/version.hpp"
@@ -316,9 +319,9 @@ bool bool_arg(py::handle h, const char* fn, const char* name) {
 KvTier* tier_arg(const py::handle& h, const char* fn, const char* name, bool allow_none) {
   if (allow_none && h.is_none()) return nullptr;
   if (!py::isinstance<KvTier>(h))
-    throw InvalidArgument(detail::concat(fn, ": ", name, " must be a redknot.HostTier or redknot.DiskTier",
-                                         allow_none ? " (or None)" : "", ", got ", type_name(h), " ",
-                                         py_bindings::safe_repr(h)));
+    throw InvalidArgument(detail::concat(
+        fn, ": ", name, " must be a redknot.HostTier, redknot.DiskTier or redknot.RedisTier",
+        allow_none ? " (or None)" : "", ", got ", type_name(h), " ", py_bindings::safe_repr(h)));
   return &h.cast<KvTier&>();
 }
 
@@ -381,6 +384,82 @@ py::dict to_dict(const ChunkTierStats& s) {
   d["promote_ns"] = s.promote_ns;
   return d;
 }
+
+#ifdef REDKNOT_HAS_REDIS
+// A RedisTier with the cluster client it talks through. RedisTier only refers to its client; Python holds one
+// object, so the two are one KvTier here and the client lives exactly as long as the tier.
+class PyRedisTier final : public KvTier {
+ public:
+  PyRedisTier(RedisClusterOptions copt, RedisTierOptions topt)
+      : client_(std::move(copt)), tier_(client_, std::move(topt)) {}
+  bool put(std::string_view name, std::span<const std::byte> bytes) override {
+    return tier_.put(name, bytes);
+  }
+  std::optional<std::vector<std::byte>> get(std::string_view name) override { return tier_.get(name); }
+  bool remove(std::string_view name) override { return tier_.remove(name); }
+  bool contains(std::string_view name) const override { return tier_.contains(name); }
+  TierStats stats() const override { return tier_.stats(); }
+  RedisTier& tier() { return tier_; }
+  const RedisTier& tier() const { return tier_; }
+  RedisClusterClient& client() { return client_; }
+  const RedisClusterClient& client() const { return client_; }
+
+ private:
+  RedisClusterClient client_;  // declared first: the tier refers to it
+  RedisTier tier_;
+};
+
+py::dict to_dict(const RedisClientStats& s) {
+  py::dict d;
+  d["commands"] = s.commands;
+  d["failed"] = s.failed;
+  d["moved"] = s.moved;
+  d["ask"] = s.ask;
+  d["retries"] = s.retries;
+  d["connect_failures"] = s.connect_failures;
+  d["connection_errors"] = s.connection_errors;
+  d["slot_refreshes"] = s.slot_refreshes;
+  d["down_events"] = s.down_events;
+  return d;
+}
+
+// A 64-bit unsigned integer argument (a RedisTier write's nonce): int or anything with __index__, in
+// [0, 2**64 - 1]; bool, float, str and None are mistakes.
+std::uint64_t u64_arg(py::handle h, const char* fn, const char* name) {
+  const auto bad = [&](const char* why) {
+    return InvalidArgument(detail::concat(fn, ": ", name, " must be ", why, ", got ", type_name(h), " ",
+                                          py_bindings::safe_repr(h)));
+  };
+  if (h.ptr() == nullptr || h.is_none() || PyBool_Check(h.ptr()) || PyFloat_Check(h.ptr()) ||
+      PyUnicode_Check(h.ptr()) || PyBytes_Check(h.ptr()))
+    throw bad("an integer");
+  PyObject* idx = PyNumber_Index(h.ptr());
+  if (!idx) {
+    PyErr_Clear();
+    throw bad("an integer");
+  }
+  const py::object as_int = py::reinterpret_steal<py::object>(idx);
+  const unsigned long long v = PyLong_AsUnsignedLongLong(idx);
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();  // negative or wider than 64 bits
+    throw bad("an integer in [0, 2**64 - 1]");
+  }
+  return static_cast<std::uint64_t>(v);
+}
+
+// A bytes-like value that may be None (what redis-py's get returns for a missing key): nullopt for None.
+std::optional<std::vector<std::byte>> optional_bytes_arg(const py::handle& h, const char* fn,
+                                                         const char* name) {
+  if (h.is_none()) return std::nullopt;
+  return bytes_arg(h, fn, name);
+}
+
+std::string_view as_view(const std::vector<std::byte>& b) {
+  return {reinterpret_cast<const char*>(b.data()), b.size()};
+}
+
+py::bytes to_py_bytes(std::string_view s) { return py::bytes(s.data(), s.size()); }
+#endif
 
 // A TieredChunkCache with the Python objects it uses: they stay alive as long as it does. impl is declared
 // last so that it goes first (its destructor waits for reads in flight on the tiers and the prefetcher).
@@ -869,9 +948,9 @@ PYBIND11_MODULE(_redknot, m) {
             constexpr const char* fn = "chunk_tiers";
             AnyStore& s = self.cast<AnyStore&>();
             if (!py::isinstance<py::list>(tiers) && !py::isinstance<py::tuple>(tiers))
-              throw InvalidArgument(
-                  detail::concat(fn, ": tiers must be a list of redknot.HostTier / redknot.DiskTier, got ",
-                                 type_name(tiers), " ", py_bindings::safe_repr(tiers)));
+              throw InvalidArgument(detail::concat(
+                  fn, ": tiers must be a list of redknot.HostTier / DiskTier / RedisTier, got ",
+                  type_name(tiers), " ", py_bindings::safe_repr(tiers)));
             auto out = std::make_unique<PyChunkTiers>();
             std::vector<KvTier*> ptrs;
             const py::sequence seq = py::reinterpret_borrow<py::sequence>(tiers);
@@ -926,7 +1005,9 @@ PYBIND11_MODULE(_redknot, m) {
           py::arg("layer"), py::arg("seq_ids"));
 
   // ---- tiers ------------------------------------------------------------------------------------------
-  py::class_<KvTier>(m, "KvTier", "A tier of named byte objects; use redknot.HostTier or redknot.DiskTier.")
+  py::class_<KvTier>(
+      m, "KvTier",
+      "A tier of named byte objects; use redknot.HostTier, redknot.DiskTier or redknot.RedisTier.")
       .def(
           "put",
           [](KvTier& t, const py::object& name, const py::object& data) {
@@ -951,12 +1032,18 @@ PYBIND11_MODULE(_redknot, m) {
           py::arg("name"))
       .def(
           "remove",
-          [](KvTier& t, const py::object& name) { return t.remove(str_arg(name, "KvTier.remove", "name")); },
+          [](KvTier& t, const py::object& name) {
+            const std::string n = str_arg(name, "KvTier.remove", "name");
+            py::gil_scoped_release nogil;  // a RedisTier's remove is a network round trip
+            return t.remove(n);
+          },
           py::arg("name"))
       .def(
           "contains",
           [](const KvTier& t, const py::object& name) {
-            return t.contains(str_arg(name, "KvTier.contains", "name"));
+            const std::string n = str_arg(name, "KvTier.contains", "name");
+            py::gil_scoped_release nogil;
+            return t.contains(n);
           },
           py::arg("name"))
       .def("stats", [](const KvTier& t) { return to_dict(t.stats()); });
@@ -997,6 +1084,175 @@ PYBIND11_MODULE(_redknot, m) {
         return detail::concat("DiskTier(path='", t.dir().string(), "', capacity_bytes=", s.capacity_bytes,
                               ", objects=", s.objects, ", bytes_held=", s.bytes_held, ")");
       });
+
+  // ---- the remote tier (redis_tier.hpp) ------------------------------------------------------------------
+  // Bound only when the module links redknot::redis (hiredis found at build time); otherwise RedisTier and
+  // the object-format functions exist and raise Unavailable, so code can test redknot.HAS_REDIS or catch it.
+#ifdef REDKNOT_HAS_REDIS
+  m.attr("HAS_REDIS") = true;
+  py::class_<PyRedisTier, KvTier>(m, "RedisTier", "Objects on a Redis Cluster (two keys per object).")
+      .def(
+          py::init([](const py::object& seeds_o, const py::object& prefix_o, const py::object& ttl_o,
+                      const py::object& max_bytes_o, const py::object& connect_o, const py::object& command_o,
+                      const py::object& deadline_o, const py::object& rounds_o) {
+            constexpr const char* fn = "RedisTier";
+            if (!py::isinstance<py::list>(seeds_o) && !py::isinstance<py::tuple>(seeds_o))
+              throw InvalidArgument(detail::concat(fn, ": seeds must be a list of 'host:port' strings, got ",
+                                                   type_name(seeds_o), " ", py_bindings::safe_repr(seeds_o)));
+            RedisClusterOptions copt;
+            const py::sequence seq = py::reinterpret_borrow<py::sequence>(seeds_o);
+            require(seq.size() > 0, fn, ": seeds is empty (give at least one 'host:port' of the cluster)");
+            for (std::size_t i = 0; i < seq.size(); ++i) {
+              const std::string arg = detail::concat("seeds[", i, "]");
+              std::string seed = str_arg(seq[i], fn, arg.c_str());
+              // The client's own check, with the argument named: host, ':', a port in 1..65535.
+              const std::size_t colon = seed.rfind(':');
+              const std::string port = colon == std::string::npos ? std::string() : seed.substr(colon + 1);
+              const bool port_ok = !port.empty() && port.size() <= 5 &&
+                                   port.find_first_not_of("0123456789") == std::string::npos &&
+                                   std::stoi(port) >= 1 && std::stoi(port) <= 65535;
+              require(colon != std::string::npos && colon > 0 && port_ok, fn, ": ", arg, "='", seed,
+                      "' is not 'host:port' (port 1..65535)");
+              copt.seeds.push_back(std::move(seed));
+            }
+            const auto ms = [&](const py::object& o, const char* name, bool zero_ok) {
+              const auto v = int_arg<std::int64_t>(o, fn, name);
+              require(zero_ok ? v >= 0 : v > 0, fn, ": ", name, "=", v,
+                      zero_ok ? " must be >= 0" : " must be > 0");
+              return std::chrono::milliseconds(v);
+            };
+            copt.connect_timeout = ms(connect_o, "connect_timeout_ms", false);
+            copt.command_timeout = ms(command_o, "command_timeout_ms", false);
+            copt.request_deadline = ms(deadline_o, "request_deadline_ms", false);
+            copt.max_rounds = int_arg<int>(rounds_o, fn, "max_rounds");
+            RedisTierOptions topt;
+            topt.prefix = str_arg(prefix_o, fn, "prefix");
+            topt.ttl = ms(ttl_o, "ttl_ms", true);
+            topt.max_object_bytes = int_arg<std::int64_t>(max_bytes_o, fn, "max_object_bytes");
+            // The tier's option checks before the client connects (which may wait for a cluster that is
+            // down).
+            RedisTier::check_options(topt);
+            py::gil_scoped_release nogil;  // the client reads the slot map now (up to request_deadline)
+            return std::make_unique<PyRedisTier>(std::move(copt), std::move(topt));
+          }),
+          py::arg("seeds"), py::kw_only(), py::arg("prefix") = "redknot", py::arg("ttl_ms") = 0,
+          py::arg("max_object_bytes") = RedisTierOptions{}.max_object_bytes,
+          py::arg("connect_timeout_ms") = RedisClusterOptions{}.connect_timeout.count(),
+          py::arg("command_timeout_ms") = RedisClusterOptions{}.command_timeout.count(),
+          py::arg("request_deadline_ms") = RedisClusterOptions{}.request_deadline.count(),
+          py::arg("max_rounds") = RedisClusterOptions{}.max_rounds)
+      .def(
+          "get_many",
+          [](PyRedisTier& t, const py::object& names_o) {
+            constexpr const char* fn = "RedisTier.get_many";
+            if (!py::isinstance<py::list>(names_o) && !py::isinstance<py::tuple>(names_o))
+              throw InvalidArgument(detail::concat(fn, ": names must be a list of object names, got ",
+                                                   type_name(names_o), " ", py_bindings::safe_repr(names_o)));
+            std::vector<std::string> names;
+            const py::sequence seq = py::reinterpret_borrow<py::sequence>(names_o);
+            for (std::size_t i = 0; i < seq.size(); ++i)
+              names.push_back(str_arg(seq[i], fn, detail::concat("names[", i, "]").c_str()));
+            std::vector<std::optional<std::vector<std::byte>>> got;
+            {
+              py::gil_scoped_release nogil;
+              got = t.tier().get_many(names);
+            }
+            py::list out;
+            for (const auto& b : got)
+              out.append(b ? py::object(py::bytes(reinterpret_cast<const char*>(b->data()), b->size()))
+                           : py::none());
+            return out;
+          },
+          py::arg("names"))
+      .def(
+          "index_key",
+          [](const PyRedisTier& t, const py::object& name) {
+            return t.tier().index_key(str_arg(name, "RedisTier.index_key", "name"));
+          },
+          py::arg("name"))
+      .def(
+          "payload_key",
+          [](const PyRedisTier& t, const py::object& name) -> py::object {
+            const std::string n = str_arg(name, "RedisTier.payload_key", "name");
+            std::string k;
+            {
+              py::gil_scoped_release nogil;
+              k = t.tier().payload_key(n);
+            }
+            if (k.empty()) return py::none();
+            return py::str(k);
+          },
+          py::arg("name"))
+      .def("cluster_stats", [](const PyRedisTier& t) { return to_dict(t.client().stats()); })
+      .def("masters", [](const PyRedisTier& t) { return t.client().masters(); })
+      .def_property_readonly("seeds", [](const PyRedisTier& t) { return t.client().options().seeds; })
+      .def_property_readonly("prefix", [](const PyRedisTier& t) { return t.tier().options().prefix; })
+      .def("__repr__", [](const PyRedisTier& t) {
+        std::string seeds;
+        for (const std::string& s : t.client().options().seeds)
+          seeds += (seeds.empty() ? "'" : ", '") + s + "'";
+        return detail::concat("RedisTier(seeds=[", seeds, "], prefix='", t.tier().options().prefix, "')");
+      });
+
+  m.def(
+      "redis_object_keys",
+      [](const py::object& name_o, const py::object& index_o, const py::object& prefix_o) {
+        constexpr const char* fn = "redis_object_keys";
+        const std::string name = str_arg(name_o, fn, "name");
+        const std::string prefix = str_arg(prefix_o, fn, "prefix");
+        const std::string index_key = redis_index_key(prefix, name);
+        const auto index = optional_bytes_arg(index_o, fn, "index_value");
+        const auto nonce = index ? redis_index_nonce(name, as_view(*index)) : std::nullopt;
+        const py::object payload_key =
+            nonce ? py::object(py::str(redis_payload_key(prefix, name, *nonce))) : py::object(py::none());
+        return py::make_tuple(payload_key, index_key);
+      },
+      py::arg("name"), py::arg("index_value") = py::none(), py::kw_only(), py::arg("prefix") = "redknot",
+      "(payload key the index value names or None, index key) of an object; use redknot.redis_object_keys.");
+  m.def(
+      "encode_redis_object",
+      [](const py::object& name_o, const py::object& payload_o, const py::object& nonce_o,
+         const py::object& prefix_o) {
+        constexpr const char* fn = "encode_redis_object";
+        const std::string name = str_arg(name_o, fn, "name");
+        const std::vector<std::byte> payload = bytes_arg(payload_o, fn, "payload");
+        const std::uint64_t nonce = u64_arg(nonce_o, fn, "nonce");
+        const std::string prefix = str_arg(prefix_o, fn, "prefix");
+        const std::string payload_key = redis_payload_key(prefix, name, nonce);
+        const RedisObjectValues v = encode_redis_object(name, payload, nonce);
+        return py::make_tuple(payload_key, to_py_bytes(v.payload), redis_index_key(prefix, name),
+                              to_py_bytes(v.index));
+      },
+      py::arg("name"), py::arg("payload"), py::arg("nonce"), py::kw_only(), py::arg("prefix") = "redknot",
+      "(payload key, payload value, index key, index value) of one write; use redknot.encode_redis_object.");
+  m.def(
+      "decode_redis_object",
+      [](const py::object& name_o, const py::object& payload_o, const py::object& index_o) -> py::object {
+        constexpr const char* fn = "decode_redis_object";
+        const std::string name = str_arg(name_o, fn, "name");
+        const auto payload = optional_bytes_arg(payload_o, fn, "payload_value");
+        const auto index = optional_bytes_arg(index_o, fn, "index_value");
+        check_object_name(name);
+        if (!payload || !index) return py::none();
+        const auto b = decode_redis_object(name, as_view(*payload), as_view(*index));
+        if (!b) return py::none();
+        return py::bytes(reinterpret_cast<const char*>(b->data()), b->size());
+      },
+      py::arg("name"), py::arg("payload_value"), py::arg("index_value"),
+      "The object's bytes, or None when a value is missing or fails verification.");
+#else
+  m.attr("HAS_REDIS") = false;
+  constexpr const char* kNoRedis =
+      "redknot was built without hiredis (libhiredis-dev): RedisTier and the Redis object format are not "
+      "available; install hiredis and rebuild";
+  struct NoRedisTier {};
+  py::class_<NoRedisTier>(m, "RedisTier", "Unavailable: redknot was built without hiredis.")
+      .def(py::init([kNoRedis](const py::args&, const py::kwargs&) -> std::unique_ptr<NoRedisTier> {
+        throw Unavailable(kNoRedis);
+      }));
+  for (const char* fn : {"redis_object_keys", "encode_redis_object", "decode_redis_object"})
+    m.def(fn, [kNoRedis](const py::args&, const py::kwargs&) -> py::object { throw Unavailable(kNoRedis); });
+#endif
 
   py::class_<TierPrefetcher>(m, "TierPrefetcher", "Reads tier objects ahead on worker threads.")
       .def(py::init([](const py::object& threads) {

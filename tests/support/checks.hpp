@@ -49,7 +49,7 @@ std::string accounting_error(const Store& store) {
     for (int l = 0; l < sh.num_layers; ++l)
       for (int h = 0; h < sh.num_kv_heads; ++h)
         if (std::string err =
-                table_error(store.table(id, l, h), concat("sequence ", id, " layer ", l, " head ", h));
+                table_error(store.table_layout(id, l, h), concat("sequence ", id, " layer ", l, " head ", h));
             !err.empty())
           return err;
   for (const ChunkKey& k : store.chunk_keys())

@@ -80,19 +80,33 @@ class CpuStore final : public BackendStore {
     else
       store_.splice(dst, key(chunk), at, first_query);
   }
-  // Alternates the two ways an engine swaps: local heads to a host tier and global heads to a disk tier,
-  // read back with a prefetcher; everything through one host tier, read one object at a time.
+  // Rotates the three ways an engine swaps: local heads to a host tier and global heads to a disk tier, read
+  // back with a prefetcher; everything through one host tier, read one object at a time; split again and
+  // restored layer by layer (SwapInPipeline), each layer refused before its rows are written.
   redknot::SeqId swap(redknot::SeqId id) override {
     if (!tiers_) tiers_ = std::make_unique<Tiers>();
     const std::string name = "seq" + std::to_string(swaps_);
-    const bool split = swaps_++ % 2 == 0;
+    const int way = swaps_++ % 3;
+    const bool split = way != 1;
     redknot::KvTier& hot = tiers_->host;
     redknot::KvTier& cold = split ? static_cast<redknot::KvTier&>(tiers_->disk) : tiers_->host;
     const auto ticket = redknot::swap_out(store_, id, hot, cold, tiers_->model_fp, name);
     if (!ticket) throw std::runtime_error("swap_out: a tier refused an object");
     std::string why;
-    const auto back = redknot::swap_in(store_, *ticket, hot, cold,
-                                       redknot::SwapInOptions{split ? &tiers_->prefetcher : nullptr, &why});
+    std::optional<redknot::SeqId> back;
+    if (way == 2) {
+      redknot::SwapInPipeline<T> pipe(store_, *ticket, hot, cold, tiers_->prefetcher);
+      for (int l = 0; l < store_.shape().num_layers; ++l) {
+        if (!store_.layer_pending(pipe.sequence(), l))
+          throw std::runtime_error("SwapInPipeline: a layer was readable before its rows were written");
+        if (!pipe.ensure_layer(l, &why)) throw std::runtime_error(why);
+      }
+      if (!pipe.done()) throw std::runtime_error("SwapInPipeline: every layer written but not done");
+      back = pipe.sequence();
+    } else {
+      back = redknot::swap_in(store_, *ticket, hot, cold,
+                              redknot::SwapInOptions{split ? &tiers_->prefetcher : nullptr, &why});
+    }
     if (!back) throw std::runtime_error(why);
     if (tiers_->host.stats().objects != 0 || tiers_->disk.stats().objects != 0)
       throw std::runtime_error("swap_in left objects in the tiers");

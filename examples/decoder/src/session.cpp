@@ -69,6 +69,7 @@ Session::Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionO
 }
 
 Session::~Session() {
+  drop_restore();
   if (seq_ != 0 && store_->contains(seq_)) store_->free_sequence(seq_);
 }
 
@@ -92,6 +93,7 @@ std::shared_ptr<Store> Session::make_store(const LlamaModel& model, HeadMap map,
 }
 
 void Session::reset() {
+  drop_restore();
   if (seq_ != 0 && store_->contains(seq_)) store_->free_sequence(seq_);
   seq_ = store_->create_sequence();
   pos_ = 0;
@@ -100,6 +102,7 @@ void Session::reset() {
 
 SeqId Session::release() {
   require(seq_ != 0, "session: no sequence to release (reset() first)");
+  finish_restore();
   const SeqId id = seq_;
   seq_ = 0;
   pos_ = 0;
@@ -108,11 +111,13 @@ SeqId Session::release() {
 
 std::unique_ptr<Session> Session::fork() const {
   require(seq_ != 0, "session: no sequence to fork");
+  const_cast<Session*>(this)->finish_restore();  // the fork shares every layer's pages
   return std::unique_ptr<Session>(new Session(model_, store_, opt_, store_->fork(seq_), pos_));
 }
 
 SwapTicket Session::swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, std::string_view name) {
   require(seq_ != 0, "swap_out: no sequence (released or already swapped out)");
+  finish_restore();
   auto ticket = redknot::swap_out(*store_, seq_, hot, cold, model_fp, name);
   require<Unavailable>(ticket.has_value(), "swap_out: the tier refused an object of sequence '", name,
                        "' (larger than the tier, or an I/O error); the sequence stays in the store");
@@ -121,17 +126,70 @@ SwapTicket Session::swap_out(KvTier& hot, KvTier& cold, std::uint64_t model_fp, 
   return std::move(*ticket);
 }
 
+std::int32_t Session::swap_in_position(const SwapTicket& ticket, const char* op) const {
+  if (swapped_out_ && seq_ == 0) return pos_;  // its own sequence coming back
+  const bool fresh =
+      seq_ != 0 && restore_ == nullptr && pos_ == 0 && store_->sequence_stats(seq_).pages() == 0;
+  require(fresh, op, ": the session holds a sequence (swap_out first, or use a fresh session)");
+  require(!ticket.next_pos.empty() && std::all_of(ticket.next_pos.begin(), ticket.next_pos.end(),
+                                                  [&](std::int32_t p) { return p == ticket.next_pos[0]; }),
+          op, ": the ticket's layers stop at different positions: not a sequence a forward left");
+  require(ticket.next_pos[0] <= opt_.max_context, op, ": the ticket's sequence reaches position ",
+          ticket.next_pos[0], ", beyond max_context=", opt_.max_context);
+  return ticket.next_pos[0];
+}
+
+void Session::adopt(SeqId id, std::int32_t pos) {
+  if (seq_ != 0) store_->free_sequence(seq_);  // a fresh session's empty sequence
+  seq_ = id;
+  pos_ = pos;
+  swapped_out_ = false;
+  plans_.assign(plans_.size(), AttentionPlan{});  // built for the old sequence id
+}
+
 void Session::swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher,
                       SwapInStats* stats) {
-  require(swapped_out_ && seq_ == 0, "swap_in: the session holds a sequence (swap_out first)");
+  const std::int32_t pos = swap_in_position(ticket, "swap_in");
   std::string why;
   const auto id = redknot::swap_in(*store_, ticket, hot, cold, SwapInOptions{prefetcher, &why}, stats);
+  if (!id && !swapped_out_) {  // a fresh session loses its (empty) sequence too, as documented
+    store_->free_sequence(seq_);
+    seq_ = 0;
+  }
   require<Unavailable>(id.has_value(), why);
-  seq_ = *id;
-  swapped_out_ = false;
-  // The plans were built for the old sequence id: start each layer's afresh rather than rely on the update
-  // noticing the new id.
-  plans_.assign(plans_.size(), AttentionPlan{});
+  adopt(*id, pos);
+}
+
+void Session::swap_in_pipelined(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher& mover) {
+  const std::int32_t pos = swap_in_position(ticket, "swap_in_pipelined");
+  auto pipe = std::make_unique<SwapInPipeline<float>>(*store_, ticket, hot, cold, mover);
+  adopt(pipe->sequence(), pos);
+  restore_ = std::move(pipe);
+}
+
+void Session::restore_layer(int layer) {
+  if (!restore_) return;
+  std::string why;
+  if (!restore_->ensure_layer(layer, &why)) {
+    restore_.reset();  // the pipeline freed the sequence
+    seq_ = 0;
+    throw Unavailable(why + " (the sequence is lost; the session holds none: reset() and recompute)");
+  }
+  if (restore_->done()) {
+    restore_stats_ = restore_->stats();
+    restore_.reset();
+  }
+}
+
+void Session::finish_restore() {
+  for (int l = 0; restore_ != nullptr && l < model_.config().n_layers; ++l) restore_layer(l);
+}
+
+void Session::drop_restore() {
+  if (!restore_) return;
+  const bool freed = !restore_->done();  // an unfinished pipeline frees its sequence
+  restore_.reset();
+  if (freed) seq_ = 0;
 }
 
 void Session::rope(float* x, int n_heads, std::size_t n) const {
@@ -177,6 +235,7 @@ void Session::run_layers(std::span<const std::int32_t> tokens, std::span<const s
   params.num_threads = opt_.threads;
   for (int l = 0; l < c.n_layers; ++l) {
     const LlamaLayer& L = model_.layers()[static_cast<std::size_t>(l)];
+    restore_layer(l);  // a pipelined swap-in: this layer's rows (the next ones are still being read)
     rms_norm(x_.data(), L.attn_norm, h_.data(), n, d, c.rms_eps);
     if (l == stop_layer) {  // fresh_kv: this layer's K/V are the result
       matmul(h_.data(), L.wk, k_.data(), n, d, kvd, false);
@@ -247,6 +306,7 @@ void Session::prefill_chunk(std::span<const std::int32_t> tokens) {
 
 std::int32_t Session::splice(const ChunkKey& key, std::int32_t first_query) {
   require(seq_ != 0, "splice: no sequence (released; reset() first)");
+  finish_restore();
   const std::int32_t n = store_->chunk_tokens(key);
   require(static_cast<std::int64_t>(pos_) + n <= opt_.max_context, "splice: ", pos_ + n,
           " positions exceed max_context=", opt_.max_context);

@@ -108,12 +108,25 @@ class Session {
     return swap_out(tier, tier, model_fp, name);
   }
   // Restores a sequence this session swapped out, bit for bit, under a new sequence id (each object from the
-  // tier swap_out put it in; prefetcher: read them ahead). Unavailable when an object is missing or fails
-  // its checks (the sequence is lost, the session stays empty); PoolExhausted when the pool lacks pages
-  // (nothing changed: make room and retry).
+  // tier swap_out put it in; prefetcher: read them ahead). A fresh session (nothing run yet) adopts the
+  // ticket's sequence and its position instead: a sequence another session or process swapped out (the
+  // decode side of prefill/decode transfer). Unavailable when an object is missing or fails its checks (the
+  // sequence is lost, the session stays empty); PoolExhausted when the pool lacks pages (nothing changed:
+  // make room and retry).
   void swap_in(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher* prefetcher = nullptr,
                SwapInStats* stats = nullptr);
   void swap_in(const SwapTicket& ticket, KvTier& tier) { swap_in(ticket, tier, tier); }
+  // swap_in whose layers arrive while the next forward runs (SwapInPipeline): the sequence is laid out now
+  // (PoolExhausted here, nothing changed) and the mover reads, checks and decodes its layers in order, so
+  // each layer of the next forward waits only for its own rows. When an object turns out missing or bad,
+  // that forward (or whichever call needs the whole sequence first) throws Unavailable: the sequence is lost
+  // and the session empty, as after a failed swap_in. The tiers and the mover must outlive the restore
+  // (until the next forward over every layer, or fork / splice / swap_out / release / reset).
+  void swap_in_pipelined(const SwapTicket& ticket, KvTier& hot, KvTier& cold, TierPrefetcher& mover);
+  bool restoring() const { return restore_ != nullptr; }
+  // Bytes read, time the forward waited for rows, and the start of the restore to its last layer, of the
+  // last pipelined swap-in that finished.
+  const SwapInStats& last_pipelined_swap_in() const { return restore_stats_; }
   bool swapped_out() const { return swapped_out_; }
 
   std::int32_t position() const { return pos_; }
@@ -132,6 +145,15 @@ class Session {
 
   Session(const LlamaModel& model, std::shared_ptr<Store> store, SessionOptions opt, SeqId seq,
           std::int32_t pos);
+  // The pipelined restore: layer l's rows written (Unavailable when the restore failed: the session is left
+  // empty), every layer's, or the restore abandoned (the pipeline frees an unfinished sequence).
+  // Where a swap-in leaves the session: its own position, or for a fresh session the ticket's (checked).
+  std::int32_t swap_in_position(const SwapTicket& ticket, const char* op) const;
+  // Takes restored sequence `id` at position `pos` (a fresh session's empty sequence is freed).
+  void adopt(SeqId id, std::int32_t pos);
+  void restore_layer(int layer);
+  void finish_restore();
+  void drop_restore();
   // Rotates x [n, n_heads, head_dim] by the angles of rope_cs_ (n positions).
   void rope(float* x, int n_heads, std::size_t n) const;
   // The layer stack over tokens at `positions`: layers [0, stop_layer) in full; when stop_layer < n_layers,
@@ -146,6 +168,8 @@ class Session {
   SeqId seq_ = 0;
   std::int32_t pos_ = 0;
   bool swapped_out_ = false;  // seq_ is 0 and pos_ is where the swapped-out sequence stopped
+  std::unique_ptr<SwapInPipeline<float>> restore_;  // a pipelined swap-in still writing seq_'s layers
+  SwapInStats restore_stats_;
   // Activations, reused across calls.
   std::vector<float> x_, h_, q_, k_, v_, att_, gate_, up_;
   // cos/sin of every (position, pair) of the current forward call [n][head_dim / 2]: formed once per call

@@ -252,7 +252,8 @@ TEST_CASE("a session swapped out and back in mid-generation decodes on bit for b
   TierPrefetcher prefetcher(2);
   // Before step `swap_at` the sequence goes out by head class: local heads' objects to `hot`, global heads'
   // to `cold` (the same tier for a single-tier swap; none: uninterrupted).
-  const auto decode = [&](KvTier* hot, KvTier* cold, const char* name) {
+  // pipelined: swap_in_pipelined, so the step after it runs while the layers arrive.
+  const auto decode = [&](KvTier* hot, KvTier* cold, const char* name, bool pipelined = false) {
     Session s(m, map, o);
     std::vector<float> logits = s.prefill(prompt), all;
     std::vector<std::int32_t> toks;
@@ -271,19 +272,29 @@ TEST_CASE("a session swapped out and back in mid-generation decodes on bit for b
         if (hot != cold)
           for (const SwapObject& x : t.objects) CHECK(x.cold == !x.local);
         SwapInStats st;
-        if (hot == cold)
+        if (pipelined)
+          s.swap_in_pipelined(t, *hot, *cold, prefetcher);
+        else if (hot == cold)
           s.swap_in(t, *hot);
         else
           s.swap_in(t, *hot, *cold, &prefetcher, &st);
         CHECK_FALSE(s.swapped_out());
+        CHECK(s.restoring() == pipelined);
         CHECK(s.position() == pos);
         CHECK(s.store().pool().used_pages() <= used);  // rows come back packed into fresh pages
-        CHECK(hot->stats().objects == 0);              // swap_in removes what it read
-        CHECK(cold->stats().objects == 0);
+        if (!pipelined) {
+          CHECK(hot->stats().objects == 0);  // swap_in removes what it read
+          CHECK(cold->stats().objects == 0);
+        }
       }
       all.insert(all.end(), logits.begin(), logits.end());
       toks.push_back(argmax(logits));
       s.forward(std::span<const std::int32_t>(&toks.back(), 1), false, logits);
+      if (hot != nullptr && i == swap_at) {  // the step after a swap-in finished any restore
+        CHECK_FALSE(s.restoring());
+        CHECK(hot->stats().objects == 0);
+        CHECK(cold->stats().objects == 0);
+      }
     }
     return std::make_pair(toks, all);
   };
@@ -293,11 +304,52 @@ TEST_CASE("a session swapped out and back in mid-generation decodes on bit for b
   std::filesystem::remove_all(dir);
   DiskTier disk(dir, std::int64_t{1} << 26);
   const std::pair<KvTier*, KvTier*> placements[] = {{&host, &host}, {&disk, &disk}, {&host, &disk}};
-  for (const auto& [hot, cold] : placements) {
-    const auto [toks, logits] = decode(hot, cold, "seq-1");
-    CHECK(toks == ref_toks);
-    REQUIRE(logits.size() == ref_logits.size());
-    CHECK(std::memcmp(logits.data(), ref_logits.data(), logits.size() * sizeof(float)) == 0);
+  for (const bool pipelined : {false, true})
+    for (const auto& [hot, cold] : placements) {
+      INFO("pipelined " << pipelined);
+      const auto [toks, logits] = decode(hot, cold, "seq-1", pipelined);
+      CHECK(toks == ref_toks);
+      REQUIRE(logits.size() == ref_logits.size());
+      CHECK(std::memcmp(logits.data(), ref_logits.data(), logits.size() * sizeof(float)) == 0);
+    }
+
+  // A pipelined swap-in whose last layer's object went bad: the step that reaches it throws Unavailable,
+  // the session is left empty, every page and object is gone, and the session starts over cleanly.
+  {
+    Session s(m, map, o);
+    std::vector<float> logits = s.prefill(prompt);
+    const SwapTicket t = s.swap_out(host, disk, fp, "seq-bad");
+    const std::int64_t used = s.store().pool().used_pages();
+    const SwapObject& last = t.objects.back();
+    REQUIRE(last.layer == c.n_layers - 1);
+    auto bytes = *disk.get(last.name);
+    bytes[bytes.size() - 1] ^= std::byte{1};
+    REQUIRE(disk.put(last.name, bytes));
+    s.swap_in_pipelined(t, host, disk, prefetcher);
+    const std::int32_t next = argmax(logits);
+    CHECK_THROWS_AS(s.forward(std::span<const std::int32_t>(&next, 1), false, logits), Unavailable);
+    CHECK_FALSE(s.restoring());
+    CHECK(s.sequence() == 0);
+    CHECK(s.store().pool().used_pages() == used);
+    CHECK(host.stats().objects == 0);
+    CHECK(disk.stats().objects == 0);
+    CHECK_THROWS(s.forward(std::span<const std::int32_t>(&next, 1), false, logits));  // no sequence
+    s.reset();
+    CHECK_NOTHROW(s.prefill(std::span<const std::int32_t>(prompt).first(8)));
+  }
+  // Abandoned mid-restore (the session dies before the next step): pages back, no double free.
+  {
+    const std::int64_t pages0 = [&] {
+      Session s(m, map, o);
+      s.prefill(prompt);
+      const SwapTicket t = s.swap_out(host, disk, fp, "seq-drop");
+      const std::int64_t used = s.store().pool().used_pages();
+      s.swap_in_pipelined(t, host, disk, prefetcher);
+      CHECK(s.restoring());
+      discard_swap(t, host, disk);
+      return used;
+    }();
+    CHECK(pages0 >= 0);
   }
   std::filesystem::remove_all(dir);
 

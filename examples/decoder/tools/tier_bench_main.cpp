@@ -43,6 +43,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -1276,16 +1277,19 @@ int main(int argc, char** argv) {
         std::vector<std::vector<std::int32_t>> tokens;
         std::vector<std::vector<float>> logits;  // every step's, concatenated
         std::vector<double> out_s, in_s, wait_s, resident;
+        std::vector<double> resume_s;  // swap-in start to the end of the sequence's next step
         std::vector<std::int64_t> bytes, local_bytes, global_bytes, cold_bytes;
       };
       // Where a swap puts the objects: local heads' to `hot`, global heads' to `cold`; drop: the DiskTier's
       // objects are flushed and dropped from the page cache right after the swap-out (swap-in reads the
-      // device); prefetch: swap-in reads every object ahead on a TierPrefetcher.
+      // device); prefetch: swap-in reads every object ahead on a TierPrefetcher; pipelined:
+      // swap_in_pipelined, the next step runs while the layers arrive (read, checked and decoded on the
+      // TierPrefetcher).
       struct Placement {
         std::string name;
         KvTier* hot;
         KvTier* cold;
-        bool drop, prefetch;
+        bool drop, prefetch, pipelined = false;
       };
       TierPrefetcher prefetcher(2);
       HostTier host(std::int64_t{1} << 40);
@@ -1305,6 +1309,7 @@ int main(int argc, char** argv) {
         tr.logits.resize(K);
         std::vector<int> back_at(K, -1);
         std::vector<SwapTicket> tickets(K);
+        std::vector<std::optional<Clock::time_point>> resume_t0(K);
         for (int round = 0;; ++round) {
           bool busy = false;
           for (std::size_t k = 0; k < K; ++k) {
@@ -1315,9 +1320,14 @@ int main(int argc, char** argv) {
               if (round < back_at[k]) continue;
               SwapInStats st;
               const auto t = Clock::now();
-              ss[k]->swap_in(tickets[k], *pl->hot, *pl->cold, pl->prefetch ? &prefetcher : nullptr, &st);
+              resume_t0[k] = t;
+              if (pl->pipelined) {
+                ss[k]->swap_in_pipelined(tickets[k], *pl->hot, *pl->cold, prefetcher);
+              } else {
+                ss[k]->swap_in(tickets[k], *pl->hot, *pl->cold, pl->prefetch ? &prefetcher : nullptr, &st);
+                tr.wait_s.push_back(static_cast<double>(st.wait_ns) * 1e-9);
+              }
               tr.in_s.push_back(since(t));
-              tr.wait_s.push_back(static_cast<double>(st.wait_ns) * 1e-9);
             } else if (pl != nullptr && back_at[k] < 0 && static_cast<int>(toks.size()) == swap_step[k]) {
               const auto t = Clock::now();
               tickets[k] = ss[k]->swap_out(*pl->hot, *pl->cold, model_fp, tag + "-" + std::to_string(k));
@@ -1346,6 +1356,12 @@ int main(int argc, char** argv) {
             toks.push_back(argmax(logits[k]));
             if (static_cast<int>(toks.size()) < preempt_new)
               ss[k]->forward(std::span<const std::int32_t>(&toks.back(), 1), false, logits[k]);
+            if (resume_t0[k]) {
+              tr.resume_s.push_back(since(*resume_t0[k]));
+              if (pl->pipelined)  // the restore finished inside that step
+                tr.wait_s.push_back(static_cast<double>(ss[k]->last_pipelined_swap_in().wait_ns) * 1e-9);
+              resume_t0[k].reset();
+            }
           }
           if (!busy) break;
         }
@@ -1359,16 +1375,23 @@ int main(int argc, char** argv) {
          << " prompt tokens decoding " << preempt_new
          << " tokens greedily round-robin; each swapped out at a random step and back two rounds later; "
          << repeats << " repeats, medians)\n\n"
-         << "| placement | swap-out (median) | swap-in (median) | of which waiting on reads | bytes per "
-            "sequence (median) | local heads' | global heads' | token mismatches | logit mismatches |\n"
-            "|---|---|---|---|---|---|---|---|---|\n";
+         << "| placement | swap-out (median) | swap-in (median) | swap-in + next step (median) | of which "
+            "waiting on reads | bytes per sequence (median) | local heads' | global heads' | token "
+            "mismatches | "
+            "logit mismatches |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n";
       const std::vector<Placement> placements = {
-          {"host", &host, &host, false, false},         {"disk", &disk, &disk, false, false},
-          {"disk_dropped", &disk, &disk, true, false},  {"split", &host, &disk, false, false},
-          {"split_dropped", &host, &disk, true, false}, {"split_dropped_prefetch", &host, &disk, true, true}};
+          {"host", &host, &host, false, false},
+          {"disk", &disk, &disk, false, false},
+          {"disk_dropped", &disk, &disk, true, false},
+          {"split", &host, &disk, false, false},
+          {"split_dropped", &host, &disk, true, false},
+          {"split_dropped_prefetch", &host, &disk, true, true},
+          {"split_pipelined", &host, &disk, false, false, true},
+          {"split_dropped_pipelined", &host, &disk, true, false, true}};
       for (const Placement& pl : placements) {
         const std::string& name = pl.name;
-        std::vector<double> out_s, in_s, wait_s, resident, bytes, local, global, on_cold;
+        std::vector<double> out_s, in_s, resume_s, wait_s, resident, bytes, local, global, on_cold;
         int tok_mismatch = 0, logit_mismatch = 0;
         for (int rep = 0; rep < repeats; ++rep) {
           const Trace tr = decode_all(&pl, name + std::to_string(rep));
@@ -1381,6 +1404,7 @@ int main(int argc, char** argv) {
           }
           out_s.insert(out_s.end(), tr.out_s.begin(), tr.out_s.end());
           in_s.insert(in_s.end(), tr.in_s.begin(), tr.in_s.end());
+          resume_s.insert(resume_s.end(), tr.resume_s.begin(), tr.resume_s.end());
           wait_s.insert(wait_s.end(), tr.wait_s.begin(), tr.wait_s.end());
           resident.insert(resident.end(), tr.resident.begin(), tr.resident.end());
           for (std::size_t i = 0; i < tr.bytes.size(); ++i) {
@@ -1398,6 +1422,9 @@ int main(int argc, char** argv) {
                     {"swap_out_s", out_s},
                     {"swap_in_s", in_s},
                     {"swap_in_wait_median_s", median(wait_s)},
+                    {"resume_median_s", median(resume_s)},
+                    {"resume_s", resume_s},
+                    {"pipelined", pl.pipelined},
                     {"hot", pl.hot == &host ? "host" : "disk"},
                     {"cold", pl.cold == &host ? "host" : "disk"},
                     {"dropped_from_page_cache", pl.drop},
@@ -1411,12 +1438,13 @@ int main(int argc, char** argv) {
                     {"logit_mismatches", logit_mismatch},
                     {"sequences_compared", n_preempt * repeats}};
         char row[384];
-        std::snprintf(
-            row, sizeof row,
-            "| %s | %.1f ms | %.1f ms | %.1f ms | %.1f MiB | %.1f MiB | %.1f MiB | %d / %d | %d / %d |\n",
-            name.c_str(), 1e3 * median(out_s), 1e3 * median(in_s), 1e3 * median(wait_s),
-            median(bytes) / 1048576.0, median(local) / 1048576.0, median(global) / 1048576.0, tok_mismatch,
-            n_preempt * repeats, logit_mismatch, n_preempt * repeats);
+        std::snprintf(row, sizeof row,
+                      "| %s | %.1f ms | %.1f ms | %.1f ms | %.1f ms | %.1f MiB | %.1f MiB | %.1f MiB | %d / "
+                      "%d | %d / %d |\n",
+                      name.c_str(), 1e3 * median(out_s), 1e3 * median(in_s), 1e3 * median(resume_s),
+                      1e3 * median(wait_s), median(bytes) / 1048576.0, median(local) / 1048576.0,
+                      median(global) / 1048576.0, tok_mismatch, n_preempt * repeats, logit_mismatch,
+                      n_preempt * repeats);
         md << row;
         out["c"] = jc;
         write_json();
