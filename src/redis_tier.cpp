@@ -134,6 +134,8 @@ RedisClusterClient::RedisClusterClient(RedisClusterOptions opt) : opt_(std::move
           "RedisClusterClient: timeouts must be > 0 ms");
   require(opt_.max_rounds >= 1 && opt_.max_rounds <= 64, "RedisClusterClient: max_rounds=", opt_.max_rounds,
           " must be in [1, 64]");
+  require(opt_.outage_retry.count() >= 0, "RedisClusterClient: outage_retry=", opt_.outage_retry.count(),
+          " ms must be >= 0");
   owner_.fill(-1);
   known_ = opt_.seeds;
   const std::lock_guard lock(mu_);
@@ -250,6 +252,7 @@ RedisClientStats RedisClusterClient::stats() const {
 void RedisClusterClient::note_reachable(bool reachable, const std::string& why) {
   // One line when the cluster stops answering and one when it is back: a down cluster turns every request
   // into a miss, and a line per request would drown the log.
+  if (!reachable) retry_at_ = Clock::now() + opt_.outage_retry;
   if (!reachable && !down_logged_) {
     std::fprintf(stderr,
                  "redknot: Redis Cluster unreachable (seeds %s...): %s; requests miss until it answers\n",
@@ -270,6 +273,13 @@ std::vector<RedisReply> RedisClusterClient::run(const std::vector<std::vector<st
             "RedisClusterClient::run: a command has no argument ", key_arg, " (its key)");
   const std::lock_guard lock(mu_);
   const std::size_t n = commands.size();
+  if (down_logged_ && Clock::now() < retry_at_) {  // an outage: no connection attempt until retry_at_
+    st_.failed += static_cast<std::int64_t>(n);
+    st_.fast_failures += static_cast<std::int64_t>(n);
+    return std::vector<RedisReply>(n,
+                                   failed("the cluster is unreachable (outage); the next attempt waits for "
+                                          "outage_retry"));
+  }
   std::vector<RedisReply> out(n, failed("not sent"));
   std::vector<std::string> ask(n);  // the node an ASK redirect named, for the next round
   std::vector<std::size_t> pending(n);

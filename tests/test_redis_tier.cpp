@@ -687,7 +687,7 @@ TEST_CASE("fault test: kill -9 a master mid-batch, stop the whole cluster mid-re
   for (int i = 0; i < 6; ++i)
     if (const pid_t p = node_pid(seed_port() + i); p > 0 && p != pid) pids.push_back(p);
   REQUIRE(pids.size() == 5);
-  const std::int64_t down0 = c.stats().down_events;
+  const std::int64_t down0 = c.stats().down_events, fast0 = c.stats().fast_failures;
   Tally stopped;
   std::atomic<std::int64_t> started{0};
   std::thread stopper([&] {
@@ -707,6 +707,9 @@ TEST_CASE("fault test: kill -9 a master mid-batch, stop the whole cluster mid-re
   CHECK(stopped.misses == 3);
   CHECK(stopped.max_call_s < call_bound_s);
   CHECK(c.stats().down_events == down0 + 1);  // one log line for the outage, not one per request
+  // The outage costs one deadline, not one per request: after the first miss, the others fail at once.
+  CHECK(c.stats().fast_failures > fast0);
+  CHECK(stopped_s < call_bound_s + 1.0);
 
   // Back: the stopped nodes resume, the script restarts the killed one (it rejoins as a replica).
   REQUIRE(cluster_script("up") == 0);

@@ -52,6 +52,11 @@ struct RedisClusterOptions {
   std::chrono::milliseconds command_timeout{1000};   // per socket read / write
   std::chrono::milliseconds request_deadline{3000};  // a whole call, retries included
   int max_rounds = 8;                                // redirect / reconnect rounds per call
+  // After a call that no node answered (an outage), later calls fail at once, without a connection attempt,
+  // until this much time has passed; then one call tries again (and, failing, starts another wait). A
+  // request that looks up many objects during an outage pays one deadline, not one per object. 0: every
+  // call tries.
+  std::chrono::milliseconds outage_retry{1000};
 };
 
 // One reply, copied out of hiredis. kFailed: no reply (connection refused or lost, timeout, deadline);
@@ -75,6 +80,8 @@ struct RedisClientStats {
   std::int64_t connection_errors = 0;  // connections lost or timed out mid-command
   std::int64_t slot_refreshes = 0;     // slot maps read (CLUSTER SLOTS)
   std::int64_t down_events = 0;  // outages: a call no node answered, after calls that got answers (logged)
+  std::int64_t fast_failures =
+      0;  // commands failed at once during an outage (outage_retry), counted in failed
 };
 
 // Thread safety: calls are serialised by the client's mutex.
@@ -115,6 +122,7 @@ class RedisClusterClient {
   std::map<std::string, redisContext*> conns_;
   bool have_map_ = false;
   bool down_logged_ = false;
+  std::chrono::steady_clock::time_point retry_at_{};  // during an outage: calls before it fail at once
   RedisClientStats st_;
 };
 

@@ -420,6 +420,7 @@ py::dict to_dict(const RedisClientStats& s) {
   d["connection_errors"] = s.connection_errors;
   d["slot_refreshes"] = s.slot_refreshes;
   d["down_events"] = s.down_events;
+  d["fast_failures"] = s.fast_failures;
   return d;
 }
 
@@ -1094,7 +1095,7 @@ PYBIND11_MODULE(_redknot, m) {
       .def(
           py::init([](const py::object& seeds_o, const py::object& prefix_o, const py::object& ttl_o,
                       const py::object& max_bytes_o, const py::object& connect_o, const py::object& command_o,
-                      const py::object& deadline_o, const py::object& rounds_o) {
+                      const py::object& deadline_o, const py::object& rounds_o, const py::object& outage_o) {
             constexpr const char* fn = "RedisTier";
             if (!py::isinstance<py::list>(seeds_o) && !py::isinstance<py::tuple>(seeds_o))
               throw InvalidArgument(detail::concat(fn, ": seeds must be a list of 'host:port' strings, got ",
@@ -1125,6 +1126,7 @@ PYBIND11_MODULE(_redknot, m) {
             copt.command_timeout = ms(command_o, "command_timeout_ms", false);
             copt.request_deadline = ms(deadline_o, "request_deadline_ms", false);
             copt.max_rounds = int_arg<int>(rounds_o, fn, "max_rounds");
+            copt.outage_retry = ms(outage_o, "outage_retry_ms", true);
             RedisTierOptions topt;
             topt.prefix = str_arg(prefix_o, fn, "prefix");
             topt.ttl = ms(ttl_o, "ttl_ms", true);
@@ -1140,7 +1142,8 @@ PYBIND11_MODULE(_redknot, m) {
           py::arg("connect_timeout_ms") = RedisClusterOptions{}.connect_timeout.count(),
           py::arg("command_timeout_ms") = RedisClusterOptions{}.command_timeout.count(),
           py::arg("request_deadline_ms") = RedisClusterOptions{}.request_deadline.count(),
-          py::arg("max_rounds") = RedisClusterOptions{}.max_rounds)
+          py::arg("max_rounds") = RedisClusterOptions{}.max_rounds,
+          py::arg("outage_retry_ms") = RedisClusterOptions{}.outage_retry.count())
       .def(
           "get_many",
           [](PyRedisTier& t, const py::object& names_o) {

@@ -332,6 +332,7 @@ def test_format_bad_arguments(call, match):
     (dict(seeds=["h:70x"]), r"seeds\[0\]='h:70x'"),
     (dict(seeds=["h:"]), r"seeds\[0\]='h:'"),
     (dict(seeds=["h:1"], connect_timeout_ms=-1), "connect_timeout_ms=-1 must be > 0"),
+    (dict(seeds=["h:1"], outage_retry_ms=-5), "outage_retry_ms=-5 must be >= 0"),
     (dict(seeds=["h:1"], command_timeout_ms=0), "command_timeout_ms=0 must be > 0"),
     (dict(seeds=["h:1"], request_deadline_ms=-5), "request_deadline_ms=-5 must be > 0"),
     (dict(seeds=["h:1"], connect_timeout_ms=1.5), "connect_timeout_ms must be an integer, got float"),
@@ -366,6 +367,7 @@ def test_unreachable_cluster_is_a_miss_not_an_exception():
     s = tier.stats()
     assert s["put_failures"] == 1 and s["misses"] == 3 and s["hits"] == 0
     assert tier.cluster_stats()["connect_failures"] > 0
+    assert tier.cluster_stats()["fast_failures"] > 0  # an outage: later calls fail at once (outage_retry_ms)
     # swap_out refuses (the sequence stays live) rather than losing anything.
     st, seq = prefilled()
     with pytest.raises(redknot.TierRefused):
