@@ -237,8 +237,10 @@ TEST_CASE("cuda rules: prefill KeyWalker gathers every candidate key once", "[cu
       }
       // The query range of the last chunk, like a chunked-prefill tile (and a single query, like decode).
       for (auto [pmin, pmax] : {std::pair{pos.front(), pos.back()}, std::pair{pos.back(), pos.back()}}) {
-        for (int h = 0; h < 3; ++h) {
-          const HeadTable& t = store.table(seq, 0, h);
+        // h = 3, 4: the local policies of heads 1 and 2 over head 0's table (every key kept, as a chunk
+        // prefilled in one pass keeps them): the walk must jump the gap between sink and window.
+        for (int h = 0; h < 5; ++h) {
+          const HeadTable& t = store.table(seq, 0, h < 3 ? h : 0);
           std::vector<PageEntry> arena;
           for (std::size_t i = 0; i < t.size(); ++i) arena.push_back(t[i]);
           constexpr std::int32_t kDeltas[] = {0, 7, 100000, -3};
@@ -246,7 +248,7 @@ TEST_CASE("cuda rules: prefill KeyWalker gathers every candidate key once", "[cu
             for (std::size_t i = 0; i < arena.size(); ++i)
               arena[i].rope_pos0 = arena[i].pos0 - kDeltas[(i / 3) % 4];
           const PlanSlot slot{0, static_cast<int>(arena.size()), static_cast<int>(arena.size()), 0, 0, 0, 0};
-          const HeadPolicy dp = store.policy(0, h);
+          const HeadPolicy dp = store.policy(0, h < 3 ? h : h - 2);
           const VisibleHull<int> hull = visible_hull<int>(dp, pmin, pmax);
           std::vector<std::pair<int, int>> expected;
           std::vector<int> expected_delta;

@@ -27,11 +27,7 @@ using namespace redknot::decoder;
 
 namespace {
 
-const LlamaModel& tiny() {
-  static const GgufFile f = GgufFile::parse(testing::tiny_model_gguf(), "tiny");
-  static const LlamaModel m = LlamaModel::load(f);
-  return m;
-}
+const LlamaModel& tiny() { return testing::tiny_llama(); }
 
 constexpr int kMaxNew = 12;
 

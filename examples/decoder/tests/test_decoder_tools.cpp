@@ -22,11 +22,7 @@ using namespace redknot::decoder;
 
 namespace {
 
-const LlamaModel& tiny() {
-  static const GgufFile f = GgufFile::parse(testing::tiny_model_gguf(), "tiny");
-  static const LlamaModel m = LlamaModel::load(f);
-  return m;
-}
+const LlamaModel& tiny() { return testing::tiny_llama(); }
 
 std::vector<std::int32_t> tokens(std::size_t n, std::uint32_t seed) {
   std::mt19937 rng(seed);

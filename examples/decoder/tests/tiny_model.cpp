@@ -3,7 +3,9 @@
 #include <cmath>
 #include <random>
 
+#include "gguf.hpp"
 #include "gguf_writer.hpp"
+#include "llama_model.hpp"
 #include "unicode.hpp"
 
 namespace redknot::decoder::testing {
@@ -116,6 +118,12 @@ std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint32_t 
   std::vector<std::int32_t> t(n);
   for (auto& x : t) x = d(rng);
   return t;
+}
+
+const LlamaModel& tiny_llama() {
+  static const GgufFile f = GgufFile::parse(tiny_model_gguf(), "tiny");
+  static const LlamaModel m = LlamaModel::load(f);
+  return m;
 }
 
 }  // namespace redknot::decoder::testing

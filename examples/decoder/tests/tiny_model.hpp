@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+namespace redknot::decoder {
+class LlamaModel;
+}
+
 namespace redknot::decoder::testing {
 
 struct TinySpec {
@@ -19,6 +23,9 @@ struct TinySpec {
 
 // GGUF bytes of the tiny model.
 std::vector<std::uint8_t> tiny_model_gguf(const TinySpec& spec = {});
+
+// The default tiny model, parsed and loaded once per process.
+const LlamaModel& tiny_llama();
 
 // n token ids drawn uniformly from [3, vocab) (ids below 3 are specials of the tiny vocabulary).
 std::vector<std::int32_t> random_tokens(std::size_t n, int vocab, std::uint32_t seed);

@@ -46,6 +46,11 @@ struct KeyWalker {
     int filled = 0;
     delta = 0;
     while (!done && filled < kTile && ce < n_entries) {
+      if (pol.is_local()) ce = skip_unseen(arena, slot, hull, n_entries);
+      if (ce >= n_entries) {
+        done = true;
+        break;
+      }
       const int idx = ce + lane;
       int n = 0, row = 0, pos = 0, d = 0;
       bool beyond = false;
@@ -115,6 +120,32 @@ struct KeyWalker {
       }
     }
     return filled;
+  }
+
+  // A local head's entries between its sink and the hull's window hold no key any query of the hull sees:
+  // when entry ce is one of them, jump past all of them by a binary search on entry ends (entries are
+  // position ordered and disjoint, so both pos0 and pos0 + count increase with the index), instead of
+  // clipping them 32 at a time. What a tile walks is then O(sink entries + log entries + window), not the
+  // whole table (a chunk prefilled in one pass keeps every key of every head). Warp-uniform: every lane
+  // searches alike.
+  REDKNOT_HD int skip_unseen(const PageEntry* arena, const PlanSlot& slot, const VisibleHull<int>& hull,
+                             int n_entries) {
+    const auto unseen = [&](int i) {
+      const PageEntry e = plan_entry(arena, slot, i);
+      return e.pos0 >= hull.sink_end && e.pos0 + e.count <= hull.win_lo;
+    };
+    if (!unseen(ce)) return ce;
+    int lo = ce + 1, hi = n_entries;  // the first entry past the gap is in [lo, hi]
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      const PageEntry e = plan_entry(arena, slot, mid);
+      if (e.pos0 + e.count <= hull.win_lo)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    rp = 0;
+    return lo;
   }
 };
 
