@@ -16,7 +16,8 @@ namespace redknot::decoder {
 namespace {
 
 // y[n, out] (+)= x[n, in] * W[out, in]^T. One token (a decode step) is a matrix-vector product: sgemm would
-// pack W for a GEMM on every call (OpenBLAS 0.3.21: 40% of generation time under perf), sgemv streams it once.
+// pack W for a GEMM on every call (OpenBLAS 0.3.21: 40% of generation time under perf), sgemv streams it
+// once.
 void matmul(const float* x, const std::vector<float>& w, float* y, int n, int in, int out, bool accumulate) {
   if (n == 1)
     cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.f, w.data(), in, x, 1, accumulate ? 1.f : 0.f, y, 1);
