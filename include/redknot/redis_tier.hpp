@@ -53,9 +53,9 @@ struct RedisClusterOptions {
   std::chrono::milliseconds request_deadline{3000};  // a whole call, retries included
   int max_rounds = 8;                                // redirect / reconnect rounds per call
   // After a call that no node answered (an outage), later calls fail at once, without a connection attempt,
-  // until this much time has passed; then one call tries again (and, failing, starts another wait). A
-  // request that looks up many objects during an outage pays one deadline, not one per object. 0: every
-  // call tries.
+  // until this much time has passed; then one call tries again (and, failing, starts another wait). Lookups
+  // that follow a failed one within the window cost nothing; lookups further apart still wait a deadline
+  // each (a growing window and a one-node probe are not done). 0: every call tries.
   std::chrono::milliseconds outage_retry{1000};
 };
 
